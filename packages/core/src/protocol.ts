@@ -1,0 +1,125 @@
+/**
+ * The RateQueue wire protocol (v1): the shapes that cross HTTP, their limits and defaults.
+ * `docs/protocol.md` is the prose version of this file; keep the two in step.
+ *
+ * Durations are milliseconds, as in `fetch`, undici and ky.
+ */
+
+/** Path prefix of every versioned route. */
+export const API_PREFIX = "/v1";
+
+/** Largest resource name, in UTF-8 bytes. */
+export const MAX_NAME_BYTES = 256;
+/** Largest client-chosen request id, in characters (`[A-Za-z0-9._~-]`). */
+export const MAX_REQUEST_ID_LENGTH = 128;
+/** Largest capacity a resource may have. */
+export const MAX_CAPACITY = 1_000_000;
+/** Priorities range over `[MIN_PRIORITY, MAX_PRIORITY]`; higher is served first. */
+export const MIN_PRIORITY = -1_000_000;
+export const MAX_PRIORITY = 1_000_000;
+/** Largest `timeout` (ms to stay queued): the longest a JavaScript timer can wait (~24.8 days). */
+export const MAX_TIMEOUT = 2_147_483_647;
+
+/** Capacity of a resource created by a request that names none: a lock. */
+export const DEFAULT_CAPACITY = 1;
+/** Units a request takes when it names none. */
+export const DEFAULT_LOAD = 1;
+/** Priority of a request that names none (as in the hosted product). */
+export const DEFAULT_PRIORITY = 10;
+
+/**
+ * Where a request stands.
+ * - `queued`: waiting in line for room.
+ * - `active`: holding its units; keep a poll open on it to keep it.
+ * - `released`: ended by its client while active.
+ * - `cancelled`: ended by its client while queued.
+ * - `timed_out`: its `timeout` elapsed while queued (with `timeout: 0`, at once).
+ * - `expired`: held longer than its `expiresIn`.
+ * - `dropped`: its client stopped polling (closed its poll and did not come back within the grace).
+ */
+export type RequestState =
+  | "queued"
+  | "active"
+  | "released"
+  | "cancelled"
+  | "timed_out"
+  | "expired"
+  | "dropped";
+
+/** The states a request never leaves. */
+export const FINAL_STATES: ReadonlySet<RequestState> = new Set([
+  "released",
+  "cancelled",
+  "timed_out",
+  "expired",
+  "dropped",
+]);
+
+/** Body of `PUT /v1/requests/{id}`: create the request, or resume it if it exists. */
+export interface AcquireBody {
+  /** Resource name: 1–256 UTF-8 bytes of printable Unicode (`/` and spaces allowed). */
+  resource: string;
+  /** Capacity in units, used when this request creates the resource. Default 1. */
+  capacity?: number;
+  /** Units this request takes. Default 1; at most the resource's capacity. */
+  load?: number;
+  /** Higher is served first. Default 10. */
+  priority?: number;
+  /** Longest time to stay queued, in ms. `0`: granted at once or `timed_out`. Default: no limit. */
+  timeout?: number;
+  /** Longest hold, in ms, counted from the grant. Default and maximum are set by the server. */
+  expiresIn?: number;
+}
+
+/** What the server says about one request: every successful request route answers with this. */
+export interface RequestSnapshot {
+  id: string;
+  resource: string;
+  state: RequestState;
+  load: number;
+  priority: number;
+  /** Capacity of the resource when the snapshot was taken. */
+  capacity: number;
+  /** Present once granted: strictly greater than every earlier grant's on this resource. */
+  fencingToken?: number;
+  /** While `active`: ms until the server ends the hold as `expired`. */
+  expiresIn?: number;
+}
+
+/** `GET /v1/resources/{name}`. */
+export interface ResourceSnapshot {
+  name: string;
+  /** Null when nothing holds or waits on the resource: it is forgotten, and its next request sets the capacity. */
+  capacity: number | null;
+  /** Units held now. */
+  used: number;
+  /** Requests holding units (at most the first 100 are listed in `holders`). */
+  active: number;
+  /** Requests waiting in line. */
+  queued: number;
+  holders: Array<{ id: string; load: number; fencingToken: number; expiresIn: number }>;
+}
+
+/** An error body (RFC 9457 `application/problem+json`), with RateQueue's stable `code`. */
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  /** Stable, machine-readable: what the SDK maps to an error class. */
+  code: ProblemCode;
+  /** For `invalid_request`: the field (or `body`, `query.wait`, ...) to fix. */
+  field?: string;
+}
+
+export type ProblemCode =
+  | "invalid_request"
+  | "unauthorized"
+  | "not_found"
+  | "request_conflict"
+  | "capacity_mismatch"
+  | "queue_full"
+  | "payload_too_large"
+  | "unsupported_media_type"
+  | "shutting_down"
+  | "internal";

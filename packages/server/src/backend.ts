@@ -1,0 +1,32 @@
+import type { AcquireBody, RequestSnapshot, RequestState, ResourceSnapshot } from "@ratequeue/core";
+import type { Refusal } from "./engine.js";
+
+/** How a poll may wait: at most `wait` ms, and not past `signal` (aborted when the client's connection closes). */
+export interface PollOptions {
+  wait: number;
+  signal: AbortSignal;
+}
+
+/**
+ * What the HTTP layer needs from a store of queues. The in-memory backend implements it on the
+ * pure engine; a PostgreSQL-backed one can implement it for several replicas. Every method
+ * answers a value: refusals are values, not exceptions.
+ */
+export interface Backend {
+  /**
+   * Creates or resumes request `id`. Answers at once unless the request is queued; then holds
+   * until it is granted or ends, `poll.wait` elapses, or `poll.signal` aborts.
+   */
+  acquire(ns: string, id: string, body: AcquireBody, poll: PollOptions): Promise<RequestSnapshot | Refusal>;
+  /**
+   * A long-poll on request `id`: holds while its state is still `known` (the liveness of the
+   * request), answers at once otherwise. Undefined if the request is unknown.
+   */
+  poll(ns: string, id: string, known: RequestState | undefined, poll: PollOptions): Promise<RequestSnapshot | undefined>;
+  /** Releases (active) or cancels (queued) request `id`; idempotent. Undefined if unknown. */
+  release(ns: string, id: string): Promise<RequestSnapshot | undefined>;
+  /** A resource's state; undefined when nothing holds or waits on it. */
+  resource(ns: string, name: string): Promise<ResourceSnapshot | undefined>;
+  /** Answers every open poll and stops the backend's timers. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+import { parseArgs } from "node:util";
+import { startServer } from "./server.js";
+import type { ServerOptions } from "./options.js";
+
+const USAGE = `Usage: ratequeue-server [options]
+
+  --host HOST                 interface to listen on (default 127.0.0.1)
+  --port PORT                 TCP port, 0 for any free one (default 7420)
+  --api-key KEY               an API key (repeat for several); also RATEQUEUE_API_KEYS=k1,k2.
+                              With none, open development mode: loopback only, any token works.
+  --memory                    keep state in memory (the only store so far)
+  --poll-window MS            longest a poll is held open (default 10000, at most 25000)
+  --grace MS                  drop a request this long after its client closes its poll (default 150)
+  --repoll-grace MS           ...or this long after the server answers its poll (default 4000)
+  --default-expires-in MS     hold bound when a request sets none (default 900000 = 15 min)
+  --max-expires-in MS         largest expiresIn accepted (default 86400000 = 24 h)
+  --max-queue N               most waiters on one resource (default 100000)
+  -h, --help                  show this help
+`;
+
+const NUMERIC = {
+  port: "port",
+  "poll-window": "pollWindow",
+  grace: "grace",
+  "repoll-grace": "repollGrace",
+  "default-expires-in": "defaultExpiresIn",
+  "max-expires-in": "maxExpiresIn",
+  "max-queue": "maxQueue",
+} as const;
+
+function fail(message: string): never {
+  process.stderr.write(`ratequeue-server: ${message}\n\n${USAGE}`);
+  process.exit(2);
+}
+
+async function main(): Promise<void> {
+  let values: ReturnType<typeof parse>["values"];
+  try {
+    ({ values } = parse());
+  } catch (error) {
+    fail((error as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  if (values["data-dir"] !== undefined) {
+    fail("--data-dir is not available yet: this version keeps its state in memory (use --memory)");
+  }
+  const options: ServerOptions = {
+    host: values.host,
+    apiKeys: [
+      ...(values["api-key"] ?? []),
+      ...(process.env.RATEQUEUE_API_KEYS ?? "").split(",").map((k) => k.trim()).filter(Boolean),
+    ],
+    log: (line) => process.stderr.write(`${line}\n`),
+  };
+  for (const [flag, key] of Object.entries(NUMERIC)) {
+    const raw = values[flag as keyof typeof NUMERIC];
+    if (raw === undefined) continue;
+    if (!/^\d+$/.test(raw)) fail(`--${flag} must be a whole number, got ${JSON.stringify(raw)}`);
+    options[key] = Number(raw);
+  }
+
+  let server: Awaited<ReturnType<typeof startServer>>;
+  try {
+    server = await startServer(options);
+  } catch (error) {
+    fail((error as Error).message);
+  }
+  process.stdout.write(`RateQueue server ready at ${server.url}\n`);
+
+  const stop = (signal: string) => {
+    process.stderr.write(`[ratequeue] ${signal}: answering open polls and shutting down\n`);
+    server.close().then(
+      () => process.exit(0),
+      (error) => {
+        process.stderr.write(`[ratequeue] shutdown failed: ${String(error)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
+}
+
+function parse() {
+  return parseArgs({
+    strict: true,
+    allowPositionals: false,
+    options: {
+      host: { type: "string" },
+      port: { type: "string" },
+      "api-key": { type: "string", multiple: true },
+      memory: { type: "boolean" },
+      "data-dir": { type: "string" },
+      "poll-window": { type: "string" },
+      grace: { type: "string" },
+      "repoll-grace": { type: "string" },
+      "default-expires-in": { type: "string" },
+      "max-expires-in": { type: "string" },
+      "max-queue": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+}
+
+void main();

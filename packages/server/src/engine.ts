@@ -1,0 +1,436 @@
+import {
+  type AcquireBody,
+  DEFAULT_CAPACITY,
+  DEFAULT_LOAD,
+  DEFAULT_PRIORITY,
+  type RequestSnapshot,
+  type RequestState,
+  type ResourceSnapshot,
+} from "@ratequeue/core";
+import { DeadlineHeap } from "./internal/deadline-heap.js";
+import { Line } from "./internal/line.js";
+import { List } from "./internal/list.js";
+
+/** Where the engine reads the time. Inject a fake one in tests. */
+export interface Clock {
+  now(): number;
+}
+
+/** The engine's settings, all resolved (see `resolveServerOptions` for the defaults and units). */
+export interface EngineConfig {
+  /** Hold bound for a request without `expiresIn`, in ms. */
+  defaultExpiresIn: number;
+  /** After a client's open poll closes, how long it has to open another before its request is dropped (ms). */
+  grace: number;
+  /** After the server answers a poll (window ended, or news), how long the client has to poll again (ms). */
+  repollGrace: number;
+  /** Most requests waiting in one resource's line; more are refused with `queue_full`. */
+  maxQueue: number;
+  /** How long an ended request is remembered, so that a retried create or release sees its end (ms). */
+  retention: number;
+  /** Most ended requests remembered at once; the oldest are forgotten first. */
+  maxRetained: number;
+  /** Fencing tokens start above this (the default seeds it from the clock, in µs, so they grow across restarts). */
+  tokenFloor?: number;
+}
+
+/** Why an acquire was refused: a stable code (the HTTP layer maps it to a status) and a sentence. */
+export interface Refusal {
+  ok: false;
+  code: "request_conflict" | "capacity_mismatch" | "queue_full";
+  field?: string;
+  detail: string;
+}
+
+/**
+ * One request on one resource, from creation to its end; the engine keeps it a while after
+ * the end (see `retention`). The HTTP layer holds these handles across a long-poll.
+ */
+export class Request {
+  state: RequestState = "queued";
+  fencingToken = 0;
+  /** Clock time the hold ends as `expired` (active only). */
+  expiresAt = 0;
+  /** Clock time a queued request ends as `timed_out`, or Infinity. */
+  waitUntil: number;
+  /** Clock time the request is dropped when no poll is open on it. */
+  livenessAt = 0;
+  /** Open polls (long-polls) on this request. */
+  pollers = 0;
+  endedAt = 0;
+  /** Links, owned by the resource's line or holder list. */
+  prev: Request | undefined = undefined;
+  next: Request | undefined = undefined;
+  /** Owned by the deadline heap. */
+  deadline = 0;
+  heapIndex = -1;
+  /** Link in the engine's list of ended requests, oldest first. */
+  retainedNext: Request | undefined = undefined;
+  /** Undefined once ended, so the resource can be forgotten. */
+  resource: Resource | undefined;
+
+  constructor(
+    readonly ns: Namespace,
+    readonly id: string,
+    readonly name: string,
+    resource: Resource,
+    readonly load: number,
+    readonly priority: number,
+    /** The resource's capacity (fixed for the resource's life). */
+    readonly capacity: number,
+    /** The capacity the client asked for, if any (compared when the request is resumed). */
+    readonly askedCapacity: number | undefined,
+    readonly expiresIn: number,
+    timeoutAt: number,
+  ) {
+    this.resource = resource;
+    this.waitUntil = timeoutAt;
+  }
+}
+
+/** A named resource, alive while anything holds or waits on it. */
+export class Resource {
+  used = 0;
+  readonly line = new Line<Request>();
+  readonly holders = new List<Request>();
+  constructor(
+    readonly name: string,
+    readonly capacity: number,
+  ) {}
+}
+
+/** One API key's world: resource names and request ids are scoped to it. */
+export class Namespace {
+  readonly requests = new Map<string, Request>();
+  readonly resources = new Map<string, Resource>();
+  constructor(readonly key: string) {}
+}
+
+/**
+ * The queueing engine: pure (no I/O, no timers; time comes from the injected clock) and
+ * single-threaded. The host calls `advance()` when `nextDeadline()` comes due, and learns of
+ * every grant and every end through `onChange`.
+ *
+ * Rules:
+ * - a resource is created by its first request (capacity from it, default 1) and forgotten as
+ *   soon as nothing holds or waits on it;
+ * - the line is ordered by priority (higher first), then arrival; the head is granted as soon
+ *   as its load fits, and nothing behind it may pass it (so large requests never starve);
+ * - every grant takes the next fencing token, a counter shared by all resources, so tokens
+ *   strictly increase per resource even after the resource is forgotten and recreated;
+ * - a request lives while a poll is open on it; with none open it is dropped after `grace`
+ *   (poll closed by the client) or `repollGrace` (poll answered by the server);
+ * - a hold ends as `expired` after `expiresIn`; a queued request with a `timeout` ends as
+ *   `timed_out` when it elapses (`timeout: 0` never joins the line).
+ */
+export class Engine {
+  private readonly namespaces = new Map<string, Namespace>();
+  private readonly heap = new DeadlineHeap<Request>();
+  private token: number;
+  private retainedHead: Request | undefined = undefined;
+  private retainedTail: Request | undefined = undefined;
+  private retainedCount = 0;
+  private liveCount = 0;
+  private resourceCount = 0;
+
+  constructor(
+    private readonly config: EngineConfig,
+    private readonly clock: Clock = Date,
+    /** Called after each grant and each end, with the engine in a consistent state. Must not call back into the engine synchronously. */
+    private readonly onChange: (req: Request) => void = () => {},
+  ) {
+    this.token = Math.max(config.tokenFloor ?? 0, Math.floor(clock.now() * 1000));
+  }
+
+  /**
+   * Creates request `id` in namespace `ns`, or resumes it if it exists (a retried create).
+   * Resuming with different parameters is a `request_conflict`.
+   */
+  acquire(ns: string, id: string, body: AcquireBody): { ok: true; request: Request; created: boolean } | Refusal {
+    const now = this.clock.now();
+    const space = this.namespace(ns);
+    const load = body.load ?? DEFAULT_LOAD;
+    const priority = body.priority ?? DEFAULT_PRIORITY;
+    const existing = space.requests.get(id);
+    if (existing) {
+      if (
+        existing.name !== body.resource ||
+        existing.load !== load ||
+        existing.priority !== priority ||
+        existing.askedCapacity !== body.capacity
+      ) {
+        return {
+          ok: false,
+          code: "request_conflict",
+          detail: `request ${id} already exists on resource ${JSON.stringify(existing.name)} with other parameters: use a new request id for a new request`,
+        };
+      }
+      return { ok: true, request: existing, created: false };
+    }
+
+    let resource = space.resources.get(body.resource);
+    if (resource === undefined) {
+      resource = new Resource(body.resource, body.capacity ?? DEFAULT_CAPACITY);
+      space.resources.set(body.resource, resource);
+      this.resourceCount++;
+    } else if (body.capacity !== undefined && body.capacity !== resource.capacity) {
+      return {
+        ok: false,
+        code: "capacity_mismatch",
+        field: "capacity",
+        detail: `resource ${JSON.stringify(body.resource)} exists with capacity ${resource.capacity}, not ${body.capacity}: use the same capacity everywhere (it can change once nothing holds or waits on the resource)`,
+      };
+    }
+    if (load > resource.capacity) {
+      this.forgetIfIdle(space, resource);
+      return {
+        ok: false,
+        code: "capacity_mismatch",
+        field: "load",
+        detail: `load ${load} exceeds the capacity (${resource.capacity}) of resource ${JSON.stringify(body.resource)}: it could never be granted`,
+      };
+    }
+
+    const timeoutAt = body.timeout === undefined ? Number.POSITIVE_INFINITY : now + body.timeout;
+    const req = new Request(
+      space,
+      id,
+      body.resource,
+      resource,
+      load,
+      priority,
+      resource.capacity,
+      body.capacity,
+      body.expiresIn ?? this.config.defaultExpiresIn,
+      timeoutAt,
+    );
+    // Until the first poll attaches, the request is as good as abandoned.
+    req.livenessAt = now + this.config.repollGrace;
+    resource.line.push(req);
+    this.pump(resource, now, req);
+    if (req.state === "queued") {
+      if (body.timeout === 0) {
+        resource.line.unlink(req);
+        this.pump(resource, now);
+        this.record(space, req);
+        this.end(req, "timed_out", now);
+        return { ok: true, request: req, created: true };
+      }
+      if (resource.line.size > this.config.maxQueue) {
+        resource.line.unlink(req);
+        this.pump(resource, now);
+        this.forgetIfIdle(space, resource);
+        return {
+          ok: false,
+          code: "queue_full",
+          detail: `resource ${JSON.stringify(body.resource)} already has ${this.config.maxQueue} requests waiting (the server's maxQueue): retry later or spread the work over more names`,
+        };
+      }
+    }
+    this.record(space, req);
+    this.schedule(req);
+    return { ok: true, request: req, created: true };
+  }
+
+  /** The request, live or recently ended. */
+  get(ns: string, id: string): Request | undefined {
+    return this.namespaces.get(ns)?.requests.get(id);
+  }
+
+  /**
+   * Ends the request by its client's wish: `released` if active, `cancelled` if queued.
+   * Idempotent: an ended request is returned as it is.
+   */
+  release(ns: string, id: string): Request | undefined {
+    const req = this.get(ns, id);
+    if (req === undefined) return undefined;
+    if (req.state === "active" || req.state === "queued") {
+      this.finish(req, req.state === "active" ? "released" : "cancelled", this.clock.now());
+    }
+    return req;
+  }
+
+  /** A poll opened on the request: it is alive for as long as one stays open. */
+  attach(req: Request): void {
+    if (req.resource === undefined) return;
+    req.pollers++;
+    this.schedule(req);
+  }
+
+  /**
+   * A poll on the request ended. `answered`: the server answered it (the client will poll
+   * again at once); otherwise the client closed it (it may be gone).
+   */
+  detach(req: Request, answered: boolean): void {
+    if (req.resource === undefined) return;
+    if (--req.pollers > 0) return;
+    req.livenessAt = this.clock.now() + (answered ? this.config.repollGrace : this.config.grace);
+    this.schedule(req);
+  }
+
+  /** Clock time of the next deadline, if any: call `advance()` then. */
+  nextDeadline(): number | undefined {
+    const due = this.heap.peek()?.deadline;
+    const head = this.retainedHead;
+    if (head === undefined) return due;
+    const forget = head.endedAt + this.config.retention;
+    return due === undefined ? forget : Math.min(due, forget);
+  }
+
+  /** Ends every request whose deadline has come (expiry, timeout, liveness) and forgets old ends. */
+  advance(): void {
+    const now = this.clock.now();
+    for (let req = this.heap.peek(); req !== undefined && req.deadline <= now; req = this.heap.peek()) {
+      if (req.state === "active" && req.expiresAt <= now) this.finish(req, "expired", now);
+      else if (req.state === "queued" && req.waitUntil <= now) this.finish(req, "timed_out", now);
+      else this.finish(req, "dropped", now);
+    }
+    this.forgetEnded(now);
+  }
+
+  /** What the wire says about a request. */
+  snapshot(req: Request): RequestSnapshot {
+    const snap: RequestSnapshot = {
+      id: req.id,
+      resource: req.name,
+      state: req.state,
+      load: req.load,
+      priority: req.priority,
+      capacity: req.capacity,
+    };
+    if (req.fencingToken !== 0) snap.fencingToken = req.fencingToken;
+    if (req.state === "active") snap.expiresIn = Math.max(0, req.expiresAt - this.clock.now());
+    return snap;
+  }
+
+  /** A resource's state, or undefined if nothing holds or waits on it. */
+  resource(ns: string, name: string, maxHolders = 100): ResourceSnapshot | undefined {
+    const resource = this.namespaces.get(ns)?.resources.get(name);
+    if (resource === undefined) return undefined;
+    const now = this.clock.now();
+    const holders: ResourceSnapshot["holders"] = [];
+    for (const h of resource.holders) {
+      if (holders.length >= maxHolders) break;
+      holders.push({ id: h.id, load: h.load, fencingToken: h.fencingToken, expiresIn: Math.max(0, h.expiresAt - now) });
+    }
+    return {
+      name,
+      capacity: resource.capacity,
+      used: resource.used,
+      active: resource.holders.size,
+      queued: resource.line.size,
+      holders,
+    };
+  }
+
+  /** Counts, for tests, benchmarks and the health route. */
+  stats(): { namespaces: number; resources: number; live: number; retained: number; timers: number } {
+    return {
+      namespaces: this.namespaces.size,
+      resources: this.resourceCount,
+      live: this.liveCount,
+      retained: this.retainedCount,
+      timers: this.heap.size,
+    };
+  }
+
+  /** Every live request (for shutdown). */
+  *liveRequests(): IterableIterator<Request> {
+    for (const space of this.namespaces.values()) {
+      for (const req of space.requests.values()) if (req.resource !== undefined) yield req;
+    }
+  }
+
+  // --- internals ---------------------------------------------------------------------------
+
+  private namespace(key: string): Namespace {
+    let space = this.namespaces.get(key);
+    if (space === undefined) {
+      space = new Namespace(key);
+      this.namespaces.set(key, space);
+    }
+    return space;
+  }
+
+  private record(space: Namespace, req: Request): void {
+    space.requests.set(req.id, req);
+    this.liveCount++;
+  }
+
+  /** Grants from the head of the line while the head fits. `quiet` is not announced (its creator answers). */
+  private pump(resource: Resource, now: number, quiet?: Request): void {
+    for (let head = resource.line.first(); head !== undefined; head = resource.line.first()) {
+      if (resource.used + head.load > resource.capacity) return;
+      resource.line.unlink(head);
+      resource.holders.push(head);
+      resource.used += head.load;
+      head.state = "active";
+      head.fencingToken = ++this.token;
+      head.expiresAt = now + head.expiresIn;
+      if (head !== quiet) {
+        this.schedule(head);
+        this.onChange(head);
+      }
+    }
+  }
+
+  /** Ends a live request and hands its room on. */
+  private finish(req: Request, state: RequestState, now: number): void {
+    const resource = req.resource!;
+    if (req.state === "active") {
+      resource.holders.unlink(req);
+      resource.used -= req.load;
+    } else {
+      resource.line.unlink(req);
+    }
+    this.end(req, state, now);
+    this.pump(resource, now);
+    this.forgetIfIdle(req.ns, resource);
+    this.forgetEnded(now);
+    this.onChange(req);
+  }
+
+  private end(req: Request, state: RequestState, now: number): void {
+    req.state = state;
+    req.endedAt = now;
+    req.resource = undefined;
+    req.pollers = 0;
+    this.heap.delete(req);
+    this.liveCount--;
+    if (this.retainedTail) this.retainedTail.retainedNext = req;
+    else this.retainedHead = req;
+    this.retainedTail = req;
+    this.retainedCount++;
+  }
+
+  private forgetIfIdle(space: Namespace, resource: Resource): void {
+    if (resource.used === 0 && resource.line.size === 0 && space.resources.get(resource.name) === resource) {
+      space.resources.delete(resource.name);
+      this.resourceCount--;
+      if (space.requests.size === 0 && space.resources.size === 0) this.namespaces.delete(space.key);
+    }
+  }
+
+  private forgetEnded(now: number): void {
+    const horizon = now - this.config.retention;
+    for (let r = this.retainedHead; r !== undefined; r = this.retainedHead) {
+      if (this.retainedCount <= this.config.maxRetained && r.endedAt > horizon) return;
+      this.retainedHead = r.retainedNext;
+      if (this.retainedHead === undefined) this.retainedTail = undefined;
+      r.retainedNext = undefined;
+      this.retainedCount--;
+      const space = r.ns;
+      if (space.requests.get(r.id) === r) space.requests.delete(r.id);
+      if (space.requests.size === 0 && space.resources.size === 0) this.namespaces.delete(space.key);
+    }
+  }
+
+  /** Puts the request's earliest pending deadline in the heap. */
+  private schedule(req: Request): void {
+    let at = req.pollers === 0 ? req.livenessAt : Number.POSITIVE_INFINITY;
+    if (req.state === "active") at = Math.min(at, req.expiresAt);
+    else if (req.state === "queued") at = Math.min(at, req.waitUntil);
+    if (at === Number.POSITIVE_INFINITY) this.heap.delete(req);
+    else this.heap.set(req, at);
+  }
+}

@@ -1,0 +1,166 @@
+import {
+  API_PREFIX,
+  checkAcquireBody,
+  checkName,
+  checkRequestId,
+  describe,
+  type RequestState,
+} from "@ratequeue/core";
+import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
+import type { Backend, PollOptions } from "./backend.js";
+import type { ResolvedServerOptions } from "./options.js";
+import { problem, sendProblem } from "./problem.js";
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** The caller's namespace, set by the auth hook. */
+    namespace: string;
+  }
+}
+
+/** The statuses the backend's refusals map to. */
+const REFUSAL_STATUS = { request_conflict: 409, capacity_mismatch: 409, queue_full: 409 } as const;
+const POLLABLE = new Set<string>(["queued", "active"]);
+
+/**
+ * The HTTP API (v1): thin — parse, authenticate, validate, call the backend, shape the reply.
+ * Every route is documented in docs/protocol.md.
+ */
+export function buildApp(options: ResolvedServerOptions, backend: Backend, state: { closing: boolean }): FastifyInstance {
+  const app = Fastify({
+    bodyLimit: options.bodyLimit,
+    // Request ids are up to 128 characters; find-my-way's default limit is 100.
+    routerOptions: { maxParamLength: 1024 },
+    // Polls are answered before close(); then drop keep-alive sockets at once.
+    forceCloseConnections: true,
+    return503OnClosing: false,
+    logger: false,
+  });
+  const keys = new Set(options.apiKeys);
+  const open = keys.size === 0;
+
+  app.decorateRequest("namespace", "");
+
+  app.addHook("onRequest", async (req, reply) => {
+    if (state.closing) {
+      reply.header("retry-after", "1").header("connection", "close");
+      return sendProblem(reply, problem(503, "shutting_down", "the server is shutting down: retry shortly"));
+    }
+    if (req.url === `${API_PREFIX}/health`) return;
+    const header = req.headers.authorization;
+    const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : "";
+    if (token === "" || (!open && !keys.has(token))) {
+      reply.header("www-authenticate", 'Bearer realm="ratequeue"');
+      const detail =
+        token === ""
+          ? open
+            ? "send `Authorization: Bearer <token>`: in open development mode any token works, and each token is its own namespace"
+            : "send `Authorization: Bearer <API key>` with a key this server was started with"
+          : "this API key is not known to the server: check RATEQUEUE_API_KEY against the server's --api-key";
+      return sendProblem(reply, problem(401, "unauthorized", detail));
+    }
+    req.namespace = token;
+  });
+
+  app.setNotFoundHandler((req, reply) =>
+    sendProblem(reply, problem(404, "not_found", `no route ${req.method} ${req.url.split("?")[0]}: see docs/protocol.md for the v1 routes`)),
+  );
+
+  app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, _req, reply) => {
+    const status = error.statusCode ?? 500;
+    if (status === 413) {
+      return sendProblem(reply, problem(413, "payload_too_large", `the body is larger than ${options.bodyLimit} bytes: requests are small JSON objects`));
+    }
+    if (status === 415) {
+      return sendProblem(reply, problem(415, "unsupported_media_type", "send the body as JSON with `Content-Type: application/json`"));
+    }
+    if (status >= 400 && status < 500) {
+      // Fastify's own parse errors (bad JSON, empty JSON body, forbidden __proto__ key).
+      return sendProblem(reply, problem(400, "invalid_request", `the body is not valid JSON: ${error.message}`, "body"));
+    }
+    options.log(`[ratequeue] internal error: ${error.stack ?? error.message}`);
+    return sendProblem(reply, problem(500, "internal", "the server failed to handle this request; it has been logged"));
+  });
+
+  app.get(`${API_PREFIX}/health`, async () => ({ status: "ok", mode: open ? "open" : "keys" }));
+
+  app.put<{ Params: { id: string }; Querystring: Record<string, string> }>(
+    `${API_PREFIX}/requests/:id`,
+    async (req, reply) => {
+      const id = req.params.id;
+      const bad = checkRequestId(id);
+      if (bad) return invalid(reply, "id", `request id ${bad}`);
+      const wait = parseWait(req.query.wait, options.pollWindow);
+      if (typeof wait === "string") return invalid(reply, "wait", wait);
+      const body = checkAcquireBody(req.body, { maxExpiresIn: options.maxExpiresIn });
+      if (!body.ok) return invalid(reply, body.problem.field, `${body.problem.field} ${body.problem.detail}`);
+      const result = await backend.acquire(req.namespace, id, body.value, pollOptions(reply, wait));
+      if ("ok" in result) {
+        return sendProblem(reply, problem(REFUSAL_STATUS[result.code], result.code, result.detail, result.field));
+      }
+      return result;
+    },
+  );
+
+  app.get<{ Params: { id: string }; Querystring: Record<string, string> }>(
+    `${API_PREFIX}/requests/:id`,
+    async (req, reply) => {
+      const id = req.params.id;
+      const bad = checkRequestId(id);
+      if (bad) return invalid(reply, "id", `request id ${bad}`);
+      const wait = parseWait(req.query.wait, options.pollWindow);
+      if (typeof wait === "string") return invalid(reply, "wait", wait);
+      const known = req.query.state;
+      if (known !== undefined && !POLLABLE.has(known)) {
+        return invalid(reply, "state", `state must be "queued" or "active" (the state you last saw), got ${describe(known)}`);
+      }
+      const snap = await backend.poll(req.namespace, id, known as RequestState | undefined, pollOptions(reply, wait));
+      return snap ?? unknownRequest(reply, id);
+    },
+  );
+
+  app.delete<{ Params: { id: string } }>(`${API_PREFIX}/requests/:id`, async (req, reply) => {
+    const id = req.params.id;
+    const bad = checkRequestId(id);
+    if (bad) return invalid(reply, "id", `request id ${bad}`);
+    return (await backend.release(req.namespace, id)) ?? unknownRequest(reply, id);
+  });
+
+  app.get<{ Params: { "*": string } }>(`${API_PREFIX}/resources/*`, async (req, reply) => {
+    const name = req.params["*"];
+    const bad = checkName(name);
+    if (bad) return invalid(reply, "name", `resource name ${bad} (percent-encode it in the path)`);
+    const snap = await backend.resource(req.namespace, name);
+    // Idle resources are forgotten: they read as a fresh lock would.
+    return snap ?? { name, capacity: null, used: 0, active: 0, queued: 0, holders: [] };
+  });
+
+  return app;
+}
+
+function invalid(reply: FastifyReply, field: string, detail: string) {
+  return sendProblem(reply, problem(400, "invalid_request", detail, field));
+}
+
+function unknownRequest(reply: FastifyReply, id: string) {
+  return sendProblem(
+    reply,
+    problem(404, "not_found", `no request ${id} in this namespace: it never existed, or it ended more than the server's retention ago`),
+  );
+}
+
+/** `?wait=` in ms, capped at the server's poll window; absent means the full window. */
+function parseWait(raw: string | undefined, window: number): number | string {
+  if (raw === undefined) return window;
+  if (!/^\d{1,10}$/.test(raw)) return `wait must be a whole number of milliseconds, got ${describe(raw)}`;
+  return Math.min(Number(raw), window);
+}
+
+/** The poll ends early when the client's connection closes (it died, or gave up). */
+function pollOptions(reply: FastifyReply, wait: number): PollOptions {
+  const controller = new AbortController();
+  reply.raw.once("close", () => {
+    if (!reply.raw.writableFinished) controller.abort();
+  });
+  return { wait, signal: controller.signal };
+}

@@ -1,0 +1,132 @@
+import type { AcquireBody, RequestSnapshot, RequestState, ResourceSnapshot } from "@ratequeue/core";
+import type { Backend, PollOptions } from "./backend.js";
+import { type Clock, Engine, type EngineConfig, type Refusal, type Request } from "./engine.js";
+
+/** An open long-poll. */
+interface Poll {
+  req: Request;
+  resolve: (snap: RequestSnapshot) => void;
+  timer: ReturnType<typeof setTimeout>;
+  signal: AbortSignal;
+  onAbort: () => void;
+}
+
+/**
+ * The single-process backend: the pure engine, one timer for its next deadline, and the open
+ * long-polls, which it answers the moment their request changes.
+ */
+export class MemoryBackend implements Backend {
+  readonly engine: Engine;
+  private readonly polls = new Map<Request, Set<Poll>>();
+  /** Requests the engine reported changed during the current operation. */
+  private changed: Request[] = [];
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private timerAt = Number.POSITIVE_INFINITY;
+  private closed = false;
+
+  constructor(
+    config: EngineConfig,
+    private readonly clock: Clock = Date,
+  ) {
+    this.engine = new Engine(config, clock, (req) => {
+      if (this.polls.has(req)) this.changed.push(req);
+    });
+  }
+
+  async acquire(ns: string, id: string, body: AcquireBody, poll: PollOptions): Promise<RequestSnapshot | Refusal> {
+    const result = this.engine.acquire(ns, id, body);
+    this.settle();
+    if (!result.ok) return result;
+    return this.wait(result.request, "queued", poll);
+  }
+
+  async poll(ns: string, id: string, known: RequestState | undefined, poll: PollOptions) {
+    const req = this.engine.get(ns, id);
+    return req === undefined ? undefined : this.wait(req, known, poll);
+  }
+
+  async release(ns: string, id: string): Promise<RequestSnapshot | undefined> {
+    const req = this.engine.release(ns, id);
+    this.settle();
+    return req === undefined ? undefined : this.engine.snapshot(req);
+  }
+
+  async resource(ns: string, name: string): Promise<ResourceSnapshot | undefined> {
+    return this.engine.resource(ns, name);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const set of this.polls.values()) for (const p of set) this.answer(p, true);
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Holds a poll on `req` while its state is `known`. */
+  private wait(req: Request, known: RequestState | undefined, poll: PollOptions): Promise<RequestSnapshot> | RequestSnapshot {
+    if (req.state !== known || poll.wait <= 0 || this.closed || poll.signal.aborted) {
+      // An answered poll still proves the client alive: restart its repoll grace.
+      this.engine.attach(req);
+      this.engine.detach(req, true);
+      this.settle();
+      return this.engine.snapshot(req);
+    }
+    this.engine.attach(req);
+    this.settle();
+    return new Promise<RequestSnapshot>((resolve) => {
+      const p: Poll = {
+        req,
+        resolve,
+        signal: poll.signal,
+        timer: setTimeout(() => this.answer(p, true), poll.wait),
+        onAbort: () => this.answer(p, false),
+      };
+      poll.signal.addEventListener("abort", p.onAbort, { once: true });
+      let set = this.polls.get(req);
+      if (set === undefined) this.polls.set(req, (set = new Set()));
+      set.add(p);
+    });
+  }
+
+  /** Ends a poll: `answered` by the server, or closed by the client. */
+  private answer(p: Poll, answered: boolean): void {
+    const set = this.polls.get(p.req);
+    if (set === undefined || !set.delete(p)) return;
+    if (set.size === 0) this.polls.delete(p.req);
+    clearTimeout(p.timer);
+    p.signal.removeEventListener("abort", p.onAbort);
+    this.engine.detach(p.req, answered);
+    p.resolve(this.engine.snapshot(p.req));
+    this.settle();
+  }
+
+  /** After every engine operation: answer the polls of changed requests, and re-arm the timer. */
+  private settle(): void {
+    while (this.changed.length > 0) {
+      const changed = this.changed;
+      this.changed = [];
+      for (const req of changed) {
+        const set = this.polls.get(req);
+        if (set) for (const p of [...set]) this.answer(p, true);
+      }
+    }
+    this.arm();
+  }
+
+  private arm(): void {
+    if (this.closed) return;
+    const next = this.engine.nextDeadline();
+    if (next === undefined || next >= this.timerAt) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timerAt = next;
+    this.timer = setTimeout(this.fire, Math.max(1, next - this.clock.now()));
+    this.timer.unref?.();
+  }
+
+  private readonly fire = (): void => {
+    this.timer = undefined;
+    this.timerAt = Number.POSITIVE_INFINITY;
+    this.engine.advance();
+    this.settle();
+  };
+}

@@ -1,0 +1,109 @@
+import type { Clock, EngineConfig } from "./engine.js";
+
+/** Options of `startServer()` and of the `ratequeue-server` command. Durations are in ms. */
+export interface ServerOptions {
+  /** Interface to listen on. Default `"127.0.0.1"`. Without API keys only loopback is allowed. */
+  host?: string;
+  /** TCP port; `0` picks a free one (read it from `url`). Default `7420`. */
+  port?: number;
+  /**
+   * API keys; each one is a namespace of its own. Default: none, which is open development
+   * mode (loopback only): any bearer token is accepted and each token is its own namespace.
+   */
+  apiKeys?: readonly string[];
+  /** Keep all state in memory (the only store so far; a durable one is planned). Default `true`. */
+  memory?: boolean;
+  /**
+   * Longest a poll is held open before it is answered with the unchanged state, in ms; a client
+   * may ask for less with `?wait=`. Default `10_000`; at most `25_000`, well below the 300 s
+   * header timeout of undici and the idle timeouts of common proxies.
+   */
+  pollWindow?: number;
+  /** After a client closes its open poll, how long until its request is dropped, in ms. Default `150`. */
+  grace?: number;
+  /** After the server answers a poll, how long the client has to poll again, in ms. Default `4_000`. */
+  repollGrace?: number;
+  /** Hold bound for a request that sets no `expiresIn`, in ms. Default `900_000` (15 min). */
+  defaultExpiresIn?: number;
+  /** Largest `expiresIn` accepted, in ms. Default `86_400_000` (24 h). */
+  maxExpiresIn?: number;
+  /** Most requests waiting on one resource; more get `409 queue_full`. Default `100_000`. */
+  maxQueue?: number;
+  /** How long an ended request is remembered (for retried creates and releases), in ms. Default `60_000`. */
+  retention?: number;
+  /** Most ended requests remembered at once. Default `100_000`. */
+  maxRetained?: number;
+  /** Largest request body, in bytes. Default `16_384`. */
+  bodyLimit?: number;
+  /** Where the server's own lines go (the URL when ready, warnings). Default: none for `startServer`; stderr for the CLI. */
+  log?: (line: string) => void;
+  /** The clock, for tests. Default `Date`. */
+  clock?: Clock;
+}
+
+export const MAX_POLL_WINDOW = 25_000;
+
+/** Every option with its default, in one place. */
+export interface ResolvedServerOptions extends EngineConfig {
+  host: string;
+  port: number;
+  apiKeys: readonly string[];
+  pollWindow: number;
+  maxExpiresIn: number;
+  bodyLimit: number;
+  log: (line: string) => void;
+  clock: Clock;
+}
+
+export function resolveServerOptions(options: ServerOptions = {}): ResolvedServerOptions {
+  const resolved: ResolvedServerOptions = {
+    host: options.host ?? "127.0.0.1",
+    port: options.port ?? 7420,
+    apiKeys: options.apiKeys ?? [],
+    pollWindow: options.pollWindow ?? 10_000,
+    grace: options.grace ?? 150,
+    repollGrace: options.repollGrace ?? 4_000,
+    defaultExpiresIn: options.defaultExpiresIn ?? 900_000,
+    maxExpiresIn: options.maxExpiresIn ?? 86_400_000,
+    maxQueue: options.maxQueue ?? 100_000,
+    retention: options.retention ?? 60_000,
+    maxRetained: options.maxRetained ?? 100_000,
+    bodyLimit: options.bodyLimit ?? 16_384,
+    log: options.log ?? (() => {}),
+    clock: options.clock ?? Date,
+  };
+  if (options.memory === false) {
+    throw new TypeError("memory: false is not supported yet: this server keeps its state in memory only");
+  }
+  integer("port", resolved.port, 0, 65_535);
+  integer("pollWindow", resolved.pollWindow, 1, MAX_POLL_WINDOW);
+  integer("grace", resolved.grace, 0, 60_000);
+  integer("repollGrace", resolved.repollGrace, 1, 60_000);
+  integer("maxExpiresIn", resolved.maxExpiresIn, 1, 2_147_483_647);
+  integer("defaultExpiresIn", resolved.defaultExpiresIn, 1, resolved.maxExpiresIn);
+  integer("maxQueue", resolved.maxQueue, 1, 100_000_000);
+  integer("retention", resolved.retention, 0, 86_400_000);
+  integer("maxRetained", resolved.maxRetained, 0, 100_000_000);
+  integer("bodyLimit", resolved.bodyLimit, 1024, 1_048_576);
+  for (const key of resolved.apiKeys) {
+    if (typeof key !== "string" || key.length === 0 || /[\s,]/.test(key)) {
+      throw new TypeError("apiKeys: each key must be a non-empty string without spaces or commas");
+    }
+  }
+  if (resolved.apiKeys.length === 0 && !isLoopback(resolved.host)) {
+    throw new TypeError(
+      `host ${resolved.host} is not loopback: without API keys the server runs in open development mode, which is loopback only. Pass --api-key (or RATEQUEUE_API_KEYS), or listen on 127.0.0.1`,
+    );
+  }
+  return resolved;
+}
+
+function integer(name: string, value: number, min: number, max: number): void {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new TypeError(`${name} must be an integer from ${min} to ${max}, got ${String(value)}`);
+  }
+}
+
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}

@@ -1,0 +1,53 @@
+import { MemoryBackend } from "./memory-backend.js";
+import { buildApp } from "./http.js";
+import { isLoopback, resolveServerOptions, type ServerOptions } from "./options.js";
+
+/** A running server. */
+export interface RunningServer extends AsyncDisposable {
+  /** Base URL, e.g. `http://127.0.0.1:7420` (with the real port when started on port 0). */
+  url: string;
+  /** Answers every open poll, then stops listening. Idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a RateQueue server and resolves once it listens.
+ *
+ * @example
+ * ```ts
+ * import { startServer } from "@ratequeue/server";
+ * await using server = await startServer({ port: 0 });
+ * console.log(server.url); // http://127.0.0.1:40123
+ * ```
+ */
+export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
+  const resolved = resolveServerOptions(options);
+  const backend = new MemoryBackend(resolved, resolved.clock);
+  const state = { closing: false };
+  const app = buildApp(resolved, backend, state);
+  await app.listen({ host: resolved.host, port: resolved.port });
+  const address = app.server.address();
+  const port = typeof address === "object" && address !== null ? address.port : resolved.port;
+  const host = resolved.host.includes(":") ? `[${resolved.host}]` : resolved.host;
+  const url = `http://${host}:${port}`;
+
+  if (resolved.apiKeys.length === 0) {
+    resolved.log(
+      "[ratequeue] WARNING: open development mode — no API key configured. Any bearer token is accepted and each token is its own namespace. Listening on loopback only; start with --api-key KEY (or RATEQUEUE_API_KEYS) for real use.",
+    );
+  } else if (!isLoopback(resolved.host)) {
+    resolved.log("[ratequeue] note: plain HTTP on a non-loopback interface: put TLS in front of it.");
+  }
+  resolved.log(`[ratequeue] listening on ${url} (state in memory)`);
+
+  let closed: Promise<void> | undefined;
+  const close = () => {
+    closed ??= (async () => {
+      state.closing = true;
+      await backend.close();
+      await app.close();
+    })();
+    return closed;
+  };
+  return { url, close, [Symbol.asyncDispose]: close };
+}
