@@ -1,0 +1,295 @@
+import type { AcquireBody } from "@ratequeue/core";
+import { describe, expect, it } from "vitest";
+import { Engine, type EngineConfig, type Request } from "./engine.js";
+
+const CONFIG: EngineConfig = {
+  defaultExpiresIn: 60_000,
+  grace: 150,
+  repollGrace: 4_000,
+  maxQueue: 1_000,
+  retention: 10_000,
+  maxRetained: 1_000,
+};
+
+function setup(config: Partial<EngineConfig> = {}) {
+  const clock = { t: 1_000, now: () => clock.t };
+  const changes: Array<[string, string]> = [];
+  const engine = new Engine({ ...CONFIG, ...config }, clock, (req) => changes.push([req.id, req.state]));
+  const acquire = (id: string, body: Partial<AcquireBody> = {}, ns = "k") => {
+    const r = engine.acquire(ns, id, { resource: "lock", ...body });
+    if (!r.ok) throw new Error(`refused: ${r.code} ${r.detail}`);
+    return r.request;
+  };
+  /** Moves the clock and runs what came due, as the host's timer would. */
+  const tick = (ms: number) => {
+    clock.t += ms;
+    engine.advance();
+  };
+  return { clock, engine, changes, acquire, tick };
+}
+
+describe("Engine: granting and queueing", () => {
+  it("grants a free resource at once and queues the next request", () => {
+    const { acquire } = setup();
+    const a = acquire("a");
+    const b = acquire("b");
+    expect(a.state).toBe("active");
+    expect(a.fencingToken).toBeGreaterThan(0);
+    expect(b.state).toBe("queued");
+  });
+
+  it("hands the slot to the next waiter on release and tells the host", () => {
+    const { engine, acquire, changes } = setup();
+    const a = acquire("a");
+    const b = acquire("b");
+    expect(engine.release("k", "a")?.state).toBe("released");
+    expect(b.state).toBe("active");
+    expect(b.fencingToken).toBeGreaterThan(a.fencingToken);
+    expect(changes).toEqual([
+      ["b", "active"],
+      ["a", "released"],
+    ]);
+  });
+
+  it("is a semaphore with capacity N", () => {
+    const { acquire } = setup();
+    const states = ["a", "b", "c"].map((id) => acquire(id, { capacity: 2 }).state);
+    expect(states).toEqual(["active", "active", "queued"]);
+  });
+
+  it("lets the head of the line block smaller requests behind it, so big ones never starve", () => {
+    const { engine, acquire } = setup();
+    acquire("a", { capacity: 3, load: 2 });
+    const big = acquire("big", { load: 2 });
+    const small = acquire("small", { load: 1 });
+    expect(engine.resource("k", "lock")?.used).toBe(2);
+    expect([big.state, small.state]).toEqual(["queued", "queued"]);
+    engine.release("k", "a");
+    expect([big.state, small.state]).toEqual(["active", "active"]);
+  });
+
+  it("serves higher priority first, and arrival order within a priority", () => {
+    const { engine, acquire } = setup();
+    acquire("holder");
+    const low = acquire("low", { priority: 1 });
+    const mid1 = acquire("mid1");
+    const high = acquire("high", { priority: 50 });
+    const mid2 = acquire("mid2");
+    const order: Request[] = [];
+    let current = "holder";
+    for (let i = 0; i < 4; i++) {
+      engine.release("k", current);
+      const next = [low, mid1, high, mid2].find((r) => r.state === "active")!;
+      order.push(next);
+      current = next.id;
+    }
+    expect(order.map((r) => r.id)).toEqual(["high", "mid1", "mid2", "low"]);
+  });
+
+  it("keeps fencing tokens increasing when a resource is forgotten and created again", () => {
+    const { engine, acquire } = setup();
+    const first = acquire("a");
+    engine.release("k", "a");
+    expect(engine.stats().resources).toBe(0);
+    const second = acquire("b");
+    expect(second.fencingToken).toBeGreaterThan(first.fencingToken);
+  });
+
+  it("seeds fencing tokens from the clock, so they grow across restarts", () => {
+    const before = setup();
+    const t1 = before.acquire("a").fencingToken;
+    const after = setup();
+    after.clock.t = before.clock.t + 1; // a restart, a millisecond later
+    const restarted = new Engine(CONFIG, after.clock);
+    const r = restarted.acquire("k", "a", { resource: "lock" });
+    expect(r.ok && r.request.fencingToken).toBeGreaterThan(t1);
+  });
+});
+
+describe("Engine: refusals", () => {
+  it("resumes a retried create instead of queueing it twice", () => {
+    const { engine, acquire } = setup();
+    acquire("a");
+    const b = acquire("b");
+    const again = engine.acquire("k", "b", { resource: "lock" });
+    expect(again.ok && again.request).toBe(b);
+    expect(again.ok && again.created).toBe(false);
+    expect(engine.resource("k", "lock")?.queued).toBe(1);
+  });
+
+  it("refuses to reuse a request id for other parameters", () => {
+    const { engine, acquire } = setup();
+    acquire("a");
+    const r = engine.acquire("k", "a", { resource: "other" });
+    expect(r).toMatchObject({ ok: false, code: "request_conflict" });
+  });
+
+  it("refuses a capacity that differs from the live resource's", () => {
+    const { engine, acquire } = setup();
+    acquire("a", { capacity: 2 });
+    expect(engine.acquire("k", "b", { resource: "lock", capacity: 3 })).toMatchObject({
+      ok: false,
+      code: "capacity_mismatch",
+      field: "capacity",
+    });
+    // Without a capacity, a request joins whatever the resource is.
+    expect(acquire("c").state).toBe("active");
+  });
+
+  it("refuses a load larger than the capacity, and does not keep the resource for it", () => {
+    const { engine } = setup();
+    expect(engine.acquire("k", "a", { resource: "lock", load: 2 })).toMatchObject({ ok: false, field: "load" });
+    expect(engine.stats()).toMatchObject({ resources: 0, live: 0 });
+  });
+
+  it("refuses to queue past maxQueue", () => {
+    const { engine, acquire } = setup({ maxQueue: 2 });
+    acquire("a");
+    acquire("b");
+    acquire("c");
+    expect(engine.acquire("k", "d", { resource: "lock" })).toMatchObject({ ok: false, code: "queue_full" });
+    expect(engine.resource("k", "lock")?.queued).toBe(2);
+  });
+});
+
+describe("Engine: every request ends", () => {
+  it("ends a hold as expired after expiresIn and serves the next", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a", { expiresIn: 500 });
+    const b = acquire("b");
+    engine.attach(a);
+    engine.attach(b);
+    tick(499);
+    expect(a.state).toBe("active");
+    tick(1);
+    expect(a.state).toBe("expired");
+    expect(b.state).toBe("active");
+  });
+
+  it("uses the default hold bound when the request sets none", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a");
+    engine.attach(a);
+    tick(CONFIG.defaultExpiresIn - 1);
+    expect(a.state).toBe("active");
+    tick(1);
+    expect(a.state).toBe("expired");
+  });
+
+  it("drops a request `grace` ms after its client closes the poll", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a");
+    const b = acquire("b");
+    engine.attach(a);
+    engine.attach(b);
+    engine.detach(a, false);
+    tick(CONFIG.grace - 1);
+    expect(a.state).toBe("active");
+    tick(1);
+    expect(a.state).toBe("dropped");
+    expect(b.state).toBe("active");
+  });
+
+  it("gives a client repollGrace to poll again after an answered poll", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a");
+    engine.attach(a);
+    engine.detach(a, true);
+    tick(CONFIG.repollGrace - 1);
+    engine.attach(a); // the next poll arrives in time
+    tick(CONFIG.repollGrace * 10);
+    expect(a.state).toBe("active");
+    engine.detach(a, true);
+    tick(CONFIG.repollGrace);
+    expect(a.state).toBe("dropped");
+  });
+
+  it("keeps a request alive while any of several polls is open", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a");
+    engine.attach(a);
+    engine.attach(a);
+    engine.detach(a, false);
+    tick(CONFIG.grace * 10);
+    expect(a.state).toBe("active");
+  });
+
+  it("cleans up a request whose client never polls", () => {
+    const { acquire, tick } = setup();
+    const a = acquire("a");
+    tick(CONFIG.repollGrace);
+    expect(a.state).toBe("dropped");
+  });
+
+  it("with timeout 0, grants at once or ends timed_out without joining the line", () => {
+    const { engine, acquire } = setup();
+    expect(acquire("a", { timeout: 0 }).state).toBe("active");
+    const b = acquire("b", { timeout: 0 });
+    expect(b.state).toBe("timed_out");
+    expect(engine.resource("k", "lock")?.queued).toBe(0);
+  });
+
+  it("ends a queued request as timed_out when its timeout elapses", () => {
+    const { engine, acquire, tick } = setup();
+    engine.attach(acquire("a"));
+    const b = acquire("b", { timeout: 300 });
+    engine.attach(b);
+    tick(299);
+    expect(b.state).toBe("queued");
+    tick(1);
+    expect(b.state).toBe("timed_out");
+  });
+
+  it("lets a big blocked head time out and then serves the small ones behind it", () => {
+    const { engine, acquire, tick } = setup();
+    engine.attach(acquire("a", { capacity: 2 }));
+    const big = acquire("big", { load: 2, timeout: 100 });
+    const small = acquire("small");
+    engine.attach(big);
+    engine.attach(small);
+    expect(small.state).toBe("queued");
+    tick(100);
+    expect(big.state).toBe("timed_out");
+    expect(small.state).toBe("active");
+  });
+
+  it("releases idempotently, and cancels a queued request", () => {
+    const { engine, acquire } = setup();
+    acquire("a");
+    acquire("b");
+    expect(engine.release("k", "b")?.state).toBe("cancelled");
+    expect(engine.release("k", "a")?.state).toBe("released");
+    expect(engine.release("k", "a")?.state).toBe("released");
+    expect(engine.release("k", "nope")).toBeUndefined();
+  });
+
+  it("remembers an ended request for `retention`, then forgets it and its namespace", () => {
+    const { engine, acquire, tick } = setup();
+    acquire("a");
+    engine.release("k", "a");
+    expect(engine.nextDeadline()).toBe(1_000 + CONFIG.retention);
+    tick(CONFIG.retention - 1);
+    expect(engine.get("k", "a")?.state).toBe("released");
+    tick(1);
+    expect(engine.get("k", "a")).toBeUndefined();
+    expect(engine.stats()).toEqual({ namespaces: 0, resources: 0, live: 0, retained: 0, timers: 0 });
+  });
+
+  it("keeps memory flat over a million one-off lock names", () => {
+    const { engine } = setup({ maxRetained: 1_000 });
+    for (let i = 0; i < 1_000_000; i++) {
+      const id = `r${i}`;
+      engine.acquire("k", id, { resource: `job-${i}` });
+      engine.release("k", id);
+    }
+    expect(engine.stats()).toEqual({ namespaces: 1, resources: 0, live: 0, retained: 1_000, timers: 0 });
+  });
+
+  it("keeps namespaces apart", () => {
+    const { engine, acquire } = setup();
+    acquire("a", {}, "k1");
+    expect(acquire("a", {}, "k2").state).toBe("active");
+    expect(engine.release("k2", "b")).toBeUndefined();
+    expect(engine.get("k1", "a")?.state).toBe("active");
+  });
+});
