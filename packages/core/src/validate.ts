@@ -61,7 +61,12 @@ export function checkRequestId(id: unknown): string | undefined {
 }
 
 /** An integer in `[min, max]`; `unit` (e.g. "ms") is named in the message. */
-export function checkInteger(value: unknown, min: number, max: number, unit = ""): string | undefined {
+export function checkInteger(
+  value: unknown,
+  min: number,
+  max: number,
+  unit = "",
+): string | undefined {
   const u = unit ? ` ${unit}` : "";
   if (typeof value !== "number" || !Number.isInteger(value)) {
     return `must be an integer from ${min} to ${max}${u}, got ${describe(value)}`;
@@ -82,7 +87,14 @@ export interface FieldProblem {
   detail: string;
 }
 
-const ACQUIRE_FIELDS = new Set(["resource", "capacity", "load", "priority", "timeout", "expiresIn"]);
+const ACQUIRE_FIELDS = new Set([
+  "resource",
+  "capacity",
+  "load",
+  "priority",
+  "timeout",
+  "expiresIn",
+]);
 
 /**
  * Checks a `PUT /v1/requests/{id}` body. Unknown fields are refused rather than ignored, so a
@@ -107,10 +119,19 @@ export function checkAcquireBody(
     opt(b, "load", (v) => checkInteger(v, 1, MAX_CAPACITY)) ??
     opt(b, "priority", (v) => checkInteger(v, MIN_PRIORITY, MAX_PRIORITY)) ??
     opt(b, "timeout", (v) => checkInteger(v, 0, MAX_TIMEOUT, "ms")) ??
-    opt(b, "expiresIn", (v) => checkInteger(v, 1, limits.maxExpiresIn, "ms (the server's maximum hold)"));
+    opt(b, "expiresIn", (v) =>
+      checkInteger(v, 1, limits.maxExpiresIn, "ms (the server's maximum hold)"),
+    );
   if (problem) return { ok: false, problem };
-  if (b.load !== undefined && b.capacity !== undefined && (b.load as number) > (b.capacity as number)) {
-    return fail("load", `must not exceed capacity (${b.capacity}), got ${b.load}: it could never be granted`);
+  if (
+    b.load !== undefined &&
+    b.capacity !== undefined &&
+    (b.load as number) > (b.capacity as number)
+  ) {
+    return fail(
+      "load",
+      `must not exceed capacity (${b.capacity}), got ${b.load}: it could never be granted`,
+    );
   }
   return { ok: true, value: b as unknown as AcquireBody };
 }

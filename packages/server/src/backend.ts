@@ -17,12 +17,22 @@ export interface Backend {
    * Creates or resumes request `id`. Answers at once unless the request is queued; then holds
    * until it is granted or ends, `poll.wait` elapses, or `poll.signal` aborts.
    */
-  acquire(ns: string, id: string, body: AcquireBody, poll: PollOptions): Promise<RequestSnapshot | Refusal>;
+  acquire(
+    ns: string,
+    id: string,
+    body: AcquireBody,
+    poll: PollOptions,
+  ): Promise<RequestSnapshot | Refusal>;
   /**
    * A long-poll on request `id`: holds while its state is still `known` (the liveness of the
    * request), answers at once otherwise. Undefined if the request is unknown.
    */
-  poll(ns: string, id: string, known: RequestState | undefined, poll: PollOptions): Promise<RequestSnapshot | undefined>;
+  poll(
+    ns: string,
+    id: string,
+    known: RequestState | undefined,
+    poll: PollOptions,
+  ): Promise<RequestSnapshot | undefined>;
   /** Releases (active) or cancels (queued) request `id`; idempotent. Undefined if unknown. */
   release(ns: string, id: string): Promise<RequestSnapshot | undefined>;
   /** A resource's state; undefined when nothing holds or waits on it. */

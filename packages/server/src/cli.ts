@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
-import { startServer } from "./server.js";
 import type { ServerOptions } from "./options.js";
+import { startServer } from "./server.js";
 
 const USAGE = `Usage: ratequeue-server [options]
 
@@ -52,7 +52,10 @@ async function main(): Promise<void> {
     host: values.host,
     apiKeys: [
       ...(values["api-key"] ?? []),
-      ...(process.env.RATEQUEUE_API_KEYS ?? "").split(",").map((k) => k.trim()).filter(Boolean),
+      ...(process.env.RATEQUEUE_API_KEYS ?? "")
+        .split(",")
+        .map((k) => k.trim())
+        .filter(Boolean),
     ],
     log: (line) => process.stderr.write(`${line}\n`),
   };

@@ -23,7 +23,15 @@ const NAMES = [
 ];
 
 type Op =
-  | { kind: "acquire"; res: number; load: number; priority: number; timeout?: number; expiresIn?: number; poll: boolean }
+  | {
+      kind: "acquire";
+      res: number;
+      load: number;
+      priority: number;
+      timeout?: number;
+      expiresIn?: number;
+      poll: boolean;
+    }
   | { kind: "release"; pick: number }
   | { kind: "attach"; pick: number }
   | { kind: "detach"; pick: number; answered: boolean }
@@ -32,15 +40,18 @@ type Op =
 
 const op: fc.Arbitrary<Op> = fc.oneof(
   // Weighted towards acquires, so that lines with several priorities are common.
-  { weight: 4, arbitrary: fc.record({
-    kind: fc.constant("acquire" as const),
-    res: fc.integer({ min: 0, max: NAMES.length - 1 }),
-    load: fc.integer({ min: 1, max: 3 }),
-    priority: fc.constantFrom(0, 10, 20),
-    timeout: fc.option(fc.constantFrom(0, 100, 1_000), { nil: undefined }),
-    expiresIn: fc.option(fc.integer({ min: 1, max: 3_000 }), { nil: undefined }),
-    poll: fc.boolean(),
-  }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      kind: fc.constant("acquire" as const),
+      res: fc.integer({ min: 0, max: NAMES.length - 1 }),
+      load: fc.integer({ min: 1, max: 3 }),
+      priority: fc.constantFrom(0, 10, 20),
+      timeout: fc.option(fc.constantFrom(0, 100, 1_000), { nil: undefined }),
+      expiresIn: fc.option(fc.integer({ min: 1, max: 3_000 }), { nil: undefined }),
+      poll: fc.boolean(),
+    }),
+  },
   fc.record({ kind: fc.constant("release" as const), pick: fc.nat() }),
   fc.record({ kind: fc.constant("attach" as const), pick: fc.nat() }),
   fc.record({ kind: fc.constant("detach" as const), pick: fc.nat(), answered: fc.boolean() }),
@@ -69,14 +80,17 @@ function run(ops: Op[]): void {
     for (const other of created) {
       if (other === req || other.state !== "queued" || other.name !== req.name) continue;
       const ahead =
-        other.priority > req.priority || (other.priority === req.priority && arrival.get(other)! < arrival.get(req)!);
+        other.priority > req.priority ||
+        (other.priority === req.priority && arrival.get(other)! < arrival.get(req)!);
       expect(ahead, `${other.id} was ahead of ${req.id}`).toBe(false);
     }
   }
 
   function checkExclusion(): void {
     for (const { name, capacity } of NAMES) {
-      const held = created.filter((r) => r.name === name && r.state === "active").reduce((n, r) => n + r.load, 0);
+      const held = created
+        .filter((r) => r.name === name && r.state === "active")
+        .reduce((n, r) => n + r.load, 0);
       expect(held).toBeLessThanOrEqual(capacity);
       const snap = engine.resource("ns", name);
       expect(snap?.used ?? 0).toBe(held);
@@ -171,7 +185,8 @@ function run(ops: Op[]): void {
     engine.advance();
     checkExclusion();
   }
-  for (const req of created) expect(FINAL_STATES.has(req.state), `${req.id} is ${req.state}`).toBe(true);
+  for (const req of created)
+    expect(FINAL_STATES.has(req.state), `${req.id} is ${req.state}`).toBe(true);
   expect(engine.stats()).toEqual({ namespaces: 0, resources: 0, live: 0, retained: 0, timers: 0 });
   expect(grants).toBeLessThanOrEqual(created.length);
 }

@@ -14,7 +14,9 @@ const CONFIG: EngineConfig = {
 function setup(config: Partial<EngineConfig> = {}) {
   const clock = { t: 1_000, now: () => clock.t };
   const changes: Array<[string, string]> = [];
-  const engine = new Engine({ ...CONFIG, ...config }, clock, (req) => changes.push([req.id, req.state]));
+  const engine = new Engine({ ...CONFIG, ...config }, clock, (req) =>
+    changes.push([req.id, req.state]),
+  );
   const acquire = (id: string, body: Partial<AcquireBody> = {}, ns = "k") => {
     const r = engine.acquire(ns, id, { resource: "lock", ...body });
     if (!r.ok) throw new Error(`refused: ${r.code} ${r.detail}`);
@@ -138,7 +140,10 @@ describe("Engine: refusals", () => {
 
   it("refuses a load larger than the capacity, and does not keep the resource for it", () => {
     const { engine } = setup();
-    expect(engine.acquire("k", "a", { resource: "lock", load: 2 })).toMatchObject({ ok: false, field: "load" });
+    expect(engine.acquire("k", "a", { resource: "lock", load: 2 })).toMatchObject({
+      ok: false,
+      field: "load",
+    });
     expect(engine.stats()).toMatchObject({ resources: 0, live: 0 });
   });
 
@@ -147,7 +152,10 @@ describe("Engine: refusals", () => {
     acquire("a");
     acquire("b");
     acquire("c");
-    expect(engine.acquire("k", "d", { resource: "lock" })).toMatchObject({ ok: false, code: "queue_full" });
+    expect(engine.acquire("k", "d", { resource: "lock" })).toMatchObject({
+      ok: false,
+      code: "queue_full",
+    });
     expect(engine.resource("k", "lock")?.queued).toBe(2);
   });
 });
@@ -272,7 +280,13 @@ describe("Engine: every request ends", () => {
     expect(engine.get("k", "a")?.state).toBe("released");
     tick(1);
     expect(engine.get("k", "a")).toBeUndefined();
-    expect(engine.stats()).toEqual({ namespaces: 0, resources: 0, live: 0, retained: 0, timers: 0 });
+    expect(engine.stats()).toEqual({
+      namespaces: 0,
+      resources: 0,
+      live: 0,
+      retained: 0,
+      timers: 0,
+    });
   });
 
   it("keeps memory flat over a million one-off lock names", () => {
@@ -282,7 +296,13 @@ describe("Engine: every request ends", () => {
       engine.acquire("k", id, { resource: `job-${i}` });
       engine.release("k", id);
     }
-    expect(engine.stats()).toEqual({ namespaces: 1, resources: 0, live: 0, retained: 1_000, timers: 0 });
+    expect(engine.stats()).toEqual({
+      namespaces: 1,
+      resources: 0,
+      live: 0,
+      retained: 1_000,
+      timers: 0,
+    });
   });
 
   it("keeps namespaces apart", () => {

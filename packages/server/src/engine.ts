@@ -146,7 +146,11 @@ export class Engine {
    * Creates request `id` in namespace `ns`, or resumes it if it exists (a retried create).
    * Resuming with different parameters is a `request_conflict`.
    */
-  acquire(ns: string, id: string, body: AcquireBody): { ok: true; request: Request; created: boolean } | Refusal {
+  acquire(
+    ns: string,
+    id: string,
+    body: AcquireBody,
+  ): { ok: true; request: Request; created: boolean } | Refusal {
     const now = this.clock.now();
     const space = this.namespace(ns);
     const load = body.load ?? DEFAULT_LOAD;
@@ -280,7 +284,11 @@ export class Engine {
   /** Ends every request whose deadline has come (expiry, timeout, liveness) and forgets old ends. */
   advance(): void {
     const now = this.clock.now();
-    for (let req = this.heap.peek(); req !== undefined && req.deadline <= now; req = this.heap.peek()) {
+    for (
+      let req = this.heap.peek();
+      req !== undefined && req.deadline <= now;
+      req = this.heap.peek()
+    ) {
       if (req.state === "active" && req.expiresAt <= now) this.finish(req, "expired", now);
       else if (req.state === "queued" && req.waitUntil <= now) this.finish(req, "timed_out", now);
       else this.finish(req, "dropped", now);
@@ -311,7 +319,12 @@ export class Engine {
     const holders: ResourceSnapshot["holders"] = [];
     for (const h of resource.holders) {
       if (holders.length >= maxHolders) break;
-      holders.push({ id: h.id, load: h.load, fencingToken: h.fencingToken, expiresIn: Math.max(0, h.expiresAt - now) });
+      holders.push({
+        id: h.id,
+        load: h.load,
+        fencingToken: h.fencingToken,
+        expiresIn: Math.max(0, h.expiresAt - now),
+      });
     }
     return {
       name,
@@ -324,7 +337,13 @@ export class Engine {
   }
 
   /** Counts, for tests, benchmarks and the health route. */
-  stats(): { namespaces: number; resources: number; live: number; retained: number; timers: number } {
+  stats(): {
+    namespaces: number;
+    resources: number;
+    live: number;
+    retained: number;
+    timers: number;
+  } {
     return {
       namespaces: this.namespaces.size,
       resources: this.resourceCount,
@@ -404,10 +423,15 @@ export class Engine {
   }
 
   private forgetIfIdle(space: Namespace, resource: Resource): void {
-    if (resource.used === 0 && resource.line.size === 0 && space.resources.get(resource.name) === resource) {
+    if (
+      resource.used === 0 &&
+      resource.line.size === 0 &&
+      space.resources.get(resource.name) === resource
+    ) {
       space.resources.delete(resource.name);
       this.resourceCount--;
-      if (space.requests.size === 0 && space.resources.size === 0) this.namespaces.delete(space.key);
+      if (space.requests.size === 0 && space.resources.size === 0)
+        this.namespaces.delete(space.key);
     }
   }
 
@@ -421,7 +445,8 @@ export class Engine {
       this.retainedCount--;
       const space = r.ns;
       if (space.requests.get(r.id) === r) space.requests.delete(r.id);
-      if (space.requests.size === 0 && space.resources.size === 0) this.namespaces.delete(space.key);
+      if (space.requests.size === 0 && space.resources.size === 0)
+        this.namespaces.delete(space.key);
     }
   }
 

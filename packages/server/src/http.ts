@@ -26,7 +26,11 @@ const POLLABLE = new Set<string>(["queued", "active"]);
  * The HTTP API (v1): thin — parse, authenticate, validate, call the backend, shape the reply.
  * Every route is documented in docs/protocol.md.
  */
-export function buildApp(options: ResolvedServerOptions, backend: Backend, state: { closing: boolean }): FastifyInstance {
+export function buildApp(
+  options: ResolvedServerOptions,
+  backend: Backend,
+  state: { closing: boolean },
+): FastifyInstance {
   const app = Fastify({
     bodyLimit: options.bodyLimit,
     // Request ids are up to 128 characters; find-my-way's default limit is 100.
@@ -40,11 +44,16 @@ export function buildApp(options: ResolvedServerOptions, backend: Backend, state
   const open = keys.size === 0;
 
   app.decorateRequest("namespace", "");
+  // Only JSON bodies: anything else is a 415 that says so, not a confusing 400.
+  app.removeContentTypeParser("text/plain");
 
   app.addHook("onRequest", async (req, reply) => {
     if (state.closing) {
       reply.header("retry-after", "1").header("connection", "close");
-      return sendProblem(reply, problem(503, "shutting_down", "the server is shutting down: retry shortly"));
+      return sendProblem(
+        reply,
+        problem(503, "shutting_down", "the server is shutting down: retry shortly"),
+      );
     }
     if (req.url === `${API_PREFIX}/health`) return;
     const header = req.headers.authorization;
@@ -63,23 +72,50 @@ export function buildApp(options: ResolvedServerOptions, backend: Backend, state
   });
 
   app.setNotFoundHandler((req, reply) =>
-    sendProblem(reply, problem(404, "not_found", `no route ${req.method} ${req.url.split("?")[0]}: see docs/protocol.md for the v1 routes`)),
+    sendProblem(
+      reply,
+      problem(
+        404,
+        "not_found",
+        `no route ${req.method} ${req.url.split("?")[0]}: see docs/protocol.md for the v1 routes`,
+      ),
+    ),
   );
 
   app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, _req, reply) => {
     const status = error.statusCode ?? 500;
     if (status === 413) {
-      return sendProblem(reply, problem(413, "payload_too_large", `the body is larger than ${options.bodyLimit} bytes: requests are small JSON objects`));
+      return sendProblem(
+        reply,
+        problem(
+          413,
+          "payload_too_large",
+          `the body is larger than ${options.bodyLimit} bytes: requests are small JSON objects`,
+        ),
+      );
     }
     if (status === 415) {
-      return sendProblem(reply, problem(415, "unsupported_media_type", "send the body as JSON with `Content-Type: application/json`"));
+      return sendProblem(
+        reply,
+        problem(
+          415,
+          "unsupported_media_type",
+          "send the body as JSON with `Content-Type: application/json`",
+        ),
+      );
     }
     if (status >= 400 && status < 500) {
       // Fastify's own parse errors (bad JSON, empty JSON body, forbidden __proto__ key).
-      return sendProblem(reply, problem(400, "invalid_request", `the body is not valid JSON: ${error.message}`, "body"));
+      return sendProblem(
+        reply,
+        problem(400, "invalid_request", `the body is not valid JSON: ${error.message}`, "body"),
+      );
     }
     options.log(`[ratequeue] internal error: ${error.stack ?? error.message}`);
-    return sendProblem(reply, problem(500, "internal", "the server failed to handle this request; it has been logged"));
+    return sendProblem(
+      reply,
+      problem(500, "internal", "the server failed to handle this request; it has been logged"),
+    );
   });
 
   app.get(`${API_PREFIX}/health`, async () => ({ status: "ok", mode: open ? "open" : "keys" }));
@@ -93,10 +129,14 @@ export function buildApp(options: ResolvedServerOptions, backend: Backend, state
       const wait = parseWait(req.query.wait, options.pollWindow);
       if (typeof wait === "string") return invalid(reply, "wait", wait);
       const body = checkAcquireBody(req.body, { maxExpiresIn: options.maxExpiresIn });
-      if (!body.ok) return invalid(reply, body.problem.field, `${body.problem.field} ${body.problem.detail}`);
+      if (!body.ok)
+        return invalid(reply, body.problem.field, `${body.problem.field} ${body.problem.detail}`);
       const result = await backend.acquire(req.namespace, id, body.value, pollOptions(reply, wait));
       if ("ok" in result) {
-        return sendProblem(reply, problem(REFUSAL_STATUS[result.code], result.code, result.detail, result.field));
+        return sendProblem(
+          reply,
+          problem(REFUSAL_STATUS[result.code], result.code, result.detail, result.field),
+        );
       }
       return result;
     },
@@ -112,9 +152,18 @@ export function buildApp(options: ResolvedServerOptions, backend: Backend, state
       if (typeof wait === "string") return invalid(reply, "wait", wait);
       const known = req.query.state;
       if (known !== undefined && !POLLABLE.has(known)) {
-        return invalid(reply, "state", `state must be "queued" or "active" (the state you last saw), got ${describe(known)}`);
+        return invalid(
+          reply,
+          "state",
+          `state must be "queued" or "active" (the state you last saw), got ${describe(known)}`,
+        );
       }
-      const snap = await backend.poll(req.namespace, id, known as RequestState | undefined, pollOptions(reply, wait));
+      const snap = await backend.poll(
+        req.namespace,
+        id,
+        known as RequestState | undefined,
+        pollOptions(reply, wait),
+      );
       return snap ?? unknownRequest(reply, id);
     },
   );
@@ -145,14 +194,19 @@ function invalid(reply: FastifyReply, field: string, detail: string) {
 function unknownRequest(reply: FastifyReply, id: string) {
   return sendProblem(
     reply,
-    problem(404, "not_found", `no request ${id} in this namespace: it never existed, or it ended more than the server's retention ago`),
+    problem(
+      404,
+      "not_found",
+      `no request ${id} in this namespace: it never existed, or it ended more than the server's retention ago`,
+    ),
   );
 }
 
 /** `?wait=` in ms, capped at the server's poll window; absent means the full window. */
 function parseWait(raw: string | undefined, window: number): number | string {
   if (raw === undefined) return window;
-  if (!/^\d{1,10}$/.test(raw)) return `wait must be a whole number of milliseconds, got ${describe(raw)}`;
+  if (!/^\d{1,10}$/.test(raw))
+    return `wait must be a whole number of milliseconds, got ${describe(raw)}`;
   return Math.min(Number(raw), window);
 }
 

@@ -9,5 +9,6 @@
  * await server.close();
  * ```
  */
-export { startServer, type RunningServer } from "./server.js";
+
 export type { ServerOptions } from "./options.js";
+export { type RunningServer, startServer } from "./server.js";

@@ -33,7 +33,12 @@ export class MemoryBackend implements Backend {
     });
   }
 
-  async acquire(ns: string, id: string, body: AcquireBody, poll: PollOptions): Promise<RequestSnapshot | Refusal> {
+  async acquire(
+    ns: string,
+    id: string,
+    body: AcquireBody,
+    poll: PollOptions,
+  ): Promise<RequestSnapshot | Refusal> {
     const result = this.engine.acquire(ns, id, body);
     this.settle();
     if (!result.ok) return result;
@@ -62,8 +67,16 @@ export class MemoryBackend implements Backend {
     this.timer = undefined;
   }
 
-  /** Holds a poll on `req` while its state is `known`. */
-  private wait(req: Request, known: RequestState | undefined, poll: PollOptions): Promise<RequestSnapshot> | RequestSnapshot {
+  /**
+   * Holds a poll on `req` while its state is `known`. Without `known` it is a plain read, which
+   * does not count as a sign of life (a dashboard looking must not keep a dead client's lease).
+   */
+  private wait(
+    req: Request,
+    known: RequestState | undefined,
+    poll: PollOptions,
+  ): Promise<RequestSnapshot> | RequestSnapshot {
+    if (known === undefined) return this.engine.snapshot(req);
     if (req.state !== known || poll.wait <= 0 || this.closed || poll.signal.aborted) {
       // An answered poll still proves the client alive: restart its repoll grace.
       this.engine.attach(req);
@@ -82,9 +95,9 @@ export class MemoryBackend implements Backend {
         onAbort: () => this.answer(p, false),
       };
       poll.signal.addEventListener("abort", p.onAbort, { once: true });
-      let set = this.polls.get(req);
-      if (set === undefined) this.polls.set(req, (set = new Set()));
-      set.add(p);
+      const set = this.polls.get(req);
+      if (set) set.add(p);
+      else this.polls.set(req, new Set([p]));
     });
   }
 

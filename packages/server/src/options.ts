@@ -73,7 +73,9 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     clock: options.clock ?? Date,
   };
   if (options.memory === false) {
-    throw new TypeError("memory: false is not supported yet: this server keeps its state in memory only");
+    throw new TypeError(
+      "memory: false is not supported yet: this server keeps its state in memory only",
+    );
   }
   integer("port", resolved.port, 0, 65_535);
   integer("pollWindow", resolved.pollWindow, 1, MAX_POLL_WINDOW);

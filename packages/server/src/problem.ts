@@ -15,8 +15,19 @@ const TITLES: Record<ProblemCode, string> = {
 };
 
 /** Builds an RFC 9457 problem; `type` is a stable URN per code (see docs/protocol.md). */
-export function problem(status: number, code: ProblemCode, detail: string, field?: string): Problem {
-  const p: Problem = { type: `urn:ratequeue:problem:${code}`, title: TITLES[code], status, detail, code };
+export function problem(
+  status: number,
+  code: ProblemCode,
+  detail: string,
+  field?: string,
+): Problem {
+  const p: Problem = {
+    type: `urn:ratequeue:problem:${code}`,
+    title: TITLES[code],
+    status,
+    detail,
+    code,
+  };
   if (field !== undefined) p.field = field;
   return p;
 }

@@ -1,5 +1,5 @@
-import { MemoryBackend } from "./memory-backend.js";
 import { buildApp } from "./http.js";
+import { MemoryBackend } from "./memory-backend.js";
 import { isLoopback, resolveServerOptions, type ServerOptions } from "./options.js";
 
 /** A running server. */
@@ -36,7 +36,9 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       "[ratequeue] WARNING: open development mode — no API key configured. Any bearer token is accepted and each token is its own namespace. Listening on loopback only; start with --api-key KEY (or RATEQUEUE_API_KEYS) for real use.",
     );
   } else if (!isLoopback(resolved.host)) {
-    resolved.log("[ratequeue] note: plain HTTP on a non-loopback interface: put TLS in front of it.");
+    resolved.log(
+      "[ratequeue] note: plain HTTP on a non-loopback interface: put TLS in front of it.",
+    );
   }
   resolved.log(`[ratequeue] listening on ${url} (state in memory)`);
 

@@ -1,0 +1,179 @@
+import http from "node:http";
+import { describe, expect, it } from "vitest";
+import { client, eventually, settledWithin, startTestServer } from "./helpers.js";
+
+const WINDOW = 10_000;
+
+describe("HTTP: queued locking", () => {
+  it("makes the second client wait, then answers its open poll as soon as the first releases", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    const a = await api.acquire("a", { resource: "user-update-42" });
+    expect(a.status).toBe(200);
+    expect(a.body).toMatchObject({ id: "a", state: "active", resource: "user-update-42" });
+
+    const b = api.acquire("b", { resource: "user-update-42" }, WINDOW);
+    expect(await settledWithin(b, 200)).toBe("pending");
+
+    const released = await api.release("a");
+    const t0 = performance.now();
+    expect(released.body.state).toBe("released");
+    const granted = await b;
+    // Answered by the release, not by the end of the 10 s window.
+    expect(performance.now() - t0).toBeLessThan(1_000);
+    expect(granted.body).toMatchObject({ id: "b", state: "active" });
+    expect(granted.body.fencingToken).toBeGreaterThan(a.body.fencingToken!);
+  });
+
+  it("answers a queued poll with the unchanged state when its window ends", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    const b = await api.acquire("b", { resource: "r" }, 50);
+    expect(b.body.state).toBe("queued");
+    const again = await api.poll("b", "queued", 50);
+    expect(again.body.state).toBe("queued");
+  });
+
+  it("answers a poll at once when the state the client knows is already stale", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    const t0 = performance.now();
+    const r = await api.poll("a", "queued", WINDOW);
+    expect(r.body.state).toBe("active");
+    expect(performance.now() - t0).toBeLessThan(1_000);
+  });
+
+  it("holds a holder's poll open while it holds, and answers it when the hold expires", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "r", expiresIn: 300 });
+    const r = await api.poll("a", "active", WINDOW);
+    expect(r.body.state).toBe("expired");
+  });
+
+  it("releases idempotently and cancels a waiter without granting it", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    await api.acquire("b", { resource: "r" }, 0);
+    expect((await api.release("b")).body.state).toBe("cancelled");
+    expect((await api.release("a")).body.state).toBe("released");
+    const again = await api.release("a");
+    expect(again.status).toBe(200);
+    expect(again.body.state).toBe("released");
+    expect((await api.resource("r")).body).toMatchObject({ used: 0, queued: 0, capacity: null });
+  });
+
+  it("resumes a retried create instead of queueing a second request", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    await api.acquire("b", { resource: "r" }, 0);
+    const retried = await api.acquire("b", { resource: "r" }, 0);
+    expect(retried.body.state).toBe("queued");
+    expect((await api.resource("r")).body).toMatchObject({ active: 1, queued: 1 });
+  });
+
+  it("is a semaphore with capacity and load, and reports the resource's state", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "gpu pool/eu", capacity: 3, load: 2 });
+    const b = await api.acquire("b", { resource: "gpu pool/eu", load: 2 }, 0);
+    expect(b.body).toMatchObject({ state: "queued", capacity: 3 });
+    const state = await api.resource("gpu pool/eu");
+    expect(state.body).toMatchObject({
+      name: "gpu pool/eu",
+      capacity: 3,
+      used: 2,
+      active: 1,
+      queued: 1,
+    });
+    expect(state.body.holders).toEqual([expect.objectContaining({ id: "a", load: 2 })]);
+  });
+
+  it("with timeout 0 is a try-lock that never joins the line", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    const b = await api.acquire("b", { resource: "r", timeout: 0 });
+    expect(b.body.state).toBe("timed_out");
+    expect((await api.resource("r")).body).toMatchObject({ queued: 0 });
+  });
+
+  it("refuses a capacity that differs from the live resource's with 409", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "r", capacity: 2 });
+    const b = await api.acquire("b", { resource: "r", capacity: 5 });
+    expect(b.status).toBe(409);
+    expect(b.body).toMatchObject({ code: "capacity_mismatch", field: "capacity" });
+  });
+
+  it("refuses to queue past maxQueue with 409 queue_full", async () => {
+    await using server = await startTestServer({ maxQueue: 1 });
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    await api.acquire("b", { resource: "r" }, 0);
+    const c = await api.acquire("c", { resource: "r" }, 0);
+    expect(c.status).toBe(409);
+    expect(c.body).toMatchObject({ code: "queue_full" });
+  });
+});
+
+describe("HTTP: liveness without heartbeats", () => {
+  it("drops a holder whose poll socket closes, after the grace, and serves the next waiter", async () => {
+    await using server = await startTestServer({ grace: 100 });
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    // The holder keeps its lease by keeping a poll open, on a socket of its own.
+    const url = new URL(`${server.url}/v1/requests/a?state=active&wait=${WINDOW}`);
+    const holder = http.request(url, {
+      agent: false,
+      headers: { authorization: "Bearer test-token" },
+    });
+    holder.on("error", () => {});
+    holder.end();
+    await new Promise((r) => holder.once("socket", (s) => s.once("connect", r)));
+
+    const b = api.acquire("b", { resource: "r" }, WINDOW);
+    expect(await settledWithin(b, 300)).toBe("pending");
+    const t0 = performance.now();
+    holder.destroy(); // the holder's process dies: its socket closes
+    const granted = await b;
+    expect(granted.body.state).toBe("active");
+    expect(performance.now() - t0).toBeLessThan(2_000);
+    expect((await api.poll("a")).body.state).toBe("dropped");
+  });
+
+  it("drops a waiter whose poll socket closes, so it leaves the line", async () => {
+    await using server = await startTestServer({ grace: 100 });
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    const controller = new AbortController();
+    const waiter = api
+      .acquire("b", { resource: "r" }, WINDOW, controller.signal)
+      .catch((e: Error) => e);
+    await eventually(async () => (await api.resource("r")).body.queued === 1);
+    controller.abort();
+    await waiter;
+    await eventually(async () => (await api.poll("b")).body.state === "dropped");
+    expect((await api.resource("r")).body).toMatchObject({ queued: 0 });
+  });
+
+  it("cleans up a request whose client never polls after creating it", async () => {
+    await using server = await startTestServer({ repollGrace: 200 });
+    const api = client(server);
+    await api.acquire("a", { resource: "r" }, 0);
+    await eventually(async () => (await api.poll("a")).body.state === "dropped");
+    expect((await api.acquire("b", { resource: "r" }, 0)).body.state).toBe("active");
+  });
+
+  it("keeps a lease alive across many polls that each end with the window", async () => {
+    await using server = await startTestServer({ pollWindow: 100, repollGrace: 300 });
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    for (let i = 0; i < 8; i++) expect((await api.poll("a", "active")).body.state).toBe("active");
+  });
+});

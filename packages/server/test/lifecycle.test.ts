@@ -1,0 +1,62 @@
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { client, startTestServer } from "./helpers.js";
+
+const CLI = fileURLToPath(new URL("../src/cli.ts", import.meta.url));
+
+describe("server lifecycle", () => {
+  it("answers open polls when it closes, then refuses connections", async () => {
+    const server = await startTestServer();
+    const api = client(server);
+    await api.acquire("a", { resource: "r" });
+    const holding = api.poll("a", "active", 10_000);
+    const waiting = api.acquire("b", { resource: "r" }, 10_000);
+    await new Promise((r) => setTimeout(r, 50));
+    await server.close();
+    expect((await holding).body.state).toBe("active");
+    expect((await waiting).body.state).toBe("queued");
+    await expect(fetch(`${server.url}/v1/health`)).rejects.toThrow();
+    await server.close(); // idempotent
+  });
+
+  it("runs as a command: prints its URL, serves, and exits 0 on SIGTERM", async () => {
+    const child = spawn(
+      process.execPath,
+      ["--import", "tsx", CLI, "--port", "0", "--api-key", "cli-key"],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    let out = "";
+    child.stdout.setEncoding("utf8");
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stdout.on("data", (chunk: string) => {
+        out += chunk;
+        const m = /http:\/\/127\.0\.0\.1:\d+/.exec(out);
+        if (m) resolve(m[0]);
+      });
+      child.once("exit", (code) => reject(new Error(`exited ${code} before printing its URL`)));
+    });
+    const res = await client({ url }, "cli-key").acquire("a", { resource: "r" });
+    expect(res.body.state).toBe("active");
+    child.kill("SIGTERM");
+    const [code] = await once(child, "exit");
+    expect(code).toBe(0);
+  });
+
+  it("rejects an unknown flag with a usage message and exit code 2", async () => {
+    const child = spawn(process.execPath, ["--import", "tsx", CLI, "--prot", "1"], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let err = "";
+    child.stderr.setEncoding("utf8").on("data", (c: string) => {
+      err += c;
+    });
+    const [code] = await once(child, "exit");
+    expect(code).toBe(2);
+    expect(err).toMatch(/Unknown option '--prot'/);
+    expect(err).toMatch(/Usage: ratequeue-server/);
+  });
+});
