@@ -210,8 +210,12 @@ export class Engine {
     );
     // Until the first poll attaches, the request is as good as abandoned.
     req.livenessAt = now + this.config.repollGrace;
-    resource.line.push(req);
-    this.pump(resource, now, req);
+    if (resource.line.size === 0 && resource.used + load <= resource.capacity) {
+      this.grant(resource, req, now); // the common, uncontended case: no line to join
+    } else {
+      resource.line.push(req);
+      this.pump(resource, now, req);
+    }
     if (req.state === "queued") {
       if (body.timeout === 0) {
         resource.line.unlink(req);
@@ -381,16 +385,20 @@ export class Engine {
     for (let head = resource.line.first(); head !== undefined; head = resource.line.first()) {
       if (resource.used + head.load > resource.capacity) return;
       resource.line.unlink(head);
-      resource.holders.push(head);
-      resource.used += head.load;
-      head.state = "active";
-      head.fencingToken = ++this.token;
-      head.expiresAt = now + head.expiresIn;
+      this.grant(resource, head, now);
       if (head !== quiet) {
         this.schedule(head);
         this.onChange(head);
       }
     }
+  }
+
+  private grant(resource: Resource, req: Request, now: number): void {
+    resource.holders.push(req);
+    resource.used += req.load;
+    req.state = "active";
+    req.fencingToken = ++this.token;
+    req.expiresAt = now + req.expiresIn;
   }
 
   /** Ends a live request and hands its room on. */

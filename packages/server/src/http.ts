@@ -46,6 +46,13 @@ export function buildApp(
   app.decorateRequest("namespace", "");
   // Only JSON bodies: anything else is a 415 that says so, not a confusing 400.
   app.removeContentTypeParser("text/plain");
+  // Many clients send `Content-Type: application/json` on every request, DELETE and GET
+  // included: an empty body is no body, not a parse error. PUT still requires a JSON object.
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (req, body, done) => {
+    if (body === "") done(null, undefined);
+    else parseJson(req, body as string, done);
+  });
 
   app.addHook("onRequest", async (req, reply) => {
     if (state.closing) {

@@ -31,7 +31,11 @@ export interface ServerOptions {
   maxQueue?: number;
   /** How long an ended request is remembered (for retried creates and releases), in ms. Default `60_000`. */
   retention?: number;
-  /** Most ended requests remembered at once. Default `100_000`. */
+  /**
+   * Most ended requests remembered at once; past it the oldest are forgotten before `retention`.
+   * Default `10_000`. Forgetting is safe (a create retried after it makes a new request, granted
+   * in turn), but remembering costs memory and garbage-collection time on every grant.
+   */
   maxRetained?: number;
   /** Largest request body, in bytes. Default `16_384`. */
   bodyLimit?: number;
@@ -67,7 +71,7 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     maxExpiresIn: options.maxExpiresIn ?? 86_400_000,
     maxQueue: options.maxQueue ?? 100_000,
     retention: options.retention ?? 60_000,
-    maxRetained: options.maxRetained ?? 100_000,
+    maxRetained: options.maxRetained ?? 10_000,
     bodyLimit: options.bodyLimit ?? 16_384,
     log: options.log ?? (() => {}),
     clock: options.clock ?? Date,
