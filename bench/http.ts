@@ -5,7 +5,9 @@ import { Pool } from "undici";
 const CLI = fileURLToPath(new URL("../packages/server/src/cli.ts", import.meta.url));
 
 /** Starts `ratequeue-server --port 0` in its own process (so client and server do not share a thread). */
-export async function spawnServer(args: string[] = []): Promise<{ url: string; stop: () => Promise<void> }> {
+export async function spawnServer(
+  args: string[] = [],
+): Promise<{ url: string; stop: () => Promise<void> }> {
   const child = spawn(process.execPath, ["--import", "tsx", CLI, "--port", "0", ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -40,13 +42,22 @@ async function cycle(pool: Pool, id: string, resource: string): Promise<void> {
   });
   const snap = (await put.body.json()) as { state: string };
   if (snap.state !== "active") throw new Error(`expected active, got ${JSON.stringify(snap)}`);
-  const del = await pool.request({ method: "DELETE", path: `/v1/requests/${id}`, headers: HEADERS });
+  const del = await pool.request({
+    method: "DELETE",
+    path: `/v1/requests/${id}`,
+    headers: HEADERS,
+  });
   const ended = (await del.body.json()) as { state: string };
-  if (ended.state !== "released") throw new Error(`expected released, got ${JSON.stringify(ended)}`);
+  if (ended.state !== "released")
+    throw new Error(`expected released, got ${JSON.stringify(ended)}`);
 }
 
 /** Cycles per second with `workers` concurrent clients, each on its own lock name, for `ms`. */
-export async function httpCyclesPerSecond(url: string, workers: number, ms: number): Promise<number> {
+export async function httpCyclesPerSecond(
+  url: string,
+  workers: number,
+  ms: number,
+): Promise<number> {
   const pool = new Pool(url, { connections: workers, pipelining: 1 });
   let done = 0;
   const until = performance.now() + ms;

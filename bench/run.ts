@@ -31,21 +31,42 @@ const row = (what: string, value: string, goal = "") => {
 };
 
 const cycles = quick ? 50_000 : 1_000_000;
-row("engine grant+release, one name (cycles/s)", fmt(median(await repeat(() => cyclesPerSecond(1, cycles)))), "≥ 1,000,000");
-row("engine grant+release, 100,000 names (cycles/s)", fmt(median(await repeat(() => cyclesPerSecond(100_000, cycles)))), "≥ 1,000,000");
-row("engine hand-overs, one lock with 100 waiting (/s)", fmt(median(await repeat(() => handoversPerSecond(cycles)))));
+row(
+  "engine grant+release, one name (cycles/s)",
+  fmt(median(await repeat(() => cyclesPerSecond(1, cycles)))),
+  "≥ 1,000,000",
+);
+row(
+  "engine grant+release, 100,000 names (cycles/s)",
+  fmt(median(await repeat(() => cyclesPerSecond(100_000, cycles)))),
+  "≥ 1,000,000",
+);
+row(
+  "engine hand-overs, one lock with 100 waiting (/s)",
+  fmt(median(await repeat(() => handoversPerSecond(cycles)))),
+);
 const held = quick ? 10_000 : 100_000;
-row(`engine memory per held lock (${fmt(held)} held, bytes)`, fmt(median(await repeat(() => bytesPerHeldLock(held), 3))), "≤ 1,024");
+row(
+  `engine memory per held lock (${fmt(held)} held, bytes)`,
+  fmt(median(await repeat(() => bytesPerHeldLock(held), 3))),
+  "≤ 1,024",
+);
 
 const server = await spawnServer();
 try {
   const ms = quick ? 500 : 3_000;
   await httpCyclesPerSecond(server.url, 8, 300); // warm up the server's JIT
   for (const workers of [1, 16, 64]) {
-    row(`HTTP acquire+release, ${workers} concurrent clients (cycles/s)`, fmt(median(await repeat(() => httpCyclesPerSecond(server.url, workers, ms), quick ? 1 : 3))));
+    row(
+      `HTTP acquire+release, ${workers} concurrent clients (cycles/s)`,
+      fmt(median(await repeat(() => httpCyclesPerSecond(server.url, workers, ms), quick ? 1 : 3))),
+    );
   }
   const lat = await httpCycleLatencies(server.url, quick ? 200 : 2_000);
-  row("HTTP acquire+release latency, one client (p50 / p99 ms)", `${median(lat).toFixed(3)} / ${pct(lat, 0.99).toFixed(3)}`);
+  row(
+    "HTTP acquire+release latency, one client (p50 / p99 ms)",
+    `${median(lat).toFixed(3)} / ${pct(lat, 0.99).toFixed(3)}`,
+  );
 } finally {
   await server.stop();
 }

@@ -385,7 +385,11 @@ describe("HTTP: lenient where it costs nothing", () => {
   it("accepts `Content-Type: application/json` with no body on DELETE and GET", async () => {
     await using server = await startTestServer();
     const headers = { "content-type": "application/json", authorization: "Bearer t" };
-    await fetch(`${server.url}/v1/requests/a?wait=0`, { method: "PUT", headers, body: '{"resource":"r"}' });
+    await fetch(`${server.url}/v1/requests/a?wait=0`, {
+      method: "PUT",
+      headers,
+      body: '{"resource":"r"}',
+    });
     const del = await fetch(`${server.url}/v1/requests/a`, { method: "DELETE", headers });
     expect(del.status).toBe(200);
     expect((await del.json()).state).toBe("released");
