@@ -8,8 +8,12 @@ const alias = {
   "@ratequeue/server": fileURLToPath(new URL("./packages/server/src/index.ts", import.meta.url)),
 };
 
+// CI sets TEST_REPORT to a file path to get a JSON report it can count from.
+const report = process.env.TEST_REPORT;
+
 export default defineConfig({
   test: {
+    reporters: report ? ["default", ["json", { outputFile: report }]] : ["default"],
     projects: ["core", "sdk", "server"].map((name) => ({
       resolve: { alias },
       test: {
