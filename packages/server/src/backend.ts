@@ -1,10 +1,17 @@
 import type { AcquireBody, RequestSnapshot, RequestState, ResourceSnapshot } from "@ratequeue/core";
 import type { Refusal } from "./engine.js";
 
-/** How a poll may wait: at most `wait` ms, and not past `signal` (aborted when the client's connection closes). */
+/** How a poll may wait. */
 export interface PollOptions {
+  /** At most this long, in ms. */
   wait: number;
+  /** Aborted when the client closes this poll before it is answered (it died, or gave up). */
   signal: AbortSignal;
+  /**
+   * Aborted when the client's connection closes, even after this poll is answered: a client
+   * killed between two polls is then dropped after `grace`, not `repollGrace`.
+   */
+  connection?: AbortSignal;
 }
 
 /**

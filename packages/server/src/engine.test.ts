@@ -212,6 +212,26 @@ describe("Engine: every request ends", () => {
     expect(a.state).toBe("dropped");
   });
 
+  it("shortens repollGrace to grace when the connection of the last answer closes", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a");
+    engine.attach(a);
+    engine.detach(a, true);
+    tick(10);
+    engine.hasten(a);
+    tick(CONFIG.grace);
+    expect(a.state).toBe("dropped");
+  });
+
+  it("does not hasten a request that has a poll open", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a");
+    engine.attach(a);
+    engine.hasten(a);
+    tick(CONFIG.repollGrace * 2);
+    expect(a.state).toBe("active");
+  });
+
   it("keeps a request alive while any of several polls is open", () => {
     const { engine, acquire, tick } = setup();
     const a = acquire("a");

@@ -276,6 +276,16 @@ export class Engine {
     this.schedule(req);
   }
 
+  /**
+   * The connection that carried the request's last (answered) poll closed: its client is
+   * probably gone, so it gets `grace` instead of `repollGrace` to come back.
+   */
+  hasten(req: Request): void {
+    if (req.resource === undefined || req.pollers > 0) return;
+    req.livenessAt = Math.min(req.livenessAt, this.clock.now() + this.config.grace);
+    this.schedule(req);
+  }
+
   /** Clock time of the next deadline, if any: call `advance()` then. */
   nextDeadline(): number | undefined {
     const due = this.heap.peek()?.deadline;

@@ -1,3 +1,4 @@
+import type { Socket } from "node:net";
 import {
   API_PREFIX,
   checkAcquireBody,
@@ -223,5 +224,20 @@ function pollOptions(reply: FastifyReply, wait: number): PollOptions {
   reply.raw.once("close", () => {
     if (!reply.raw.writableFinished) controller.abort();
   });
-  return { wait, signal: controller.signal };
+  return { wait, signal: controller.signal, connection: connectionSignal(reply.raw.socket) };
+}
+
+const connections = new WeakMap<Socket, AbortSignal>();
+
+/** One signal per keep-alive connection, aborted when it closes. */
+function connectionSignal(socket: Socket | null): AbortSignal | undefined {
+  if (socket === null) return undefined;
+  let signal = connections.get(socket);
+  if (signal === undefined) {
+    const controller = new AbortController();
+    signal = controller.signal;
+    connections.set(socket, signal);
+    socket.once("close", () => controller.abort());
+  }
+  return signal;
 }

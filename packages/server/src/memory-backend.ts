@@ -9,6 +9,13 @@ interface Poll {
   timer: ReturnType<typeof setTimeout>;
   signal: AbortSignal;
   onAbort: () => void;
+  connection: AbortSignal | undefined;
+}
+
+/** The connection that carried a live request's last answered poll, watched until the next poll. */
+interface LastConnection {
+  signal: AbortSignal;
+  onClose: () => void;
 }
 
 /**
@@ -18,6 +25,7 @@ interface Poll {
 export class MemoryBackend implements Backend {
   readonly engine: Engine;
   private readonly polls = new Map<Request, Set<Poll>>();
+  private readonly lastConnection = new Map<Request, LastConnection>();
   /** Requests the engine reported changed during the current operation. */
   private changed: Request[] = [];
   private timer: ReturnType<typeof setTimeout> | undefined;
@@ -30,6 +38,7 @@ export class MemoryBackend implements Backend {
   ) {
     this.engine = new Engine(config, clock, (req) => {
       if (this.polls.has(req)) this.changed.push(req);
+      if (req.resource === undefined) this.unwatch(req); // ended: nothing to hasten
     });
   }
 
@@ -63,6 +72,7 @@ export class MemoryBackend implements Backend {
   async close(): Promise<void> {
     this.closed = true;
     for (const set of this.polls.values()) for (const p of set) this.answer(p, true);
+    for (const req of [...this.lastConnection.keys()]) this.unwatch(req);
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
   }
@@ -77,10 +87,12 @@ export class MemoryBackend implements Backend {
     poll: PollOptions,
   ): Promise<RequestSnapshot> | RequestSnapshot {
     if (known === undefined) return this.engine.snapshot(req);
+    this.unwatch(req);
     if (req.state !== known || poll.wait <= 0 || this.closed || poll.signal.aborted) {
       // An answered poll still proves the client alive: restart its repoll grace.
       this.engine.attach(req);
       this.engine.detach(req, true);
+      this.watch(req, poll.connection);
       this.settle();
       return this.engine.snapshot(req);
     }
@@ -93,6 +105,7 @@ export class MemoryBackend implements Backend {
         signal: poll.signal,
         timer: setTimeout(() => this.answer(p, true), poll.wait),
         onAbort: () => this.answer(p, false),
+        connection: poll.connection,
       };
       poll.signal.addEventListener("abort", p.onAbort, { once: true });
       const set = this.polls.get(req);
@@ -109,8 +122,32 @@ export class MemoryBackend implements Backend {
     clearTimeout(p.timer);
     p.signal.removeEventListener("abort", p.onAbort);
     this.engine.detach(p.req, answered);
+    if (answered && p.req.pollers === 0) this.watch(p.req, p.connection);
     p.resolve(this.engine.snapshot(p.req));
     this.settle();
+  }
+
+  /** Until its next poll, a live request is hastened if the connection of its last answer closes. */
+  private watch(req: Request, connection: AbortSignal | undefined): void {
+    if (connection === undefined || req.resource === undefined || this.closed) return;
+    if (connection.aborted) {
+      this.engine.hasten(req);
+      return;
+    }
+    const onClose = () => {
+      this.lastConnection.delete(req);
+      this.engine.hasten(req);
+      this.settle();
+    };
+    connection.addEventListener("abort", onClose, { once: true });
+    this.lastConnection.set(req, { signal: connection, onClose });
+  }
+
+  private unwatch(req: Request): void {
+    const last = this.lastConnection.get(req);
+    if (last === undefined) return;
+    this.lastConnection.delete(req);
+    last.signal.removeEventListener("abort", last.onClose);
   }
 
   /** After every engine operation: answer the polls of changed requests, and re-arm the timer. */

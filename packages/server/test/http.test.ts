@@ -147,6 +147,36 @@ describe("HTTP: liveness without heartbeats", () => {
     expect((await api.poll("a")).body.state).toBe("dropped");
   });
 
+  it("drops a holder killed between two polls after the grace, not the repoll grace", async () => {
+    await using server = await startTestServer({ grace: 100, repollGrace: 30_000 });
+    const api = client(server);
+    // The holder's poll is answered when its short window ends; then its connection closes
+    // while no poll is open (the process died between two polls).
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const answered = await new Promise<string>((resolve, reject) => {
+      const req = http.request(`${server.url}/v1/requests/a?wait=50`, {
+        method: "PUT",
+        agent,
+        headers: { authorization: "Bearer test-token", "content-type": "application/json" },
+      });
+      req.on("error", reject);
+      req.on("response", (res) => {
+        let body = "";
+        res.setEncoding("utf8").on("data", (c: string) => {
+          body += c;
+        });
+        res.on("end", () => resolve(body));
+      });
+      req.end(JSON.stringify({ resource: "r" }));
+    });
+    expect(JSON.parse(answered).state).toBe("active");
+    const b = api.acquire("b", { resource: "r" }, WINDOW);
+    expect(await settledWithin(b, 300)).toBe("pending");
+    agent.destroy(); // closes the idle keep-alive socket
+    expect((await b).body.state).toBe("active");
+    expect((await api.poll("a")).body.state).toBe("dropped");
+  });
+
   it("drops a waiter whose poll socket closes, so it leaves the line", async () => {
     await using server = await startTestServer({ grace: 100 });
     const api = client(server);
@@ -175,5 +205,64 @@ describe("HTTP: liveness without heartbeats", () => {
     const api = client(server);
     await api.acquire("a", { resource: "r" });
     for (let i = 0; i < 8; i++) expect((await api.poll("a", "active")).body.state).toBe("active");
+  });
+});
+
+describe("HTTP: guarantees under contention", () => {
+  it("never lets more than `capacity` hold at once, and grants with increasing tokens", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    const capacity = 2;
+    let holding = 0;
+    let maxHolding = 0;
+    const tokens: number[] = [];
+    const worker = async (w: number) => {
+      for (let turn = 0; turn < 5; turn++) {
+        const id = `w${w}-t${turn}`;
+        let snap = (await api.acquire(id, { resource: "pool", capacity })).body;
+        while (snap.state === "queued") snap = (await api.poll(id, "queued")).body;
+        expect(snap.state).toBe("active");
+        holding++;
+        maxHolding = Math.max(maxHolding, holding);
+        tokens.push(snap.fencingToken!);
+        await new Promise((r) => setTimeout(r, 2));
+        holding--;
+        await api.release(id);
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, (_, w) => worker(w)));
+    expect(maxHolding).toBeLessThanOrEqual(capacity);
+    expect(maxHolding).toBe(capacity); // the test did contend
+    expect(tokens).toHaveLength(40);
+    expect(new Set(tokens).size).toBe(40);
+  });
+
+  it("grants in arrival order within a priority, and higher priority first", async () => {
+    await using server = await startTestServer();
+    const api = client(server);
+    await api.acquire("holder", { resource: "r" });
+    const order: string[] = [];
+    const waiters = [];
+    for (const [id, priority] of [
+      ["low", 1],
+      ["first", 10],
+      ["second", 10],
+      ["urgent", 99],
+      ["third", 10],
+    ] as const) {
+      waiters.push(
+        (async () => {
+          let snap = (await api.acquire(id, { resource: "r", priority }, 0)).body;
+          while (snap.state === "queued") snap = (await api.poll(id, "queued")).body;
+          order.push(id);
+          await api.release(id);
+        })(),
+      );
+      // Arrival order is the order the server saw the creates in.
+      await eventually(async () => (await api.resource("r")).body.queued === waiters.length);
+    }
+    await api.release("holder");
+    await Promise.all(waiters);
+    expect(order).toEqual(["urgent", "first", "second", "third", "low"]);
   });
 });

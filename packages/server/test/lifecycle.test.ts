@@ -60,3 +60,15 @@ describe("server lifecycle", () => {
     expect(err).toMatch(/Usage: ratequeue-server/);
   });
 });
+
+describe("fencing across restarts", () => {
+  it("grants a larger token after the server restarts with its state forgotten", async () => {
+    const first = await startTestServer();
+    const before = await client(first).acquire("a", { resource: "r" });
+    await first.close();
+    await using second = await startTestServer();
+    const after = await client(second).acquire("a", { resource: "r" });
+    expect(after.body.state).toBe("active");
+    expect(after.body.fencingToken).toBeGreaterThan(before.body.fencingToken!);
+  });
+});
