@@ -2,11 +2,13 @@ import { fileURLToPath } from "node:url";
 import { defineConfig } from "vitest/config";
 
 // Tests import workspace packages from their sources, not from dist: no build step before a test run.
-const alias = {
-  "@ratequeue/core": fileURLToPath(new URL("./packages/core/src/index.ts", import.meta.url)),
-  "@ratequeue/sdk": fileURLToPath(new URL("./packages/sdk/src/index.ts", import.meta.url)),
-  "@ratequeue/server": fileURLToPath(new URL("./packages/server/src/index.ts", import.meta.url)),
-};
+const src = (path: string) => fileURLToPath(new URL(`./packages/${path}`, import.meta.url));
+const alias = [
+  { find: /^@ratequeue\/core$/, replacement: src("core/src/index.ts") },
+  { find: /^@ratequeue\/core\/node$/, replacement: src("core/src/node.ts") },
+  { find: /^@ratequeue\/sdk$/, replacement: src("sdk/src/node.ts") },
+  { find: /^@ratequeue\/server$/, replacement: src("server/src/index.ts") },
+];
 
 // CI sets TEST_REPORT to a file path to get a JSON report it can count from.
 const report = process.env.TEST_REPORT;

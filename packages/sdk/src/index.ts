@@ -1,12 +1,36 @@
 /**
- * `@ratequeue/sdk`: what apps import. For now it carries the protocol's public types; the
- * `ratequeue.acquire(name, opts, fn)` API is the next piece of work (see the repository's issues).
+ * `@ratequeue/sdk` for runtimes with `fetch` (edge workers, Bun, Deno, browsers). On Node.js the
+ * package's `node` export condition selects the undici build instead; the API is the same.
  *
  * @example
  * ```ts
- * import type { RequestState } from "@ratequeue/sdk";
- * const done: RequestState = "released";
+ * import { ratequeue } from "@ratequeue/sdk";
+ * await ratequeue.acquire(`billing-update-${customerId}`, { apiKey }, async (lease) => {
+ *   await updateBillingRecord(customerId, data, { fence: lease.fencingToken });
+ * });
  * ```
  */
-export type { RequestSnapshot, RequestState, ResourceSnapshot } from "@ratequeue/core";
-export { DEFAULT_CAPACITY, DEFAULT_LOAD, DEFAULT_PRIORITY } from "@ratequeue/core";
+import { fetchTransport } from "@ratequeue/core";
+import { readEnv } from "./internal/env.js";
+import { makeRateQueue, type RateQueue } from "./internal/rate-queue.js";
+import type { RateQueueOptions } from "./options.js";
+
+export * from "./internal/exports.js";
+
+const defaults = { transport: () => fetchTransport(), env: readEnv };
+
+/**
+ * A RateQueue client with its own defaults; per-call options override them.
+ *
+ * @example
+ * ```ts
+ * const rq = createRateQueue({ apiKey: env.RATEQUEUE_API_KEY, baseUrl: "https://locks.internal" });
+ * await using lease = await rq.acquire("nightly-report", { timeout: 0 });
+ * ```
+ */
+export function createRateQueue(options: RateQueueOptions = {}): RateQueue {
+  return makeRateQueue(options, defaults);
+}
+
+/** The default client, configured from `RATEQUEUE_API_KEY` and `RATEQUEUE_URL` at each call. */
+export const ratequeue: RateQueue = createRateQueue();

@@ -1,0 +1,61 @@
+/**
+ * `@ratequeue/core/node`: the undici transport, for Node.js. Only this entry imports undici,
+ * so the shared code stays on Web APIs.
+ *
+ * @example
+ * ```ts
+ * import { undiciTransport } from "@ratequeue/core/node";
+ * const transport = undiciTransport({ connections: 32 });
+ * ```
+ */
+import { Agent, type Dispatcher, request } from "undici";
+import type { Transport } from "./transport.js";
+
+export interface UndiciTransportOptions {
+  /**
+   * The dispatcher to send through (an `Agent`, a `Pool`, or undici's `MockAgent` in tests).
+   * Default: one keep-alive `Agent` shared by the process, built from the options below.
+   */
+  dispatcher?: Dispatcher;
+  /** Most connections per origin. Default `64`. */
+  connections?: number;
+  /**
+   * Longest wait for a reply's headers, and between two body chunks, in ms. Default `60_000`:
+   * above the server's longest poll window (25 s), far below undici's 300 s default.
+   */
+  timeout?: number;
+}
+
+let shared: Agent | undefined;
+
+export function undiciTransport(options: UndiciTransportOptions = {}): Transport {
+  const timeout = options.timeout ?? 60_000;
+  const dispatcher =
+    options.dispatcher ??
+    (options.connections === undefined && options.timeout === undefined
+      ? (shared ??= new Agent({ connections: 64, headersTimeout: timeout, bodyTimeout: timeout }))
+      : new Agent({
+          connections: options.connections ?? 64,
+          headersTimeout: timeout,
+          bodyTimeout: timeout,
+        }));
+  return async ({ method, url, headers, body, signal }) => {
+    const res = await request(url, {
+      method,
+      headers,
+      body,
+      signal,
+      dispatcher,
+      headersTimeout: timeout,
+      bodyTimeout: timeout,
+    });
+    return {
+      status: res.statusCode,
+      header: (name) => {
+        const v = res.headers[name.toLowerCase()];
+        return v === undefined ? null : Array.isArray(v) ? v.join(", ") : v;
+      },
+      text: () => res.body.text(),
+    };
+  };
+}

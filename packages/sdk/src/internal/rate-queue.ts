@@ -1,0 +1,132 @@
+import { describe, ProtocolClient, type Transport, ValidationError } from "@ratequeue/core";
+import { Lease } from "../lease.js";
+import {
+  ACQUIRE_OPTION_KEYS,
+  type AcquireOptions,
+  DEFAULT_BASE_URL,
+  type RateQueueOptions,
+} from "../options.js";
+
+/** What `ratequeue` and `createRateQueue()` return. */
+export interface RateQueue {
+  /**
+   * Waits for a slot of `name` and resolves with a `Lease`; release it when done (`await using`).
+   *
+   * @example
+   * ```ts
+   * await using lease = await ratequeue.acquire(`user-update-${userId}`, { timeout: 10_000 });
+   * ```
+   */
+  acquire(name: string, options?: AcquireOptions): Promise<Lease>;
+  /**
+   * Waits for a slot of `name`, runs `fn` while holding it, releases it when `fn` returns or
+   * throws, and resolves with `fn`'s result. If the lease is lost while `fn` runs, `fn` learns
+   * through `lease.signal` and the call rejects with `LeaseLostError` once `fn` settles.
+   *
+   * @example
+   * ```ts
+   * const saved = await ratequeue.acquire("billing-42", { apiKey }, async (lease) => {
+   *   return save(record, { fence: lease.fencingToken });
+   * });
+   * ```
+   */
+  acquire<T>(
+    name: string,
+    options: AcquireOptions | undefined,
+    fn: (lease: Lease) => T | Promise<T>,
+  ): Promise<Awaited<T>>;
+}
+
+/** Where an instance's unset options come from: the entry point decides (environment, transport). */
+export interface Defaults {
+  transport: () => Transport;
+  env: () => { apiKey?: string; baseUrl?: string };
+}
+
+export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): RateQueue {
+  if (options === null || typeof options !== "object") {
+    throw new ValidationError(
+      `createRateQueue options must be an object, got ${describe(options)}`,
+      { field: "options" },
+    );
+  }
+  let transport: Transport | undefined = options.transport;
+
+  async function acquire<T>(
+    name: string,
+    opts?: AcquireOptions,
+    fn?: (lease: Lease) => T | Promise<T>,
+  ) {
+    if (opts !== undefined && (opts === null || typeof opts !== "object")) {
+      throw new ValidationError(`acquire options must be an object, got ${describe(opts)}`, {
+        field: "options",
+      });
+    }
+    for (const key of Object.keys(opts ?? {})) {
+      if (!ACQUIRE_OPTION_KEYS.has(key)) {
+        throw new ValidationError(
+          `${key} is not an acquire option; expected some of: ${[...ACQUIRE_OPTION_KEYS].join(", ")}`,
+          {
+            field: key,
+          },
+        );
+      }
+    }
+    if (opts?.lane !== undefined) {
+      throw new ValidationError(
+        "lane is not supported by the server yet: remove it (or use priority)",
+        { field: "lane" },
+      );
+    }
+    if (fn !== undefined && typeof fn !== "function") {
+      throw new ValidationError(`fn must be a function, got ${describe(fn)}`, { field: "fn" });
+    }
+    const env = defaults.env();
+    transport ??= defaults.transport();
+    const client = new ProtocolClient({
+      apiKey: opts?.apiKey ?? options.apiKey ?? env.apiKey ?? "",
+      baseUrl: opts?.baseUrl ?? options.baseUrl ?? env.baseUrl ?? DEFAULT_BASE_URL,
+      transport,
+      retry: options.retry,
+      replyTimeout: options.replyTimeout,
+    });
+    const grant = await client.acquire({
+      name,
+      signal: opts?.signal,
+      timeout: opts?.timeout,
+      capacity: opts?.capacity,
+      load: opts?.load,
+      priority: opts?.priority,
+      expiresIn: opts?.expiresIn,
+    });
+    const lease = new Lease(client, grant);
+    return fn === undefined ? lease : run(lease, fn);
+  }
+
+  return { acquire } as RateQueue;
+}
+
+/** Runs `fn` while holding `lease`, and releases it in `finally`. */
+async function run<T>(lease: Lease, fn: (lease: Lease) => T | Promise<T>): Promise<Awaited<T>> {
+  let result: Awaited<T>;
+  try {
+    result = await fn(lease);
+  } catch (error) {
+    try {
+      await lease.release();
+    } catch (releaseError) {
+      // fn's own error wins; the release failure is kept as its cause if it has none.
+      if (error instanceof Error && error.cause === undefined) {
+        Object.defineProperty(error, "cause", {
+          value: releaseError,
+          configurable: true,
+          writable: true,
+        });
+      }
+    }
+    throw error;
+  }
+  await lease.release();
+  if (lease.signal.aborted) throw lease.signal.reason;
+  return result;
+}

@@ -1,0 +1,66 @@
+import type { Grant, ProtocolClient } from "@ratequeue/core";
+
+/**
+ * A held slot of a resource. Release it when done — `await using` and the callback form of
+ * `acquire` do it for you, on return and on throw.
+ *
+ * Holding is kept alive by an open long-poll to the server (no timers, no heartbeats); if the
+ * lease ends early (it expired, or the server dropped it), `signal` aborts with `LeaseLostError`.
+ *
+ * @example
+ * ```ts
+ * await using lease = await ratequeue.acquire("invoice-7");
+ * await store.write(data, { fence: lease.fencingToken, signal: lease.signal });
+ * ```
+ */
+export class Lease implements AsyncDisposable {
+  /** The resource's name. */
+  readonly name: string;
+  /** The request's id on the server. */
+  readonly id: string;
+  /** Strictly greater than every earlier grant's on this resource: pass it to the store you protect. */
+  readonly fencingToken: number;
+  /** Aborts (with `LeaseLostError`) if the lease is lost while held. Not aborted by `release()`. */
+  readonly signal: AbortSignal;
+
+  readonly #client: ProtocolClient;
+  readonly #lost = new AbortController();
+  readonly #holding = new AbortController();
+  #released: Promise<void> | undefined;
+
+  /** Made by `acquire()`; starts the poll that keeps the lease alive. */
+  constructor(client: ProtocolClient, grant: Grant) {
+    this.name = grant.name;
+    this.id = grant.id;
+    this.fencingToken = grant.fencingToken;
+    this.signal = this.#lost.signal;
+    this.#client = client;
+    client.hold(grant, this.#holding.signal).then(
+      (end) => {
+        if (end.state === "lost" && this.#released === undefined) this.#lost.abort(end.error);
+      },
+      () => {}, // stopped by release()
+    );
+  }
+
+  /**
+   * Releases the slot; the next in line is served at once. Idempotent: every call returns the
+   * same promise. Rejects with `ServiceUnavailableError` only if the server could not be told
+   * (it then drops the lease on its own once it sees this client's poll closed).
+   */
+  release(): Promise<void> {
+    this.#released ??= (async () => {
+      try {
+        await this.#client.release(this.id);
+      } finally {
+        this.#holding.abort();
+      }
+    })();
+    return this.#released;
+  }
+
+  /** `await using lease = ...` releases at the end of the block. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.release();
+  }
+}

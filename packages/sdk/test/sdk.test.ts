@@ -1,0 +1,338 @@
+import { spawn } from "node:child_process";
+import { getEventListeners } from "node:events";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { deferred, ENTRIES, eventually, resourceState, startTestServer } from "./helpers.js";
+
+const HOLDER = fileURLToPath(new URL("./fixtures/holder.ts", import.meta.url));
+
+describe.each(ENTRIES)("SDK over $transport", ({ sdk }) => {
+  const {
+    AcquireTimeoutError,
+    AuthenticationError,
+    LeaseLostError,
+    RateQueueError,
+    ServiceUnavailableError,
+    ValidationError,
+    createRateQueue,
+  } = sdk;
+
+  async function setup(serverOptions = {}) {
+    const server = await startTestServer(serverOptions);
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    return { server, rq, [Symbol.asyncDispose]: () => server.close() };
+  }
+
+  describe("the contract", () => {
+    it("runs fn while holding the slot, returns its result, and releases", async () => {
+      await using t = await setup();
+      const result = await t.rq.acquire("user-update-42", {}, async (lease) => {
+        expect(lease.name).toBe("user-update-42");
+        expect(lease.fencingToken).toBeGreaterThan(0);
+        expect(lease.signal.aborted).toBe(false);
+        expect((await resourceState(t.server, "user-update-42")).used).toBe(1);
+        return { saved: true };
+      });
+      expect(result).toEqual({ saved: true });
+      expect(await resourceState(t.server, "user-update-42")).toMatchObject({ used: 0, queued: 0 });
+    });
+
+    it("releases when fn throws, and rejects with fn's own error", async () => {
+      await using t = await setup();
+      const boom = new Error("boom");
+      await expect(
+        t.rq.acquire("r", {}, () => {
+          throw boom;
+        }),
+      ).rejects.toBe(boom);
+      expect((await resourceState(t.server, "r")).used).toBe(0);
+    });
+
+    it("releases at the end of an `await using` block", async () => {
+      await using t = await setup();
+      {
+        await using lease = await t.rq.acquire("invoice-7");
+        expect(lease.id).toMatch(/^[0-9a-f-]{36}$/);
+        expect((await resourceState(t.server, "invoice-7")).used).toBe(1);
+      }
+      expect((await resourceState(t.server, "invoice-7")).used).toBe(0);
+    });
+
+    it("releases idempotently", async () => {
+      await using t = await setup();
+      const lease = await t.rq.acquire("r");
+      const first = lease.release();
+      expect(lease.release()).toBe(first);
+      await first;
+      await lease[Symbol.asyncDispose]();
+      expect((await resourceState(t.server, "r")).used).toBe(0);
+    });
+
+    it("reads its defaults from RATEQUEUE_URL and RATEQUEUE_API_KEY", async () => {
+      await using t = await setup();
+      const saved = { url: process.env.RATEQUEUE_URL, key: process.env.RATEQUEUE_API_KEY };
+      process.env.RATEQUEUE_URL = t.server.url;
+      process.env.RATEQUEUE_API_KEY = "env-key";
+      try {
+        await sdk.ratequeue.acquire("from-env", {}, async () => {
+          expect((await resourceState(t.server, "from-env", "env-key")).used).toBe(1);
+        });
+      } finally {
+        process.env.RATEQUEUE_URL = saved.url;
+        process.env.RATEQUEUE_API_KEY = saved.key;
+        if (saved.url === undefined) delete process.env.RATEQUEUE_URL;
+        if (saved.key === undefined) delete process.env.RATEQUEUE_API_KEY;
+      }
+    });
+
+    it("lets per-call options win over the instance's", async () => {
+      await using t = await setup({ apiKeys: ["good-key"] });
+      const rq = createRateQueue({ apiKey: "bad-key", baseUrl: "http://127.0.0.1:9" });
+      await rq.acquire("r", { apiKey: "good-key", baseUrl: t.server.url }, async () => {
+        expect((await resourceState(t.server, "r", "good-key")).used).toBe(1);
+      });
+    });
+  });
+
+  describe("guarantees", () => {
+    it("1. exclusion: never more holders than the capacity", async () => {
+      await using t = await setup();
+      let holding = 0;
+      let max = 0;
+      await Promise.all(
+        Array.from({ length: 12 }, () =>
+          t.rq.acquire("pool", { capacity: 3 }, async () => {
+            max = Math.max(max, ++holding);
+            await new Promise((r) => setTimeout(r, 5));
+            holding--;
+          }),
+        ),
+      );
+      expect(max).toBe(3);
+    });
+
+    it("2. order: arrival order within a priority, higher priority first", async () => {
+      await using t = await setup();
+      const holder = await t.rq.acquire("r");
+      const order: string[] = [];
+      const waits: Promise<void>[] = [];
+      for (const [who, priority] of [
+        ["a", 10],
+        ["b", 10],
+        ["low", 0],
+        ["urgent", 50],
+        ["c", 10],
+      ] as const) {
+        waits.push(t.rq.acquire("r", { priority }, () => void order.push(who)));
+        await eventually(async () => (await resourceState(t.server, "r")).queued === waits.length);
+      }
+      await holder.release();
+      await Promise.all(waits);
+      expect(order).toEqual(["urgent", "a", "b", "c", "low"]);
+    });
+
+    it("3. fencing: tokens strictly increase from grant to grant", async () => {
+      await using t = await setup();
+      const tokens: number[] = [];
+      await Promise.all(
+        Array.from({ length: 10 }, () =>
+          t.rq.acquire("r", {}, (l) => void tokens.push(l.fencingToken)),
+        ),
+      );
+      for (let i = 1; i < tokens.length; i++) expect(tokens[i]!).toBeGreaterThan(tokens[i - 1]!);
+    });
+
+    it("6. lost is loud: lease.signal aborts, and the call rejects with LeaseLostError after fn settles", async () => {
+      await using t = await setup();
+      let settled = false;
+      const call = t.rq.acquire("r", { expiresIn: 150 }, async (lease) => {
+        const reason = await new Promise((resolve) =>
+          lease.signal.addEventListener("abort", () => resolve(lease.signal.reason)),
+        );
+        expect(reason).toBeInstanceOf(LeaseLostError);
+        settled = true;
+        return "done";
+      });
+      const error = await call.catch((e) => e);
+      expect(settled).toBe(true);
+      expect(error).toBeInstanceOf(LeaseLostError);
+      expect(error.code).toBe("lease_lost");
+      expect(error.message).toMatch(/expired/);
+    });
+
+    it("7. cancel is clean: an aborted wait rejects with the signal's reason and leaves no ghost", async () => {
+      await using t = await setup();
+      const holder = await t.rq.acquire("r");
+      const controller = new AbortController();
+      const waiting = t.rq.acquire("r", { signal: controller.signal });
+      await eventually(async () => (await resourceState(t.server, "r")).queued === 1);
+      controller.abort();
+      const error = await waiting.catch((e) => e);
+      expect(error).toBe(controller.signal.reason);
+      expect(error.name).toBe("AbortError");
+      expect(await resourceState(t.server, "r")).toMatchObject({ queued: 0, used: 1 });
+      await holder.release();
+    });
+
+    it("7. cancel is clean: a custom abort reason is what the call rejects with", async () => {
+      await using t = await setup();
+      const holder = await t.rq.acquire("r");
+      const controller = new AbortController();
+      const waiting = t.rq.acquire("r", { signal: controller.signal });
+      const reason = new Error("shutting down");
+      controller.abort(reason);
+      await expect(waiting).rejects.toBe(reason);
+      await holder.release();
+    });
+
+    it("7. cancel is clean: a timeout rejects with AcquireTimeoutError and leaves the line", async () => {
+      await using t = await setup();
+      const holder = await t.rq.acquire("r");
+      const error = await t.rq.acquire("r", { timeout: 100 }).catch((e) => e);
+      expect(error).toBeInstanceOf(AcquireTimeoutError);
+      expect(error.code).toBe("acquire_timeout");
+      expect(await resourceState(t.server, "r")).toMatchObject({ queued: 0, used: 1 });
+      await holder.release();
+    });
+
+    it("7. timeout 0 is a try-lock: granted at once, or AcquireTimeoutError without queueing", async () => {
+      await using t = await setup();
+      const lease = await t.rq.acquire("r", { timeout: 0 });
+      await expect(t.rq.acquire("r", { timeout: 0 })).rejects.toBeInstanceOf(AcquireTimeoutError);
+      expect((await resourceState(t.server, "r")).queued).toBe(0);
+      await lease.release();
+    });
+
+    it("7. a grant that races the abort is released at once", async () => {
+      const server = await startTestServer();
+      await using _ = server;
+      const controller = new AbortController();
+      // A transport that aborts the caller's signal the instant the grant arrives.
+      const base = sdk.fetchTransport();
+      const rq = createRateQueue({
+        apiKey: "test-key",
+        baseUrl: server.url,
+        transport: async (req) => {
+          const res = await base(req);
+          if (req.method === "PUT") {
+            const text = await res.text();
+            if (text.includes('"active"')) controller.abort();
+            return { ...res, text: async () => text };
+          }
+          return res;
+        },
+      });
+      const error = await rq.acquire("r", { signal: controller.signal }).catch((e) => e);
+      expect(controller.signal.aborted).toBe(true);
+      expect(error).toBe(controller.signal.reason);
+      expect((await resourceState(server, "r")).used).toBe(0);
+    });
+  });
+
+  describe("input is checked before any network call", () => {
+    const cases: Array<[string, string, Record<string, unknown>, RegExp]> = [
+      ["an empty name", "", {}, /name must not be empty/],
+      ["a control character", "a\u0007b", {}, /printable/],
+      ["a 300-byte name", "x".repeat(300), {}, /at most 256 UTF-8 bytes/],
+      ["a fractional load", "r", { load: 1.5 }, /load must be an integer/],
+      ["a negative timeout", "r", { timeout: -1 }, /timeout must be from 0/],
+      ["a load above the capacity", "r", { capacity: 2, load: 3 }, /never be granted/],
+      ["a string priority", "r", { priority: "high" }, /priority must be an integer/],
+      ["an unknown option", "r", { timout: 5 }, /timout is not an acquire option/],
+      ["a lane", "r", { lane: "tenant-1" }, /lane is not supported/],
+      ["a non-signal signal", "r", { signal: "stop" }, /signal must be an AbortSignal/],
+      ["an empty apiKey", "r", { apiKey: "" }, /apiKey is missing/],
+      ["a bad baseUrl", "r", { baseUrl: "localhost:7420" }, /baseUrl must be an http\(s\) URL/],
+    ];
+    it.each(cases)("rejects %s with ValidationError", async (_what, name, options, message) => {
+      let calls = 0;
+      const rq = createRateQueue({
+        apiKey: "k",
+        baseUrl: "http://127.0.0.1:9",
+        transport: async () => {
+          calls++;
+          throw new Error("no network call expected");
+        },
+      });
+      const error = await rq.acquire(name, options as never).catch((e) => e);
+      expect(error).toBeInstanceOf(ValidationError);
+      expect(error).toBeInstanceOf(RateQueueError);
+      expect(error.name).toBe("ValidationError");
+      expect(error.message).toMatch(message);
+      expect(calls).toBe(0);
+    });
+  });
+
+  describe("errors", () => {
+    it("rejects an unknown key with AuthenticationError", async () => {
+      await using t = await setup({ apiKeys: ["right"] });
+      const rq = createRateQueue({ apiKey: "wrong", baseUrl: t.server.url });
+      const error = await rq.acquire("r").catch((e) => e);
+      expect(error).toBeInstanceOf(AuthenticationError);
+      expect(error).toMatchObject({ code: "unauthorized", status: 401 });
+      expect(error.message).not.toContain("wrong");
+    });
+
+    it("gives up with ServiceUnavailableError when the server cannot be reached", async () => {
+      const rq = createRateQueue({
+        apiKey: "k",
+        baseUrl: "http://127.0.0.1:9",
+        retry: { retries: 2, minDelay: 1, maxDelay: 5 },
+      });
+      const error = await rq.acquire("r").catch((e) => e);
+      expect(error).toBeInstanceOf(ServiceUnavailableError);
+      expect(error.cause).toBeDefined();
+    });
+  });
+
+  it("leaves no listener on a caller's signal after 1,000 acquires", async () => {
+    await using t = await setup();
+    const controller = new AbortController();
+    for (let i = 0; i < 1_000; i++) {
+      await t.rq.acquire(`leak-${i % 7}`, { signal: controller.signal, timeout: 5_000 }, () => {});
+    }
+    // Waits that end by timeout and by a queue both add and must remove their listeners too.
+    const holder = await t.rq.acquire("busy");
+    await t.rq.acquire("busy", { signal: controller.signal, timeout: 0 }).catch(() => {});
+    await t.rq.acquire("busy", { signal: controller.signal, timeout: 30 }).catch(() => {});
+    await holder.release();
+    expect(getEventListeners(controller.signal, "abort")).toHaveLength(0);
+  });
+});
+
+describe("lease liveness", () => {
+  it("keeps a lease held for longer than several poll windows", async () => {
+    const { createRateQueue } = ENTRIES[0].sdk;
+    await using server = await startTestServer({ pollWindow: 100 });
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    await rq.acquire("r", {}, async (lease) => {
+      await new Promise((r) => setTimeout(r, 600));
+      expect(lease.signal.aborted).toBe(false);
+      expect((await resourceState(server, "r")).used).toBe(1);
+    });
+  });
+
+  it("4. release on exit: a holder killed with SIGKILL frees its slot for the next waiter", async () => {
+    const { createRateQueue } = ENTRIES[0].sdk;
+    await using server = await startTestServer();
+    const child = spawn(process.execPath, ["--import", "tsx", HOLDER, server.url, "r"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    try {
+      const held = deferred<number>();
+      child.stdout.setEncoding("utf8").on("data", (line: string) => {
+        const m = /holding (\d+)/.exec(line);
+        if (m) held.resolve(Number(m[1]));
+      });
+      const childToken = await held.promise;
+      const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+      const next = rq.acquire("r", { timeout: 5_000 }, (lease) => lease.fencingToken);
+      await eventually(async () => (await resourceState(server, "r")).queued === 1);
+      child.kill("SIGKILL");
+      // Served well before the 5 s timeout: liveness is the dead process's closed poll, not a TTL.
+      expect(await next).toBeGreaterThan(childToken);
+    } finally {
+      child.kill("SIGKILL");
+    }
+  });
+});
