@@ -63,6 +63,7 @@ export class RateQueueError extends Error {
   static override [Symbol.hasInstance](value: unknown): boolean {
     if (typeof value !== "object" || value === null) return false;
     const kinds = (value as { [KINDS]?: unknown })[KINDS];
+    // biome-ignore lint/complexity/noThisInStatic: `this` is the class `instanceof` was asked about (a subclass too)
     return Array.isArray(kinds) && kinds.includes(this.kind);
   }
 }

@@ -28,17 +28,22 @@ export interface UndiciTransportOptions {
 
 let shared: Agent | undefined;
 
+function agent(connections: number, timeout: number): Agent {
+  return new Agent({ connections, headersTimeout: timeout, bodyTimeout: timeout });
+}
+
 export function undiciTransport(options: UndiciTransportOptions = {}): Transport {
   const timeout = options.timeout ?? 60_000;
-  const dispatcher =
-    options.dispatcher ??
-    (options.connections === undefined && options.timeout === undefined
-      ? (shared ??= new Agent({ connections: 64, headersTimeout: timeout, bodyTimeout: timeout }))
-      : new Agent({
-          connections: options.connections ?? 64,
-          headersTimeout: timeout,
-          bodyTimeout: timeout,
-        }));
+  let dispatcher = options.dispatcher;
+  if (
+    dispatcher === undefined &&
+    options.connections === undefined &&
+    options.timeout === undefined
+  ) {
+    shared ??= agent(64, timeout); // one pool for the process, like undici's global dispatcher
+    dispatcher = shared;
+  }
+  dispatcher ??= agent(options.connections ?? 64, timeout);
   return async ({ method, url, headers, body, signal }) => {
     const res = await request(url, {
       method,

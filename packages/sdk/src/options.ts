@@ -11,7 +11,12 @@ export interface RateQueueOptions {
   /** How to send HTTP. Default: undici on Node.js, `fetch` everywhere else. */
   transport?: Transport;
   /**
-   * How much longer than its poll window (20 s at most) a reply may take before the exchange is
+   * Longest the client asks the server to hold a poll, in ms; the server caps it at its own
+   * window (10 s by default). Default `20_000`.
+   */
+  pollWindow?: number;
+  /**
+   * How much longer than its poll window a reply may take before the exchange is
    * abandoned and retried, in ms: a server or network that went silent. Default `15_000`.
    */
   replyTimeout?: number;

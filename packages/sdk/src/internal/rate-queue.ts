@@ -89,6 +89,7 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
       transport,
       retry: options.retry,
       replyTimeout: options.replyTimeout,
+      pollWindow: options.pollWindow,
     });
     const grant = await client.acquire({
       name,
