@@ -11,13 +11,19 @@ const { startServer } = require("@ratequeue/server");
     const lease = await ratequeue.acquire("smoke", opts);
     // p-retry and the backoff run inside the CJS build: a try-lock on a held lock must time out.
     const err = await ratequeue.acquire("smoke", { ...opts, timeout: 0 }).catch((e) => e);
-    if (!(err instanceof AcquireTimeoutError)) throw new Error(`CJS dist: expected AcquireTimeoutError, got ${err}`);
+    if (!(err instanceof AcquireTimeoutError))
+      throw new Error(`CJS dist: expected AcquireTimeoutError, got ${err}`);
     await lease.release();
     const down = await require("@ratequeue/sdk")
-      .createRateQueue({ apiKey: "x", baseUrl: "http://127.0.0.1:9", retry: { retries: 1, minDelay: 1 } })
+      .createRateQueue({
+        apiKey: "x",
+        baseUrl: "http://127.0.0.1:9",
+        retry: { retries: 1, minDelay: 1 },
+      })
       .acquire("smoke")
       .catch((e) => e);
-    if (down.name !== "ServiceUnavailableError") throw new Error(`CJS dist: retries broken: ${down}`);
+    if (down.name !== "ServiceUnavailableError")
+      throw new Error(`CJS dist: retries broken: ${down}`);
   } finally {
     await server.close();
   }

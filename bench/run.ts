@@ -1,35 +1,35 @@
 import os from "node:os";
 import { bytesPerHeldLock, cyclesPerSecond, handoversPerSecond } from "./engine.js";
 import { httpCycleLatencies, httpCyclesPerSecond, spawnServer } from "./http.js";
+import { contendedLock, floorLatencies, sdkCycleLatencies, spawnFloorServer } from "./sdk.js";
 
 /**
- * `pnpm bench`: the server's numbers. Each figure is the median of RUNS runs; machines are
- * shared and noisy, so compare figures from one run, not across runs.
+ * `pnpm bench`: the server's and the SDK's numbers. Each figure is the median of several runs;
+ * machines are shared and noisy, so compare figures from one run, not across runs.
+ * BENCH_QUICK=1 (CI) uses small sizes: it proves the benchmark runs, its figures mean little.
  */
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
-const quick = process.env.BENCH_QUICK === "1"; // CI: small sizes, just proves the benchmark runs
+const quick = process.env.BENCH_QUICK === "1";
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-};
-const pct = (xs: number[], p: number) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(s.length * p))]!;
-};
+const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
+const median = (xs: number[]) => sorted(xs)[Math.floor(xs.length / 2)]!;
+const pct = (xs: number[], p: number) =>
+  sorted(xs)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!;
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
-const repeat = async <T>(f: () => T | Promise<T>, runs = RUNS) => {
+const ms = (xs: number[]) => `${median(xs).toFixed(3)} / ${pct(xs, 0.99).toFixed(3)}`;
+async function repeat<T>(f: () => T | Promise<T>, runs = RUNS): Promise<T[]> {
   const out: T[] = [];
   for (let i = 0; i < runs; i++) out.push(await f());
   return out;
-};
+}
 
 const rows: Array<[string, string, string]> = [];
-const row = (what: string, value: string, goal = "") => {
+function row(what: string, value: string, goal = "") {
   rows.push([what, value, goal]);
   console.log(`${what}: ${value}${goal ? `  (goal ${goal})` : ""}`);
-};
+}
 
+// --- the engine, in this process ---------------------------------------------------------------
 const cycles = quick ? 50_000 : 1_000_000;
 row(
   "engine grant+release, one name (cycles/s)",
@@ -52,27 +52,58 @@ row(
   "≤ 1,024",
 );
 
+// --- over loopback, the server in its own process -----------------------------------------------
 const server = await spawnServer();
+const floor = await spawnFloorServer();
 try {
-  const ms = quick ? 500 : 3_000;
+  const window = quick ? 500 : 3_000;
+  const httpRuns = quick ? 1 : 3;
   await httpCyclesPerSecond(server.url, 8, 300); // warm up the server's JIT
   for (const workers of [1, 16, 64]) {
-    row(
-      `HTTP acquire+release, ${workers} concurrent clients (cycles/s)`,
-      fmt(median(await repeat(() => httpCyclesPerSecond(server.url, workers, ms), quick ? 1 : 3))),
+    const rate = median(
+      await repeat(() => httpCyclesPerSecond(server.url, workers, window), httpRuns),
     );
+    row(`HTTP acquire+release, ${workers} concurrent clients (cycles/s)`, fmt(rate));
   }
-  const lat = await httpCycleLatencies(server.url, quick ? 200 : 2_000);
   row(
     "HTTP acquire+release latency, one client (p50 / p99 ms)",
-    `${median(lat).toFixed(3)} / ${pct(lat, 0.99).toFixed(3)}`,
+    ms(await httpCycleLatencies(server.url, quick ? 200 : 2_000)),
+  );
+
+  // The SDK against the floor, interleaved in one run so that noise hits both alike.
+  const n = quick ? 200 : 2_000;
+  await floorLatencies(floor.url, 200);
+  await sdkCycleLatencies(server.url, 200);
+  const floors: number[] = [];
+  const sdk: number[] = [];
+  for (let r = 0; r < (quick ? 1 : 5); r++) {
+    floors.push(...(await floorLatencies(floor.url, n)));
+    sdk.push(...(await sdkCycleLatencies(server.url, n)));
+  }
+  row("HTTP floor: do-nothing round trip, same client (p50 / p99 ms)", ms(floors));
+  row("SDK uncontended acquire(name, {}, fn) cycle (p50 / p99 ms)", ms(sdk));
+  row(
+    "SDK cycle p50 ÷ two floor round trips",
+    `${(median(sdk) / (2 * median(floors))).toFixed(2)}×`,
+    "≤ 1.5×",
+  );
+
+  const turns = quick ? 5 : 50;
+  const runs = await repeat(() => contendedLock(server.url, 20, turns, 1), httpRuns);
+  const mid = runs.sort((a, b) => a.efficiency - b.efficiency)[Math.floor(runs.length / 2)]!;
+  row(
+    `one lock, 20 callers × ${turns} turns × 1 ms of work: wall / ideal ms`,
+    `${fmt(mid.wall)} / ${fmt(mid.ideal)} = ${(mid.efficiency * 100).toFixed(1)}% of ideal, ${fmt(mid.handoversPerSecond)} hand-overs/s`,
+    "≥ 85%",
   );
 } finally {
+  floor.stop();
   await server.stop();
 }
 
+const cpu = os.cpus();
 console.log(
-  `\nmachine: ${os.cpus()[0]?.model ?? "?"} × ${os.cpus().length}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${new Date().toISOString().slice(0, 10)}; medians of ${RUNS} runs (HTTP: 3)`,
+  `\nmachine: ${cpu[0]?.model ?? "?"} × ${cpu.length}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${new Date().toISOString().slice(0, 10)}; engine: medians of ${RUNS} runs; HTTP: of ${quick ? 1 : 3}`,
 );
 console.log("\n| measure | value | goal |\n| --- | --- | --- |");
 for (const [w, v, g] of rows) console.log(`| ${w} | ${v} | ${g} |`);

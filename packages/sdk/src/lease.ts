@@ -49,13 +49,16 @@ export class Lease implements AsyncDisposable {
    * (it then drops the lease on its own once it sees this client's poll closed).
    */
   release(): Promise<void> {
-    this.#released ??= (async () => {
-      try {
-        await this.#client.release(this.id);
-      } finally {
+    this.#released ??= this.#client.release(this.id).then(
+      // Released: the server answers the hold poll with `released`, and its loop ends by itself.
+      // (Aborting it instead would destroy a keep-alive connection on every release.)
+      () => {},
+      (error: unknown) => {
+        // Not confirmed: stop holding, so the server sees our poll close and drops the lease.
         this.#holding.abort();
-      }
-    })();
+        throw error;
+      },
+    );
     return this.#released;
   }
 
