@@ -4,7 +4,7 @@
  */
 import { createRateQueue } from "@ratequeue/sdk";
 
-const [baseUrl, name, turns] = process.argv.slice(2) as [string, string, string];
+const [baseUrl, turns] = process.argv.slice(2) as [string, string];
 const rq = createRateQueue({ apiKey: "demo", baseUrl });
 const tell = (event: string, token?: number) => process.send?.({ event, token, at: Date.now() });
 

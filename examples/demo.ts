@@ -37,7 +37,7 @@ console.log(
 
 const exits = Array.from({ length: WORKERS }, (_, i) => {
   const name = `worker-${i + 1}`;
-  const child = fork(worker, [server.url, name, String(TURNS)], {
+  const child = fork(worker, [server.url, String(TURNS)], {
     execArgv: process.execArgv,
     stdio: "inherit",
   });
