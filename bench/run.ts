@@ -72,8 +72,9 @@ try {
 
   // The SDK against the floor, interleaved in one run so that noise hits both alike.
   const n = quick ? 200 : 2_000;
-  await floorLatencies(floor.url, 200);
-  await sdkCycleLatencies(server.url, 200);
+  // Warm both paths up first: the JIT makes the first few hundred cycles several times slower.
+  await floorLatencies(floor.url, 1_000);
+  await sdkCycleLatencies(server.url, 1_000);
   const floors: number[] = [];
   const sdk: number[] = [];
   for (let r = 0; r < (quick ? 1 : 5); r++) {
@@ -89,7 +90,8 @@ try {
   );
 
   const turns = quick ? 5 : 50;
-  const runs = await repeat(() => contendedLock(server.url, 20, turns, 1), httpRuns);
+  if (!quick) for (let i = 0; i < 3; i++) await contendedLock(server.url, 20, turns, 1); // JIT warm-up
+  const runs = await repeat(() => contendedLock(server.url, 20, turns, 1), quick ? 1 : 5);
   const mid = runs.sort((a, b) => a.efficiency - b.efficiency)[Math.floor(runs.length / 2)]!;
   row(
     `one lock, 20 callers × ${turns} turns × 1 ms of work: wall / ideal ms`,

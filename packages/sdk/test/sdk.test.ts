@@ -303,10 +303,11 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk }) => {
 describe("lease liveness", () => {
   it("keeps a lease held for longer than several poll windows", async () => {
     const { createRateQueue } = ENTRIES[0].sdk;
-    await using server = await startTestServer({ pollWindow: 100 });
+    // A repoll grace shorter than the hold: the lease lives only if the SDK keeps polling.
+    await using server = await startTestServer({ pollWindow: 100, repollGrace: 300 });
     const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
     await rq.acquire("r", {}, async (lease) => {
-      await new Promise((r) => setTimeout(r, 600));
+      await new Promise((r) => setTimeout(r, 1_000));
       expect(lease.signal.aborted).toBe(false);
       expect((await resourceState(server, "r")).used).toBe(1);
     });
