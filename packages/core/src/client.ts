@@ -144,7 +144,7 @@ export class ProtocolClient {
       return { id, name, fencingToken: snap.fencingToken!, expiresIn: snap.expiresIn ?? 0 };
     } catch (error) {
       // The create may have reached the server even if its reply did not reach us.
-      await this.cancel(id);
+      if (!(error instanceof AuthenticationError)) await this.cancel(id);
       if (link.signal.aborted) throw link.signal.reason;
       throw error;
     } finally {
