@@ -50,6 +50,7 @@ export interface AcquireParams {
   load?: number;
   priority?: number;
   expiresIn?: number;
+  lockDelay?: number;
   /** ms to wait in line; `0`: try once. Default: no limit. */
   timeout?: number;
   signal?: AbortSignal;
@@ -105,7 +106,14 @@ export class ProtocolClient {
     params.signal?.throwIfAborted();
     const { name, signal, timeout } = params;
     const body: AcquireBody = { resource: name };
-    for (const key of ["capacity", "load", "priority", "expiresIn", "timeout"] as const) {
+    for (const key of [
+      "capacity",
+      "load",
+      "priority",
+      "expiresIn",
+      "timeout",
+      "lockDelay",
+    ] as const) {
       if (params[key] !== undefined) body[key] = params[key];
     }
     const link = linkSignals(

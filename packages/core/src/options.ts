@@ -1,5 +1,11 @@
 import { ValidationError } from "./errors.js";
-import { MAX_CAPACITY, MAX_PRIORITY, MAX_TIMEOUT, MIN_PRIORITY } from "./protocol.js";
+import {
+  MAX_CAPACITY,
+  MAX_LOCK_DELAY,
+  MAX_PRIORITY,
+  MAX_TIMEOUT,
+  MIN_PRIORITY,
+} from "./protocol.js";
 import { checkInteger, checkName, describe } from "./validate.js";
 
 /**
@@ -65,6 +71,7 @@ export function checkAcquireParams(input: object): void {
   integer("priority", MIN_PRIORITY, MAX_PRIORITY);
   integer("timeout", 0, MAX_TIMEOUT, "ms");
   integer("expiresIn", 1, MAX_TIMEOUT, "ms");
+  integer("lockDelay", 0, MAX_LOCK_DELAY, "ms");
   if (
     params.load !== undefined &&
     params.capacity !== undefined &&

@@ -69,7 +69,16 @@ export interface AcquireBody {
   timeout?: number;
   /** Longest hold, in ms, counted from the grant. Default and maximum are set by the server. */
   expiresIn?: number;
+  /**
+   * Lock delay, in ms (as Chubby's): if this request's hold ends without a release (its client
+   * died, or the hold expired), its units are held back this long before anyone else gets them.
+   * For stores that cannot check fencing tokens. Default 0; at most `MAX_LOCK_DELAY`.
+   */
+  lockDelay?: number;
 }
+
+/** Largest `lockDelay`, in ms. */
+export const MAX_LOCK_DELAY = 300_000;
 
 /** What the server says about one request: every successful request route answers with this. */
 export interface RequestSnapshot {
@@ -91,8 +100,10 @@ export interface ResourceSnapshot {
   name: string;
   /** Null when nothing holds or waits on the resource: it is forgotten, and its next request sets the capacity. */
   capacity: number | null;
-  /** Units held now. */
+  /** Units held now, including `heldBack`. */
   used: number;
+  /** Units held back by the lock delay of holders that ended without a release. */
+  heldBack: number;
   /** Requests holding units (at most the first 100 are listed in `holders`). */
   active: number;
   /** Requests waiting in line. */

@@ -1,6 +1,7 @@
 import {
   type AcquireBody,
   MAX_CAPACITY,
+  MAX_LOCK_DELAY,
   MAX_NAME_BYTES,
   MAX_PRIORITY,
   MAX_REQUEST_ID_LENGTH,
@@ -94,6 +95,7 @@ const ACQUIRE_FIELDS = new Set([
   "priority",
   "timeout",
   "expiresIn",
+  "lockDelay",
 ]);
 
 /**
@@ -121,7 +123,8 @@ export function checkAcquireBody(
     opt(b, "timeout", (v) => checkInteger(v, 0, MAX_TIMEOUT, "ms")) ??
     opt(b, "expiresIn", (v) =>
       checkInteger(v, 1, limits.maxExpiresIn, "ms (the server's maximum hold)"),
-    );
+    ) ??
+    opt(b, "lockDelay", (v) => checkInteger(v, 0, MAX_LOCK_DELAY, "ms"));
   if (problem) return { ok: false, problem };
   if (
     b.load !== undefined &&

@@ -51,6 +51,12 @@ export interface AcquireOptions {
    * aborts). Default: the server's (15 minutes on a default server).
    */
   expiresIn?: number;
+  /**
+   * Lock delay, in ms (as Chubby's): if this lease ends without a release — the process died, or
+   * the lease expired — the server holds its slot back this long before anyone else gets it,
+   * for stores that cannot check `fencingToken`. Default `0`; at most `300_000`.
+   */
+  lockDelay?: number;
 }
 
 export const ACQUIRE_OPTION_KEYS: ReadonlySet<string> = new Set([
@@ -63,6 +69,7 @@ export const ACQUIRE_OPTION_KEYS: ReadonlySet<string> = new Set([
   "priority",
   "lane",
   "expiresIn",
+  "lockDelay",
 ]);
 
 export const DEFAULT_BASE_URL = "http://127.0.0.1:7420";

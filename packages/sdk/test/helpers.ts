@@ -1,3 +1,4 @@
+import type { ResourceSnapshot } from "@ratequeue/core";
 import { type RunningServer, type ServerOptions, startServer } from "@ratequeue/server";
 import * as fetchEntry from "../src/index.js";
 import * as nodeEntry from "../src/node.js";
@@ -17,12 +18,7 @@ export async function resourceState(server: { url: string }, name: string, apiKe
   const res = await fetch(`${server.url}/v1/resources/${encodeURIComponent(name)}`, {
     headers: { authorization: `Bearer ${apiKey}` },
   });
-  return (await res.json()) as {
-    used: number;
-    active: number;
-    queued: number;
-    capacity: number | null;
-  };
+  return (await res.json()) as ResourceSnapshot;
 }
 
 /** Polls `check` until true, failing after `ms` (for state that has no event to wait on). */

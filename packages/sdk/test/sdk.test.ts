@@ -313,27 +313,40 @@ describe("lease liveness", () => {
     });
   });
 
+  /** Starts a process that takes `name` through the SDK and holds it; resolves with its token. */
+  async function spawnHolder(url: string, name: string, lockDelay?: number) {
+    const args = ["--import", "tsx", HOLDER, url, name, ...(lockDelay ? [String(lockDelay)] : [])];
+    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
+    const held = deferred<number>();
+    child.stdout.setEncoding("utf8").on("data", (line: string) => {
+      const m = /holding (\d+)/.exec(line);
+      if (m) held.resolve(Number(m[1]));
+    });
+    return { child, token: await held.promise, [Symbol.dispose]: () => child.kill("SIGKILL") };
+  }
+
   it("4. release on exit: a holder killed with SIGKILL frees its slot for the next waiter", async () => {
     const { createRateQueue } = ENTRIES[0].sdk;
     await using server = await startTestServer();
-    const child = spawn(process.execPath, ["--import", "tsx", HOLDER, server.url, "r"], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    try {
-      const held = deferred<number>();
-      child.stdout.setEncoding("utf8").on("data", (line: string) => {
-        const m = /holding (\d+)/.exec(line);
-        if (m) held.resolve(Number(m[1]));
-      });
-      const childToken = await held.promise;
-      const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
-      const next = rq.acquire("r", { timeout: 5_000 }, (lease) => lease.fencingToken);
-      await eventually(async () => (await resourceState(server, "r")).queued === 1);
-      child.kill("SIGKILL");
-      // Served well before the 5 s timeout: liveness is the dead process's closed poll, not a TTL.
-      expect(await next).toBeGreaterThan(childToken);
-    } finally {
-      child.kill("SIGKILL");
-    }
+    using holder = await spawnHolder(server.url, "r");
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const next = rq.acquire("r", { timeout: 5_000 }, (lease) => lease.fencingToken);
+    await eventually(async () => (await resourceState(server, "r")).queued === 1);
+    holder.child.kill("SIGKILL");
+    // Served well before the 5 s timeout: liveness is the dead process's closed poll, not a TTL.
+    expect(await next).toBeGreaterThan(holder.token);
+  });
+
+  it("lockDelay holds a killed holder's slot back that long before the next grant", async () => {
+    const { createRateQueue } = ENTRIES[0].sdk;
+    await using server = await startTestServer();
+    using holder = await spawnHolder(server.url, "r", 800);
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const next = rq.acquire("r", { timeout: 10_000 }, () => performance.now());
+    await eventually(async () => (await resourceState(server, "r")).queued === 1);
+    const killedAt = performance.now();
+    holder.child.kill("SIGKILL");
+    await eventually(async () => (await resourceState(server, "r")).heldBack === 1);
+    expect((await next) - killedAt).toBeGreaterThanOrEqual(800);
   });
 });

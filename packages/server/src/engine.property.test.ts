@@ -30,6 +30,7 @@ type Op =
       priority: number;
       timeout?: number;
       expiresIn?: number;
+      lockDelay?: number;
       poll: boolean;
     }
   | { kind: "release"; pick: number }
@@ -49,6 +50,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
       priority: fc.constantFrom(0, 10, 20),
       timeout: fc.option(fc.constantFrom(0, 100, 1_000), { nil: undefined }),
       expiresIn: fc.option(fc.integer({ min: 1, max: 3_000 }), { nil: undefined }),
+      lockDelay: fc.option(fc.constantFrom(0, 200, 1_000), { nil: undefined }),
       poll: fc.boolean(),
     }),
   },
@@ -88,8 +90,9 @@ function run(ops: Op[]): void {
 
   function checkExclusion(): void {
     for (const { name, capacity } of NAMES) {
+      // Units of live holders, and of dead ones whose lock delay still holds them back.
       const held = created
-        .filter((r) => r.name === name && r.state === "active")
+        .filter((r) => r.name === name && (r.state === "active" || r.heldBackOn !== undefined))
         .reduce((n, r) => n + r.load, 0);
       expect(held).toBeLessThanOrEqual(capacity);
       const snap = engine.resource("ns", name);
@@ -111,6 +114,7 @@ function run(ops: Op[]): void {
           priority: o.priority,
           timeout: o.timeout,
           expiresIn: o.expiresIn,
+          lockDelay: o.lockDelay,
         });
         if (!r.ok) {
           expect(["capacity_mismatch", "queue_full"]).toContain(r.code);

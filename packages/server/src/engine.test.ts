@@ -333,3 +333,62 @@ describe("Engine: every request ends", () => {
     expect(engine.get("k1", "a")?.state).toBe("active");
   });
 });
+
+describe("Engine: lock delay", () => {
+  it("holds a dropped holder's slot back for its lockDelay before the next grant", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a", { lockDelay: 1_000 });
+    const b = acquire("b");
+    engine.attach(a);
+    engine.attach(b);
+    engine.detach(a, false); // the holder's process died
+    tick(CONFIG.grace);
+    expect(a.state).toBe("dropped");
+    expect(b.state).toBe("queued");
+    expect(engine.resource("k", "lock")).toMatchObject({ used: 1, heldBack: 1, active: 0 });
+    tick(999);
+    expect(b.state).toBe("queued");
+    tick(1);
+    expect(b.state).toBe("active");
+    expect(engine.resource("k", "lock")).toMatchObject({ used: 1, heldBack: 0, active: 1 });
+  });
+
+  it("applies after an expiry too, but not after a clean release", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a", { lockDelay: 500, expiresIn: 100 });
+    const b = acquire("b", { lockDelay: 500 });
+    const c = acquire("c");
+    for (const r of [a, b, c]) engine.attach(r);
+    tick(100);
+    expect(a.state).toBe("expired");
+    expect(b.state).toBe("queued");
+    tick(500);
+    expect(b.state).toBe("active");
+    engine.release("k", "b");
+    expect(c.state).toBe("active");
+  });
+
+  it("keeps a held-back resource from being forgotten and recreated around the delay", () => {
+    const { engine, acquire, tick } = setup();
+    engine.attach(acquire("a", { lockDelay: 1_000 }));
+    engine.detach(engine.get("k", "a")!, false);
+    tick(CONFIG.grace);
+    const late = acquire("late");
+    expect(late.state).toBe("queued");
+    engine.attach(late);
+    tick(1_000);
+    expect(late.state).toBe("active");
+  });
+
+  it("holds back only the dead holder's units of a semaphore", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a", { capacity: 2, lockDelay: 1_000 });
+    engine.attach(acquire("b"));
+    engine.attach(a);
+    engine.detach(a, false);
+    tick(CONFIG.grace);
+    expect(acquire("c").state).toBe("queued");
+    engine.release("k", "b");
+    expect(engine.get("k", "c")!.state).toBe("active");
+  });
+});

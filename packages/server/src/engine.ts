@@ -68,6 +68,13 @@ export class Request {
   retainedNext: Request | undefined = undefined;
   /** Undefined once ended, so the resource can be forgotten. */
   resource: Resource | undefined;
+  /**
+   * Lock delay: ms this request's units stay held back after it ends without a release
+   * (dropped or expired), for stores that cannot check fencing tokens. 0: none.
+   */
+  lockDelay = 0;
+  /** While its units are held back by its lock delay: the resource they belong to. */
+  heldBackOn: Resource | undefined = undefined;
 
   constructor(
     readonly ns: Namespace,
@@ -90,7 +97,10 @@ export class Request {
 
 /** A named resource, alive while anything holds or waits on it. */
 export class Resource {
+  /** Units held, including those held back by a lock delay. */
   used = 0;
+  /** Units held back by the lock delay of holders that ended without a release. */
+  heldBack = 0;
   readonly line = new Line<Request>();
   readonly holders = new List<Request>();
   constructor(
@@ -208,6 +218,7 @@ export class Engine {
       body.expiresIn ?? this.config.defaultExpiresIn,
       timeoutAt,
     );
+    req.lockDelay = body.lockDelay ?? 0;
     // Until the first poll attaches, the request is as good as abandoned.
     req.livenessAt = now + this.config.repollGrace;
     if (resource.line.size === 0 && resource.used + load <= resource.capacity) {
@@ -303,7 +314,8 @@ export class Engine {
       req !== undefined && req.deadline <= now;
       req = this.heap.peek()
     ) {
-      if (req.state === "active" && req.expiresAt <= now) this.finish(req, "expired", now);
+      if (req.heldBackOn !== undefined) this.endLockDelay(req, now);
+      else if (req.state === "active" && req.expiresAt <= now) this.finish(req, "expired", now);
       else if (req.state === "queued" && req.waitUntil <= now) this.finish(req, "timed_out", now);
       else this.finish(req, "dropped", now);
     }
@@ -344,6 +356,7 @@ export class Engine {
       name,
       capacity: resource.capacity,
       used: resource.used,
+      heldBack: resource.heldBack,
       active: resource.holders.size,
       queued: resource.line.size,
       holders,
@@ -414,17 +427,36 @@ export class Engine {
   /** Ends a live request and hands its room on. */
   private finish(req: Request, state: RequestState, now: number): void {
     const resource = req.resource!;
+    const holdBack =
+      req.state === "active" && req.lockDelay > 0 && (state === "dropped" || state === "expired");
     if (req.state === "active") {
       resource.holders.unlink(req);
-      resource.used -= req.load;
+      if (!holdBack) resource.used -= req.load;
     } else {
       resource.line.unlink(req);
     }
     this.end(req, state, now);
+    if (holdBack) {
+      // The holder may still believe it holds: keep its units from anyone else for a while.
+      resource.heldBack += req.load;
+      req.heldBackOn = resource;
+      this.heap.set(req, now + req.lockDelay);
+    }
     this.pump(resource, now);
     this.forgetIfIdle(req.ns, resource);
     this.forgetEnded(now);
     this.onChange(req);
+  }
+
+  /** A lock delay is over: the units go to the line. */
+  private endLockDelay(req: Request, now: number): void {
+    const resource = req.heldBackOn!;
+    req.heldBackOn = undefined;
+    this.heap.delete(req);
+    resource.used -= req.load;
+    resource.heldBack -= req.load;
+    this.pump(resource, now);
+    this.forgetIfIdle(req.ns, resource);
   }
 
   private end(req: Request, state: RequestState, now: number): void {

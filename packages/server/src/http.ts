@@ -189,7 +189,9 @@ export function buildApp(
     if (bad) return invalid(reply, "name", `resource name ${bad} (percent-encode it in the path)`);
     const snap = await backend.resource(req.namespace, name);
     // Idle resources are forgotten: they read as a fresh lock would.
-    return snap ?? { name, capacity: null, used: 0, active: 0, queued: 0, holders: [] };
+    return (
+      snap ?? { name, capacity: null, used: 0, heldBack: 0, active: 0, queued: 0, holders: [] }
+    );
   });
 
   return app;

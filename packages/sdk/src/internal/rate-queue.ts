@@ -99,6 +99,7 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
       load: opts?.load,
       priority: opts?.priority,
       expiresIn: opts?.expiresIn,
+      lockDelay: opts?.lockDelay,
     });
     const lease = new Lease(client, grant);
     return fn === undefined ? lease : run(lease, fn);
