@@ -1,6 +1,7 @@
 import os from "node:os";
 import { bytesPerHeldLock, cyclesPerSecond, handoversPerSecond } from "./engine.js";
 import { httpCycleLatencies, httpCyclesPerSecond, spawnServer } from "./http.js";
+import { holderKillHandovers, waiterKillDepartures } from "./kill.js";
 import { contendedLock, floorLatencies, sdkCycleLatencies, spawnFloorServer } from "./sdk.js";
 
 /**
@@ -97,6 +98,20 @@ try {
     `one lock, 20 callers × ${turns} turns × 1 ms of work: wall / ideal ms`,
     `${fmt(mid.wall)} / ${fmt(mid.ideal)} = ${(mid.efficiency * 100).toFixed(1)}% of ideal, ${fmt(mid.handoversPerSecond)} hand-overs/s`,
     "≥ 85%",
+  );
+
+  // Crash hand-over (polled every ms, so figures carry up to ~1 ms of polling on top).
+  const kills = quick ? 3 : 20;
+  const handovers = await holderKillHandovers(server.url, kills);
+  row(
+    `SIGKILLed holder → next waiter holds (${kills} kills: median / max ms)`,
+    `${median(handovers).toFixed(0)} / ${Math.max(...handovers).toFixed(0)}`,
+    "median ≤ 250",
+  );
+  const departures = await waiterKillDepartures(server.url, kills);
+  row(
+    `SIGKILLed waiter → gone from the line (${kills} kills: median / max ms)`,
+    `${median(departures).toFixed(0)} / ${Math.max(...departures).toFixed(0)}`,
   );
 } finally {
   floor.stop();
