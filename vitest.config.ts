@@ -16,14 +16,17 @@ const report = process.env.TEST_REPORT;
 export default defineConfig({
   test: {
     reporters: report ? ["default", ["json", { outputFile: report }]] : ["default"],
-    projects: ["core", "sdk", "server"].map((name) => ({
-      resolve: { alias },
-      test: {
-        name,
-        root: `./packages/${name}`,
-        include: ["src/**/*.test.ts", "test/**/*.test.ts"],
-        testTimeout: 20_000,
-      },
-    })),
+    projects: [
+      ...["core", "sdk", "server"].map((name) => ({
+        resolve: { alias },
+        test: {
+          name,
+          root: `./packages/${name}`,
+          include: ["src/**/*.test.ts", "test/**/*.test.ts"],
+          testTimeout: 20_000,
+        },
+      })),
+      { resolve: { alias }, test: { name: "chaos", root: "./chaos", include: ["*.test.ts"] } },
+    ],
   },
 });

@@ -1,4 +1,4 @@
-import type { Grant, ProtocolClient } from "@ratequeue/core";
+import { type Grant, LeaseLostError, type ProtocolClient } from "@ratequeue/core";
 
 /** How long after the grant the lease opens its hold poll, in ms (see the constructor). */
 const HOLD_DELAY = 100;
@@ -65,9 +65,28 @@ export class Lease implements AsyncDisposable {
   release(): Promise<void> {
     clearTimeout(this.#startHold);
     this.#released ??= this.#client.release(this.id).then(
-      // Released: the server answers the hold poll with `released`, and its loop ends by itself.
-      // (Aborting it instead would destroy a keep-alive connection on every release.)
-      () => {},
+      (state) => {
+        // Released: the server answers the hold poll with `released`, and its loop ends by itself.
+        // (Aborting it instead would destroy a keep-alive connection on every release.)
+        if (state === "released") return;
+        // The lease had ended before this release (expired, dropped, or forgotten by a server
+        // restart) without the hold poll noticing yet: that is a lost lease, and it must be loud.
+        this.#holding.abort();
+        if (!this.#lost.signal.aborted) {
+          const why =
+            state === undefined
+              ? "the server no longer knows it (was it restarted?)"
+              : `the server had ended it as ${state}`;
+          this.#lost.abort(
+            new LeaseLostError(
+              `the lease on ${JSON.stringify(this.name)} (fencing token ${this.fencingToken}) was lost before its release: ${why}`,
+              {
+                resource: this.name,
+              },
+            ),
+          );
+        }
+      },
       (error: unknown) => {
         // Not confirmed: stop holding, so the server sees our poll close and drops the lease.
         this.#holding.abort();

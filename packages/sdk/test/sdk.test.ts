@@ -160,6 +160,26 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk }) => {
       expect(error.message).toMatch(/expired/);
     });
 
+    it("6. lost is loud: a lease the server forgot before its release rejects with LeaseLostError", async () => {
+      const first = await startTestServer();
+      const port = new URL(first.url).port;
+      const rq = createRateQueue({ apiKey: "test-key", baseUrl: first.url });
+      let second: Awaited<ReturnType<typeof startTestServer>> | undefined;
+      const call = rq.acquire("r", {}, async () => {
+        // The server restarts (state in memory: the lease is forgotten) while fn runs.
+        await first.close();
+        second = await startTestServer({ port: Number(port) });
+        return "done";
+      });
+      try {
+        const error = await call.catch((e) => e);
+        expect(error).toBeInstanceOf(LeaseLostError);
+        expect(error.message).toMatch(/no longer knows it/);
+      } finally {
+        await second?.close();
+      }
+    });
+
     it("7. cancel is clean: an aborted wait rejects with the signal's reason and leaves no ghost", async () => {
       await using t = await setup();
       const holder = await t.rq.acquire("r");
