@@ -131,11 +131,9 @@ export function buildApp(
   app.put<{ Params: { id: string }; Querystring: Record<string, string> }>(
     `${API_PREFIX}/requests/:id`,
     async (req, reply) => {
-      const id = req.params.id;
-      const bad = checkRequestId(id);
-      if (bad) return invalid(reply, "id", `request id ${bad}`);
-      const wait = parseWait(req.query.wait, options.pollWindow);
-      if (typeof wait === "string") return invalid(reply, "wait", wait);
+      const target = pollTarget(req.params.id, req.query.wait, options.pollWindow);
+      if ("field" in target) return invalid(reply, target.field, target.detail);
+      const { id, wait } = target;
       const body = checkAcquireBody(req.body, { maxExpiresIn: options.maxExpiresIn });
       if (!body.ok)
         return invalid(reply, body.problem.field, `${body.problem.field} ${body.problem.detail}`);
@@ -153,11 +151,9 @@ export function buildApp(
   app.get<{ Params: { id: string }; Querystring: Record<string, string> }>(
     `${API_PREFIX}/requests/:id`,
     async (req, reply) => {
-      const id = req.params.id;
-      const bad = checkRequestId(id);
-      if (bad) return invalid(reply, "id", `request id ${bad}`);
-      const wait = parseWait(req.query.wait, options.pollWindow);
-      if (typeof wait === "string") return invalid(reply, "wait", wait);
+      const target = pollTarget(req.params.id, req.query.wait, options.pollWindow);
+      if ("field" in target) return invalid(reply, target.field, target.detail);
+      const { id, wait } = target;
       const known = req.query.state;
       if (known !== undefined && !POLLABLE.has(known)) {
         return invalid(
@@ -212,12 +208,25 @@ function unknownRequest(reply: FastifyReply, id: string) {
   );
 }
 
-/** `?wait=` in ms, capped at the server's poll window; absent means the full window. */
-function parseWait(raw: string | undefined, window: number): number | string {
-  if (raw === undefined) return window;
-  if (!/^\d{1,10}$/.test(raw))
-    return `wait must be a whole number of milliseconds, got ${describe(raw)}`;
-  return Math.min(Number(raw), window);
+/**
+ * The request id of a path and its `?wait=` in ms (capped at the server's poll window; absent
+ * means the full window), or the field at fault.
+ */
+function pollTarget(
+  id: string,
+  wait: string | undefined,
+  window: number,
+): { id: string; wait: number } | { field: string; detail: string } {
+  const bad = checkRequestId(id);
+  if (bad) return { field: "id", detail: `request id ${bad}` };
+  if (wait === undefined) return { id, wait: window };
+  if (!/^\d{1,10}$/.test(wait)) {
+    return {
+      field: "wait",
+      detail: `wait must be a whole number of milliseconds, got ${describe(wait)}`,
+    };
+  }
+  return { id, wait: Math.min(Number(wait), window) };
 }
 
 /** The poll ends early when the client's connection closes (it died, or gave up). */
