@@ -1,7 +1,7 @@
 /**
  * `pnpm test:chaos`: several client processes acquire, hold, release and abandon locks at
  * random (capacities 1 and 3) while the harness SIGKILLs clients — and, with
- * CHAOS_SERVER_KILLS=1, the server, restarting it on the same port. Every holder writes through
+ * CHAOS_SERVER_KILLS=1, the server, restarting it on the same port and data directory. Every holder writes through
  * a fenced register that rejects stale tokens. The checker then prints grants, kills, restarts,
  * overlaps among holders not told they lost their lease, stale writes accepted, and waiters stuck
  * at the end; the run fails unless the last three are 0.
@@ -9,7 +9,10 @@
  *   CHAOS_SECONDS (default 60), CHAOS_CLIENTS (default 6), CHAOS_SERVER_KILLS (default 0), CHAOS_SEED
  */
 import { type ChildProcess, fork, spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
 import http from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { check, type Hold, type Write } from "./check.js";
 
@@ -18,6 +21,8 @@ export interface ChaosOptions {
   clients: number;
   serverKills: boolean;
   seed: number;
+  /** The server's --recovery-window, in ms. Default: the server's (poll window + repoll grace). */
+  recoveryWindow?: number;
   log?: (line: string) => void;
 }
 
@@ -60,13 +65,27 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   await new Promise<void>((r) => register.listen(0, "127.0.0.1", r));
   const registerUrl = `http://127.0.0.1:${(register.address() as { port: number }).port}/`;
 
-  // The server, restartable on the same port.
+  // The server, restartable on the same port and data directory.
+  const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-chaos-"));
   let port = 0;
   let server: ChildProcess | undefined;
   const startServer = async () => {
     const child = spawn(
       process.execPath,
-      ["--import", "tsx", CLI, "--port", String(port), "--api-key", "chaos"],
+      [
+        ...[
+          "--import",
+          "tsx",
+          CLI,
+          "--port",
+          String(port),
+          "--api-key",
+          "chaos",
+          "--data-dir",
+          dataDir,
+        ],
+        ...(o.recoveryWindow === undefined ? [] : ["--recovery-window", String(o.recoveryWindow)]),
+      ],
       {
         stdio: ["ignore", "pipe", "ignore"],
       },
@@ -146,6 +165,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   for (let i = 0; i < o.clients; i++) spawnClient();
   const until = Date.now() + o.seconds * 1000;
   let nextServerKill = Date.now() + 3_000;
+  let lastRestart = 0;
   while (Date.now() < until) {
     await new Promise((r) => setTimeout(r, 100 + random() * 400));
     if (random() < 0.5) {
@@ -157,6 +177,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       await new Promise((r) => server!.once("exit", r));
       await new Promise((r) => setTimeout(r, 100 + random() * 400));
       await startServer();
+      lastRestart = Date.now();
       report.serverRestarts++;
       nextServerKill = Date.now() + 2_000 + random() * 3_000;
     }
@@ -180,14 +201,23 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     ),
   );
   const endOfRun = Date.now();
-  await new Promise((r) => setTimeout(r, 1_000)); // > grace: the last closed polls are dropped
-  for (const name of Object.keys(CAPACITIES)) {
-    const res = await fetch(`${url}/v1/resources/${name}`, {
-      headers: { authorization: "Bearer chaos" },
-    });
-    const state = (await res.json()) as { queued: number; active: number };
-    report.waitersStuck += state.queued + state.active;
-  }
+  // Every request of a dead client must be dropped: within the grace, or — for requests a
+  // restart restored — within the recovery window (poll window + repoll grace, 14 s) of it.
+  const settleBy = Math.max(endOfRun + 1_000, lastRestart + (o.recoveryWindow ?? 14_000) + 2_000);
+  const leftOver = async () => {
+    let left = 0;
+    for (const name of Object.keys(CAPACITIES)) {
+      const res = await fetch(`${url}/v1/resources/${name}`, {
+        headers: { authorization: "Bearer chaos" },
+      });
+      const state = (await res.json()) as { queued: number; active: number };
+      left += state.queued + state.active;
+    }
+    return left;
+  };
+  while (Date.now() < settleBy && (await leftOver()) > 0)
+    await new Promise((r) => setTimeout(r, 200));
+  report.waitersStuck = await leftOver();
   server!.kill("SIGTERM");
   register.close();
 
@@ -212,6 +242,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     clients: Number(env.CHAOS_CLIENTS ?? 6),
     serverKills: env.CHAOS_SERVER_KILLS === "1",
     seed: Number(env.CHAOS_SEED ?? Date.now() % 2 ** 31),
+    recoveryWindow:
+      env.CHAOS_RECOVERY_WINDOW === undefined ? undefined : Number(env.CHAOS_RECOVERY_WINDOW),
   };
   console.log(`chaos: ${JSON.stringify(options)}`);
   let last = 0;

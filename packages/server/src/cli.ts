@@ -9,7 +9,10 @@ const USAGE = `Usage: ratequeue-server [options]
   --port PORT                 TCP port, 0 for any free one (default 7420)
   --api-key KEY               an API key (repeat for several); also RATEQUEUE_API_KEYS=k1,k2.
                               With none, open development mode: loopback only, any token works.
-  --memory                    keep state in memory (the only store so far)
+  --data-dir DIR              keep live requests in DIR, so they survive a restart (default .ratequeue)
+  --memory                    keep nothing on disk: a restart forgets every request
+  --recovery-window MS        after a restart, how long restored clients have to come back
+                              (default poll window + repoll grace)
   --poll-window MS            longest a poll is held open (default 10000, at most 25000)
   --grace MS                  drop a request this long after its client closes its poll (default 150)
   --repoll-grace MS           ...or this long after the server answers its poll (default 4000)
@@ -27,6 +30,7 @@ const NUMERIC = {
   "default-expires-in": "defaultExpiresIn",
   "max-expires-in": "maxExpiresIn",
   "max-queue": "maxQueue",
+  "recovery-window": "recoveryWindow",
 } as const;
 
 function fail(message: string): never {
@@ -45,11 +49,11 @@ async function main(): Promise<void> {
     process.stdout.write(USAGE);
     return;
   }
-  if (values["data-dir"] !== undefined) {
-    fail("--data-dir is not available yet: this version keeps its state in memory (use --memory)");
-  }
+  if (values.memory && values["data-dir"] !== undefined)
+    fail("--memory and --data-dir exclude each other");
   const options: ServerOptions = {
     host: values.host,
+    dataDir: values.memory ? undefined : (values["data-dir"] ?? ".ratequeue"),
     apiKeys: [
       ...(values["api-key"] ?? []),
       ...(process.env.RATEQUEUE_API_KEYS ?? "")
@@ -104,6 +108,7 @@ function parse() {
       "default-expires-in": { type: "string" },
       "max-expires-in": { type: "string" },
       "max-queue": { type: "string" },
+      "recovery-window": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });

@@ -42,6 +42,46 @@ export interface Refusal {
   detail: string;
 }
 
+/** A live request as a store keeps it, to rebuild it after a restart. */
+export interface SavedRequest {
+  ns: string;
+  id: string;
+  name: string;
+  load: number;
+  priority: number;
+  capacity: number;
+  askedCapacity: number | undefined;
+  expiresIn: number;
+  lockDelay: number;
+  seq: number;
+  state: "queued" | "active";
+  fencingToken: number;
+  /** Clock time (ms) the hold expires, if active. */
+  expiresAt: number;
+  /** Clock time (ms) a queued request times out, or Infinity. */
+  waitUntil: number;
+}
+
+/** A request's saved form. */
+export function saved(req: Request): SavedRequest {
+  return {
+    ns: req.ns.key,
+    id: req.id,
+    name: req.name,
+    load: req.load,
+    priority: req.priority,
+    capacity: req.capacity,
+    askedCapacity: req.askedCapacity,
+    expiresIn: req.expiresIn,
+    lockDelay: req.lockDelay,
+    seq: req.seq,
+    state: req.state === "active" ? "active" : "queued",
+    fencingToken: req.fencingToken,
+    expiresAt: req.expiresAt,
+    waitUntil: req.waitUntil,
+  };
+}
+
 /**
  * One request on one resource, from creation to its end; the engine keeps it a while after
  * the end (see `retention`). The HTTP layer holds these handles across a long-poll.
@@ -75,6 +115,8 @@ export class Request {
   lockDelay = 0;
   /** While its units are held back by its lock delay: the resource they belong to. */
   heldBackOn: Resource | undefined = undefined;
+  /** Arrival order, across restarts (the line's order is rebuilt from it). */
+  seq = 0;
 
   constructor(
     readonly ns: Namespace,
@@ -137,6 +179,7 @@ export class Engine {
   private readonly namespaces = new Map<string, Namespace>();
   private readonly heap = new DeadlineHeap<Request>();
   private token: number;
+  private seq = 0;
   private retainedHead: Request | undefined = undefined;
   private retainedTail: Request | undefined = undefined;
   private retainedCount = 0;
@@ -219,6 +262,7 @@ export class Engine {
       timeoutAt,
     );
     req.lockDelay = body.lockDelay ?? 0;
+    req.seq = ++this.seq;
     // Until the first poll attaches, the request is as good as abandoned.
     req.livenessAt = now + this.config.repollGrace;
     if (resource.line.size === 0 && resource.used + load <= resource.capacity) {
@@ -249,6 +293,57 @@ export class Engine {
     this.record(space, req);
     this.schedule(req);
     return { ok: true, request: req, created: true };
+  }
+
+  /**
+   * Rebuilds live requests saved before a restart (see `Store`), in arrival order. Holders keep
+   * their units and fencing tokens; waiters keep their places. None has a poll open yet, so each
+   * client has `recoveryWindow` ms to come back before its request is dropped. Call it once, on
+   * an empty engine.
+   */
+  restore(saved: readonly SavedRequest[], tokenFloor: number, recoveryWindow: number): void {
+    const now = this.clock.now();
+    this.token = Math.max(this.token, tokenFloor);
+    for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
+      const space = this.namespace(r.ns);
+      let resource = space.resources.get(r.name);
+      if (resource === undefined) {
+        resource = new Resource(r.name, r.capacity);
+        space.resources.set(r.name, resource);
+        this.resourceCount++;
+      }
+      const req = new Request(
+        space,
+        r.id,
+        r.name,
+        resource,
+        r.load,
+        r.priority,
+        r.capacity,
+        r.askedCapacity,
+        r.expiresIn,
+        r.waitUntil,
+      );
+      req.lockDelay = r.lockDelay;
+      req.seq = r.seq;
+      this.seq = Math.max(this.seq, r.seq);
+      req.livenessAt = now + recoveryWindow;
+      if (r.state === "active") {
+        resource.holders.push(req);
+        resource.used += req.load;
+        req.state = "active";
+        req.fencingToken = r.fencingToken;
+        req.expiresAt = r.expiresAt;
+        this.token = Math.max(this.token, r.fencingToken);
+      } else {
+        resource.line.push(req);
+      }
+      this.record(space, req);
+      this.schedule(req);
+    }
+    // Holders saved as active may have left room (e.g. a release that was not yet saved).
+    for (const space of this.namespaces.values())
+      for (const resource of space.resources.values()) this.pump(resource, now);
   }
 
   /** The request, live or recently ended. */

@@ -11,8 +11,18 @@ export interface ServerOptions {
    * mode (loopback only): any bearer token is accepted and each token is its own namespace.
    */
   apiKeys?: readonly string[];
-  /** Keep all state in memory (the only store so far; a durable one is planned). Default `true`. */
-  memory?: boolean;
+  /**
+   * Keep live requests in this directory (SQLite), so that a restarted server still has every
+   * held lease and queued request. Default for `startServer`: none, state in memory only (the
+   * `ratequeue-server` command defaults to `.ratequeue/`).
+   */
+  dataDir?: string;
+  /**
+   * After a restart with a `dataDir`, how long the clients of restored requests have to poll
+   * again before their requests are dropped, in ms. Default: `pollWindow + repollGrace`, the
+   * longest a live client can go without polling.
+   */
+  recoveryWindow?: number;
   /**
    * Longest a poll is held open before it is answered with the unchanged state, in ms; a client
    * may ask for less with `?wait=`. Default `10_000`; at most `25_000`, well below the 300 s
@@ -49,6 +59,8 @@ export const MAX_POLL_WINDOW = 25_000;
 
 /** Every option with its default, in one place. */
 export interface ResolvedServerOptions extends EngineConfig {
+  dataDir: string | undefined;
+  recoveryWindow: number;
   host: string;
   port: number;
   apiKeys: readonly string[];
@@ -75,12 +87,17 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     bodyLimit: options.bodyLimit ?? 16_384,
     log: options.log ?? (() => {}),
     clock: options.clock ?? Date,
+    dataDir: options.dataDir,
+    recoveryWindow: 0,
   };
-  if (options.memory === false) {
-    throw new TypeError(
-      "memory: false is not supported yet: this server keeps its state in memory only",
-    );
+  resolved.recoveryWindow = options.recoveryWindow ?? resolved.pollWindow + resolved.repollGrace;
+  if (
+    resolved.dataDir !== undefined &&
+    (typeof resolved.dataDir !== "string" || resolved.dataDir === "")
+  ) {
+    throw new TypeError("dataDir must be a directory path");
   }
+  integer("recoveryWindow", resolved.recoveryWindow, 0, 3_600_000);
   integer("port", resolved.port, 0, 65_535);
   integer("pollWindow", resolved.pollWindow, 1, MAX_POLL_WINDOW);
   integer("grace", resolved.grace, 0, 60_000);

@@ -1,6 +1,7 @@
 import { buildApp } from "./http.js";
-import { MemoryBackend } from "./memory-backend.js";
+import { LocalBackend } from "./local-backend.js";
 import { isLoopback, resolveServerOptions, type ServerOptions } from "./options.js";
+import { SqliteStore } from "./sqlite-store.js";
 
 /** A running server. */
 export interface RunningServer extends AsyncDisposable {
@@ -22,10 +23,16 @@ export interface RunningServer extends AsyncDisposable {
  */
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const resolved = resolveServerOptions(options);
-  const backend = new MemoryBackend(resolved, resolved.clock);
+  const store = resolved.dataDir === undefined ? undefined : new SqliteStore(resolved.dataDir);
+  const backend = new LocalBackend(resolved, resolved.clock, store, resolved.recoveryWindow);
   const state = { closing: false };
   const app = buildApp(resolved, backend, state);
-  await app.listen({ host: resolved.host, port: resolved.port });
+  try {
+    await app.listen({ host: resolved.host, port: resolved.port });
+  } catch (error) {
+    await backend.close(); // releases the data directory
+    throw error;
+  }
   const address = app.server.address();
   const port = typeof address === "object" && address !== null ? address.port : resolved.port;
   const host = resolved.host.includes(":") ? `[${resolved.host}]` : resolved.host;
@@ -40,7 +47,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       "[ratequeue] note: plain HTTP on a non-loopback interface: put TLS in front of it.",
     );
   }
-  resolved.log(`[ratequeue] listening on ${url} (state in memory)`);
+  const where = resolved.dataDir === undefined ? "state in memory" : `state in ${resolved.dataDir}`;
+  resolved.log(`[ratequeue] listening on ${url} (${where})`);
 
   let closed: Promise<void> | undefined;
   const close = () => {

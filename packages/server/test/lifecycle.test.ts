@@ -24,7 +24,7 @@ describe("server lifecycle", () => {
   it("runs as a command: prints its URL, serves, and exits 0 on SIGTERM", async () => {
     const child = spawn(
       process.execPath,
-      ["--import", "tsx", CLI, "--port", "0", "--api-key", "cli-key"],
+      ["--import", "tsx", CLI, "--port", "0", "--api-key", "cli-key", "--memory"],
       {
         stdio: ["ignore", "pipe", "pipe"],
       },

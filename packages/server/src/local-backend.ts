@@ -1,6 +1,14 @@
 import type { AcquireBody, RequestSnapshot, RequestState, ResourceSnapshot } from "@ratequeue/core";
 import type { Backend, PollOptions } from "./backend.js";
-import { type Clock, Engine, type EngineConfig, type Refusal, type Request } from "./engine.js";
+import {
+  type Clock,
+  Engine,
+  type EngineConfig,
+  type Refusal,
+  type Request,
+  saved,
+} from "./engine.js";
+import type { Store } from "./store.js";
 
 /** An open long-poll. */
 interface Poll {
@@ -22,7 +30,7 @@ interface LastConnection {
  * The single-process backend: the pure engine, one timer for its next deadline, and the open
  * long-polls, which it answers the moment their request changes.
  */
-export class MemoryBackend implements Backend {
+export class LocalBackend implements Backend {
   readonly engine: Engine;
   private readonly polls = new Map<Request, Set<Poll>>();
   private readonly lastConnection = new Map<Request, LastConnection>();
@@ -35,11 +43,25 @@ export class MemoryBackend implements Backend {
   constructor(
     config: EngineConfig,
     private readonly clock: Clock = Date,
+    /** Where live requests are kept across restarts; none keeps them in memory only. */
+    private readonly store?: Store,
+    /** After a restart, how long restored clients have to poll again, in ms. */
+    recoveryWindow = 0,
   ) {
     this.engine = new Engine(config, clock, (req) => {
       if (this.polls.has(req)) this.changed.push(req);
-      if (req.resource === undefined) this.unwatch(req); // ended: nothing to hasten
+      if (req.resource === undefined) {
+        this.unwatch(req); // ended: nothing to hasten
+        this.store?.remove(req.ns.key, req.id);
+      } else {
+        this.store?.save(saved(req)); // granted
+      }
     });
+    if (store) {
+      const { requests, tokenFloor } = store.load();
+      this.engine.restore(requests, tokenFloor, recoveryWindow);
+      this.settle();
+    }
   }
 
   async acquire(
@@ -49,6 +71,9 @@ export class MemoryBackend implements Backend {
     poll: PollOptions,
   ): Promise<RequestSnapshot | Refusal> {
     const result = this.engine.acquire(ns, id, body);
+    if (result.ok && result.created && result.request.resource !== undefined) {
+      this.store?.save(saved(result.request));
+    }
     this.settle();
     if (!result.ok) return result;
     return this.wait(result.request, "queued", poll);
@@ -75,6 +100,7 @@ export class MemoryBackend implements Backend {
     for (const req of [...this.lastConnection.keys()]) this.unwatch(req);
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.store?.close();
   }
 
   /**
@@ -152,6 +178,8 @@ export class MemoryBackend implements Backend {
 
   /** After every engine operation: answer the polls of changed requests, and re-arm the timer. */
   private settle(): void {
+    // Before any reply leaves: no client may hear of a grant the store could forget.
+    this.store?.commit();
     while (this.changed.length > 0) {
       const changed = this.changed;
       this.changed = [];

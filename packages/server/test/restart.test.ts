@@ -1,0 +1,123 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+import { startServer } from "../src/index.js";
+import { client, eventually, startTestServer } from "./helpers.js";
+
+const CLI = fileURLToPath(new URL("../src/cli.ts", import.meta.url));
+const tempDir = () => mkdtempSync(join(tmpdir(), "ratequeue-test-"));
+
+/** `ratequeue-server` in its own process, so that it can be killed with SIGKILL. */
+async function spawnServer(args: string[]): Promise<{ url: string; child: ChildProcess }> {
+  const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stdout!.setEncoding("utf8").on("data", (d: string) => {
+      const m = /http:\/\/127\.0\.0\.1:\d+/.exec(d);
+      if (m) resolve(m[0]);
+    });
+    child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
+  });
+  return { url, child };
+}
+
+async function killHard(child: ChildProcess): Promise<void> {
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGKILL");
+  await exited;
+}
+
+describe("a server with a data directory", () => {
+  it("keeps held leases, queued requests and their order across a restart", async () => {
+    const dataDir = tempDir();
+    const first = await startTestServer({ dataDir });
+    const api = client(first);
+    const holder = (await api.acquire("holder", { resource: "r", capacity: 1 })).body;
+    await api.acquire("w1", { resource: "r" }, 0);
+    await api.acquire("w2", { resource: "r", priority: 20 }, 0);
+    await api.acquire("w3", { resource: "r" }, 0);
+    await first.close();
+
+    await using second = await startTestServer({ dataDir });
+    const again = client(second);
+    const resumed = await again.poll("holder", "queued", 0);
+    expect(resumed.body).toMatchObject({ state: "active", fencingToken: holder.fencingToken });
+    expect((await again.resource("r")).body).toMatchObject({ capacity: 1, active: 1, queued: 3 });
+    const order: string[] = [];
+    let current = "holder";
+    for (let i = 0; i < 3; i++) {
+      await again.release(current);
+      for (const id of ["w1", "w2", "w3"]) {
+        if (!order.includes(id) && (await again.poll(id)).body.state === "active") current = id;
+      }
+      order.push(current);
+    }
+    expect(order).toEqual(["w2", "w1", "w3"]);
+  });
+
+  it("grants larger fencing tokens after a restart than before it", async () => {
+    const dataDir = tempDir();
+    const first = await startTestServer({ dataDir });
+    const before = (await client(first).acquire("a", { resource: "r" })).body.fencingToken!;
+    await client(first).release("a");
+    await first.close();
+    await using second = await startTestServer({
+      dataDir,
+      clock: { now: () => Date.now() - 60_000 },
+    });
+    // Even with the clock set back a minute, the saved high-water mark wins.
+    const after = (await client(second).acquire("b", { resource: "r" })).body.fencingToken!;
+    expect(after).toBeGreaterThan(before);
+  });
+
+  it("drops a restored holder that does not come back within the recovery window, then serves the next", async () => {
+    const dataDir = tempDir();
+    const first = await startTestServer({ dataDir });
+    await client(first).acquire("gone", { resource: "r" });
+    await client(first).acquire("next", { resource: "r" }, 0);
+    await first.close();
+    await using second = await startTestServer({ dataDir, recoveryWindow: 300 });
+    const api = client(second);
+    // "next" comes back and waits; "gone" never does.
+    let snap = (await api.poll("next", "queued", 200)).body;
+    expect((await api.poll("gone")).body.state).toBe("active");
+    while (snap.state === "queued") snap = (await api.poll("next", "queued")).body;
+    expect(snap.state).toBe("active");
+    expect((await api.poll("gone")).body.state).toBe("dropped");
+  });
+
+  it("refuses a second server on the same data directory", async () => {
+    const dataDir = tempDir();
+    await using _first = await startTestServer({ dataDir });
+    await expect(startServer({ port: 0, dataDir })).rejects.toThrow(/another ratequeue-server/);
+  });
+
+  it("survives kill -9: the holder keeps its lease, the waiter its place", async () => {
+    const dataDir = tempDir();
+    const first = await spawnServer(["--port", "0", "--data-dir", dataDir]);
+    const port = new URL(first.url).port;
+    const api = client(first);
+    const holder = (await api.acquire("holder", { resource: "r" })).body;
+    await api.acquire("waiter", { resource: "r" }, 0);
+    await killHard(first.child);
+
+    const second = await spawnServer(["--port", port, "--data-dir", dataDir]);
+    try {
+      const again = client(second);
+      expect((await again.poll("holder", "queued", 0)).body).toMatchObject({
+        state: "active",
+        fencingToken: holder.fencingToken,
+      });
+      expect((await again.poll("waiter", "queued", 0)).body.state).toBe("queued");
+      await again.release("holder");
+      await eventually(async () => (await again.poll("waiter")).body.state === "active");
+      expect((await again.poll("waiter")).body.fencingToken).toBeGreaterThan(holder.fencingToken!);
+    } finally {
+      await killHard(second.child);
+    }
+  });
+});
