@@ -1,4 +1,6 @@
-import os from "node:os";
+import { mkdtempSync } from "node:fs";
+import os, { tmpdir } from "node:os";
+import { join } from "node:path";
 import { bytesPerHeldLock, cyclesPerSecond, handoversPerSecond } from "./engine.js";
 import { httpCycleLatencies, httpCyclesPerSecond, spawnServer } from "./http.js";
 import { holderKillHandovers, waiterKillDepartures } from "./kill.js";
@@ -70,6 +72,20 @@ try {
     "HTTP acquire+release latency, one client (p50 / p99 ms)",
     ms(await httpCycleLatencies(server.url, quick ? 200 : 2_000)),
   );
+
+  const durable = await spawnServer([
+    "--data-dir",
+    mkdtempSync(join(tmpdir(), "ratequeue-bench-")),
+  ]);
+  try {
+    await httpCycleLatencies(durable.url, 500);
+    row(
+      "HTTP acquire+release latency, one client, with --data-dir (p50 / p99 ms)",
+      ms(await httpCycleLatencies(durable.url, quick ? 200 : 2_000)),
+    );
+  } finally {
+    await durable.stop();
+  }
 
   // The SDK against the floor, interleaved in one run so that noise hits both alike.
   const n = quick ? 200 : 2_000;
