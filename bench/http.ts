@@ -4,9 +4,12 @@ import { Pool } from "undici";
 
 const CLI = fileURLToPath(new URL("../packages/server/src/cli.ts", import.meta.url));
 
-/** Starts `ratequeue-server --port 0` in its own process (so client and server do not share a thread). */
+/**
+ * Starts `ratequeue-server --port 0` in its own process (so client and server do not share a
+ * thread); in memory unless `args` say otherwise.
+ */
 export async function spawnServer(
-  args: string[] = [],
+  args: string[] = ["--memory"],
 ): Promise<{ url: string; stop: () => Promise<void> }> {
   const child = spawn(process.execPath, ["--import", "tsx", CLI, "--port", "0", ...args], {
     stdio: ["ignore", "pipe", "inherit"],
