@@ -118,6 +118,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     errors,
   };
   const clients = new Map<string, ChildProcess>();
+  const killedAt = new Map<string, number>();
   let n = 0;
   const spawnClient = () => {
     const id = `c${n++}`;
@@ -138,7 +139,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         const key = `${id}/${m.token}`;
         if (m.type === "grant") {
           report.grants++;
-          holds.set(key, { client: id, name: m.name, token: m.token, start: m.at, end: undefined });
+          // A message sent just before a SIGKILL can arrive after the harness recorded the
+          // kill: that holder stopped believing anything at its death.
+          holds.set(key, {
+            client: id,
+            name: m.name,
+            token: m.token,
+            start: m.at,
+            end: killedAt.get(id),
+          });
         } else if (m.type === "release" || m.type === "lost") {
           const h = holds.get(key);
           if (h && h.end === undefined) h.end = m.at;
@@ -155,6 +164,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const kill = (id: string) => {
     const child = clients.get(id)!;
     const at = Date.now();
+    killedAt.set(id, at);
     child.kill("SIGKILL");
     clients.delete(id);
     report.clientKills++;
