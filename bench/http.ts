@@ -10,7 +10,7 @@ const CLI = fileURLToPath(new URL("../packages/server/src/cli.ts", import.meta.u
  */
 export async function spawnServer(
   args: string[] = ["--memory"],
-): Promise<{ url: string; stop: () => Promise<void> }> {
+): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
   const child = spawn(process.execPath, ["--import", "tsx", CLI, "--port", "0", ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -25,6 +25,7 @@ export async function spawnServer(
   });
   return {
     url,
+    pid: child.pid!,
     stop: () =>
       new Promise<void>((resolve) => {
         child.once("exit", () => resolve());
