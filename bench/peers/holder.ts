@@ -1,5 +1,5 @@
 // A process that takes `key` with `peer`, says "holding", and holds until it is killed.
-import { advisoryPeer, rateQueuePeer, redisSemaphorePeer, redlockPeer } from "./peers.js";
+import { advisoryPeer, etcdPeer, rateQueuePeer, redisSemaphorePeer, redlockPeer } from "./peers.js";
 
 const [peerName, key, url] = process.argv.slice(2) as [string, string, string];
 const peer =
@@ -9,7 +9,9 @@ const peer =
       ? redlockPeer("")
       : peerName === "redis-semaphore Mutex"
         ? redisSemaphorePeer("")
-        : advisoryPeer("");
+        : peerName === "etcd lock"
+          ? etcdPeer("")
+          : advisoryPeer("");
 const worker = await peer.worker();
 await worker.lock(key);
 process.stdout.write("holding\n");

@@ -4,6 +4,7 @@
  * one needs a TTL, its README's example value is used (said in `settings`).
  */
 import { createRequire } from "node:module";
+import { Etcd3 } from "etcd3";
 import { Redis } from "ioredis";
 import pg from "pg";
 import { Mutex } from "redis-semaphore";
@@ -122,5 +123,30 @@ export function advisoryPeer(version: string): Peer {
     close: async () => {
       await Promise.allSettled(clients.map((c) => c.end()));
     },
+  };
+}
+
+export const ETCD_URL = process.env.ETCD_URL ?? "http://127.0.0.1:2379";
+
+export function etcdPeer(version: string): Peer {
+  const client = new Etcd3({ hosts: ETCD_URL });
+  return {
+    name: "etcd lock",
+    settings: `etcd 3.4 (Debian's etcd-server, local, one member), etcd3 ${version} client.lock(key), defaults (lease TTL 30 s kept alive); its acquire() fails at once when the lock is held, so the caller retries every 10 ms (redis-semaphore's default interval)`,
+    worker: async () => ({
+      lock: async (key) => {
+        for (;;) {
+          const lock = client.lock(key);
+          try {
+            await lock.acquire();
+            return async () => void (await lock.release());
+          } catch {
+            await new Promise((r) => setTimeout(r, 10));
+          }
+        }
+      },
+      close: async () => {},
+    }),
+    close: async () => client.close(),
   };
 }

@@ -5,12 +5,14 @@
  * REDIS_URL / PG_URL override. Start them with the commands in the README if they do not answer.
  */
 import { spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { spawnServer } from "../http.js";
 import {
   advisoryPeer,
+  etcdPeer,
   type Peer,
   rateQueuePeer,
   redisSemaphorePeer,
@@ -170,16 +172,50 @@ async function manyWaiters(url: string, pid: number, n: number) {
   };
 }
 
+/** A throwaway single-member etcd on 127.0.0.1:2379, if the binary is installed (or ETCD_URL is set). */
+async function startEtcd(): Promise<{ stop: () => void } | undefined> {
+  if (process.env.ETCD_URL) return { stop: () => {} };
+  const dir = mkdtempSync(join(os.tmpdir(), "ratequeue-etcd-"));
+  const args = ["--data-dir", dir, "--listen-client-urls", "http://127.0.0.1:2379"];
+  args.push(
+    "--advertise-client-urls",
+    "http://127.0.0.1:2379",
+    "--listen-peer-urls",
+    "http://127.0.0.1:2380",
+  );
+  const child = spawn("etcd", args, { stdio: "ignore" });
+  const started = await new Promise<boolean>((resolve) => {
+    child.once("error", () => resolve(false));
+    const deadline = Date.now() + 10_000;
+    const poll = async () => {
+      try {
+        if ((await fetch("http://127.0.0.1:2379/health")).ok) return resolve(true);
+      } catch {}
+      if (Date.now() > deadline) return resolve(false);
+      setTimeout(poll, 100);
+    };
+    void poll();
+  });
+  if (!started) {
+    child.kill();
+    return undefined;
+  }
+  return { stop: () => child.kill() };
+}
+
 // --- the run ------------------------------------------------------------------------------------
 const server = await spawnServer();
+const log = (s: string) => console.log(s);
+const etcd = await startEtcd();
 const peers: Peer[] = [
   rateQueuePeer(server.url),
   redlockPeer(version("redlock")),
   redisSemaphorePeer(version("redis-semaphore")),
   advisoryPeer(version("pg")),
+  ...(etcd ? [etcdPeer(version("etcd3"))] : []),
 ];
+if (!etcd) log("etcd: skipped — no `etcd` binary (apt-get install etcd-server) and no ETCD_URL");
 const results: Record<string, Record<string, number | string>> = {};
-const log = (s: string) => console.log(s);
 const size = quick
   ? { n1: 200, turns: 5, distinct: 100, kills: 1, waiters: 500 }
   : { n1: 2_000, turns: 50, distinct: 1_000, kills: 5, waiters: 10_000 };
@@ -226,7 +262,12 @@ for (const peer of peers) {
   const k = await killedHolder(
     peer,
     server.url,
-    peer.name === "RateQueue" ? size.kills * 4 : size.kills,
+    // Kills cost a TTL each for the peers that have one (etcd: 30 s), so those get fewer.
+    peer.name === "RateQueue"
+      ? size.kills * 4
+      : peer.name === "etcd lock"
+        ? Math.min(2, size.kills)
+        : size.kills,
   );
   Object.assign(r, { k50: k.median, kmax: k.max });
   log(
@@ -239,6 +280,7 @@ log(
   `  5. RateQueue, ${size.waiters} waiters on one lock: ${many.bytesPerWaiter.toFixed(0)} bytes each on the server, drained in ${many.drainSeconds.toFixed(2)} s`,
 );
 await server.stop();
+etcd?.stop();
 
 // --- the table ----------------------------------------------------------------------------------
 const rq = results.RateQueue!;
