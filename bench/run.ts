@@ -78,7 +78,7 @@ try {
     mkdtempSync(join(tmpdir(), "ratequeue-bench-")),
   ]);
   try {
-    await httpCycleLatencies(durable.url, 500);
+    for (let i = 0; i < (quick ? 1 : 3); i++) await httpCycleLatencies(durable.url, 1_500); // JIT warm-up, as the other server had
     row(
       "HTTP acquire+release latency, one client, with --data-dir (p50 / p99 ms)",
       ms(await httpCycleLatencies(durable.url, quick ? 200 : 2_000)),
