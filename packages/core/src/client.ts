@@ -63,6 +63,10 @@ export interface Grant {
   fencingToken: number;
   /** ms until the server ends the hold, as of the grant. */
   expiresIn: number;
+  /** `performance.now()` when the exchange that brought the grant was sent: the server knew of us then. */
+  confirmedAt: number;
+  /** The server's repoll grace (see `RequestSnapshot.pollWithin`), if it says. */
+  pollWithin: number | undefined;
 }
 
 /** How a hold ended: by `release` (`released`) or not (the lease was lost). */
@@ -122,14 +126,15 @@ export class ProtocolClient {
       () => timeoutError(name, timeout!),
     );
     let id = newId();
+    const stamp: Stamp = { sentAt: 0 };
     try {
-      let snap: RequestSnapshot | undefined = await this.create(id, body, link.signal);
+      let snap: RequestSnapshot | undefined = await this.create(id, body, link.signal, stamp);
       for (;;) {
         if (snap === undefined) {
           // The server no longer knows the id (it restarted, or forgot it): ask again, same id.
-          snap = await this.create(id, body, link.signal);
+          snap = await this.create(id, body, link.signal, stamp);
         } else if (snap.state === "queued") {
-          snap = await this.poll(id, "queued", link.signal);
+          snap = await this.poll(id, "queued", link.signal, this.window, stamp);
         } else if (snap.state === "active") {
           break;
         } else if (snap.state === "timed_out") {
@@ -137,7 +142,7 @@ export class ProtocolClient {
         } else if (snap.state === "dropped") {
           // We lost our place (no poll reached the server within its grace): queue again.
           id = newId();
-          snap = await this.create(id, body, link.signal);
+          snap = await this.create(id, body, link.signal, stamp);
         } else {
           throw new RateQueueError(
             `the request for ${JSON.stringify(name)} was ${snap.state} by someone else while it waited`,
@@ -149,7 +154,14 @@ export class ProtocolClient {
         }
       }
       if (link.signal.aborted) throw link.signal.reason; // the grant raced the abort
-      return { id, name, fencingToken: snap.fencingToken!, expiresIn: snap.expiresIn ?? 0 };
+      return {
+        id,
+        name,
+        fencingToken: snap.fencingToken!,
+        expiresIn: snap.expiresIn ?? 0,
+        confirmedAt: stamp.sentAt,
+        pollWithin: snap.pollWithin,
+      };
     } catch (error) {
       // The create may have reached the server even if its reply did not reach us.
       if (!(error instanceof AuthenticationError)) await this.cancel(id);
@@ -166,18 +178,45 @@ export class ProtocolClient {
    * reason. Rejects only with `signal.reason` (the caller stopped holding).
    */
   async hold(grant: Grant, signal: AbortSignal): Promise<HoldEnd> {
-    const expiresAt = Date.now() + grant.expiresIn;
+    const expiresAt = grant.confirmedAt + grant.expiresIn;
+    let confirmedAt = grant.confirmedAt;
+    let pollWithin = grant.pollWithin;
     for (;;) {
+      // Jeopardy: the server drops a lease no poll reached within `pollWithin` of its last
+      // answer, and that answer came after our poll was sent. So past `confirmedAt + pollWithin`
+      // (less a margin) the lease may be someone else's: stop believing in it first.
+      const deadline =
+        pollWithin === undefined
+          ? expiresAt
+          : Math.min(expiresAt, confirmedAt + pollWithin - margin(pollWithin));
+      const jeopardy = linkSignals([signal], deadline - performance.now());
+      const stamp: Stamp = { sentAt: 0 };
       let snap: RequestSnapshot | undefined;
       try {
-        snap = await this.poll(grant.id, "active", signal, Math.max(0, expiresAt - Date.now()));
+        snap = await this.poll(
+          grant.id,
+          "active",
+          jeopardy.signal,
+          holdWait(this.window, pollWithin),
+          stamp,
+        );
       } catch (error) {
         if (signal.aborted) throw signal.reason;
-        return lost(grant, `the server could not be reached until the lease expired`, error);
+        const why =
+          deadline < expiresAt
+            ? `no poll was confirmed by the server within ${pollWithin} ms, after which it releases the lease`
+            : "the server could not be reached until the lease expired";
+        return lost(grant, why, error);
+      } finally {
+        jeopardy.dispose();
       }
       if (snap === undefined)
         return lost(grant, "the server no longer knows it (was it restarted?)");
-      if (snap.state === "active") continue;
+      if (snap.state === "active") {
+        confirmedAt = stamp.sentAt;
+        pollWithin = snap.pollWithin ?? pollWithin;
+        continue;
+      }
       if (snap.state === "released") return { state: "released" };
       return lost(
         grant,
@@ -201,26 +240,39 @@ export class ProtocolClient {
 
   // --- internals ---------------------------------------------------------------------------
 
-  private create(id: string, body: AcquireBody, signal: AbortSignal) {
+  /** `stamp.sentAt` gets the `performance.now()` at which the attempt that succeeded was sent. */
+  private create(id: string, body: AcquireBody, signal: AbortSignal, stamp?: Stamp) {
     return withRetries(
       `acquiring ${JSON.stringify(body.resource)}`,
-      () => this.send("PUT", `/requests/${id}?wait=${this.window}`, body, signal, this.window),
+      () => {
+        if (stamp) stamp.sentAt = performance.now();
+        return this.send("PUT", `/requests/${id}?wait=${this.window}`, body, signal, this.window);
+      },
       this.retry,
       signal,
     );
   }
 
-  private poll(id: string, known: "queued" | "active", signal: AbortSignal, maxRetryTime?: number) {
+  private poll(
+    id: string,
+    known: "queued" | "active",
+    signal: AbortSignal,
+    wait = this.window,
+    stamp?: Stamp,
+    maxRetryTime?: number,
+  ) {
     return withRetries(
       known === "queued" ? "waiting" : "holding",
-      () =>
-        this.send(
+      () => {
+        if (stamp) stamp.sentAt = performance.now();
+        return this.send(
           "GET",
-          `/requests/${id}?state=${known}&wait=${this.window}`,
+          `/requests/${id}?state=${known}&wait=${wait}`,
           undefined,
           signal,
-          this.window,
-        ),
+          wait,
+        );
+      },
       known === "active" ? { ...this.retry, retries: Number.POSITIVE_INFINITY } : this.retry,
       signal,
       maxRetryTime,
@@ -306,6 +358,25 @@ export class ProtocolClient {
       throw new ValidationError(detail, { status, resource, field: problem?.field });
     throw new RateQueueError(detail, { status, resource, code: problem?.code ?? `http_${status}` });
   }
+}
+
+/** When an exchange's successful attempt was sent (`performance.now()`). */
+interface Stamp {
+  sentAt: number;
+}
+
+/** Safety margin under the server's repoll grace, for clock rates and processing: ms. */
+function margin(pollWithin: number): number {
+  return Math.min(500, pollWithin / 4);
+}
+
+/**
+ * How long a holder asks the server to hold each poll: short enough that two answers always
+ * arrive inside the jeopardy deadline (so a live holder never trips it), at most the window.
+ */
+export function holdWait(window: number, pollWithin: number | undefined): number {
+  if (pollWithin === undefined) return window;
+  return Math.max(1, Math.min(window, Math.floor((pollWithin - margin(pollWithin)) / 3)));
 }
 
 function newId(): string {

@@ -93,6 +93,12 @@ export interface RequestSnapshot {
   fencingToken?: number;
   /** While `active`: ms until the server ends the hold as `expired`. */
   expiresIn?: number;
+  /**
+   * While queued or active: the server's repoll grace — if no poll reaches it within this many
+   * ms of this answer, the request is dropped. A holder that cannot confirm its lease within it
+   * must consider the lease lost.
+   */
+  pollWithin?: number;
 }
 
 /** `GET /v1/resources/{name}`. */

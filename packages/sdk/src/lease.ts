@@ -41,8 +41,8 @@ export class Lease implements AsyncDisposable {
     this.#client = client;
     // The grant's answer gives this client the server's repoll grace (4 s by default) to poll
     // again, and the server watches the connection that carried it, so a process that dies now
-    // is still dropped within 150 ms. Opening the hold poll a moment later lets a short critical
-    // section finish with two round trips (acquire, release) instead of three.
+    // is still dropped within 150 ms. Opening the hold poll a moment later (well inside that
+    // grace) lets a short critical section finish with two round trips instead of three.
     this.#startHold = setTimeout(
       () => {
         this.#startHold = undefined;
@@ -53,7 +53,7 @@ export class Lease implements AsyncDisposable {
           () => {}, // stopped by release()
         );
       },
-      Math.min(HOLD_DELAY, grant.expiresIn / 2),
+      Math.min(HOLD_DELAY, grant.expiresIn / 2, (grant.pollWithin ?? Number.POSITIVE_INFINITY) / 6),
     );
   }
 

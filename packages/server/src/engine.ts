@@ -429,6 +429,7 @@ export class Engine {
     };
     if (req.fencingToken !== 0) snap.fencingToken = req.fencingToken;
     if (req.state === "active") snap.expiresIn = Math.max(0, req.expiresAt - this.clock.now());
+    if (req.resource !== undefined) snap.pollWithin = this.config.repollGrace;
     return snap;
   }
 

@@ -1,4 +1,5 @@
 import net from "node:net";
+import { createRateQueue, LeaseLostError } from "@ratequeue/sdk";
 import { describe, expect, it } from "vitest";
 import { client, startTestServer } from "./helpers.js";
 
@@ -71,5 +72,34 @@ describe("a client whose host vanishes", () => {
     polling = false;
     proxy[Symbol.dispose]();
     await loop;
+  });
+
+  it("makes an SDK holder give the lease up before the server can hand it to anyone else", async () => {
+    const repollGrace = 1_000;
+    await using server = await startTestServer({ repollGrace, grace: 100 });
+    using proxy = await silentProxy(server.url);
+    const rq = createRateQueue({ apiKey: "k", baseUrl: proxy.url });
+    const direct = client(server, "k");
+    const lease = await rq.acquire("r");
+    const lostAt = new Promise<number>((resolve) =>
+      lease.signal.addEventListener("abort", () => resolve(performance.now())),
+    );
+    await new Promise((r) => setTimeout(r, repollGrace * 2)); // held across several hold polls
+    expect(lease.signal.aborted).toBe(false);
+
+    const grantedAt = (async () => {
+      let snap = (await direct.acquire("b", { resource: "r" })).body;
+      while (snap.state === "queued") snap = (await direct.poll("b", "queued")).body;
+      expect(snap.state).toBe("active");
+      return performance.now();
+    })();
+    const cutAt = performance.now();
+    proxy.silence(); // the holder's host vanishes: it can no longer confirm its lease
+    const [lost, granted] = await Promise.all([lostAt, grantedAt]);
+    expect(lease.signal.reason).toBeInstanceOf(LeaseLostError);
+    expect(String(lease.signal.reason.message)).toMatch(/no poll was confirmed/);
+    // The holder stopped believing before the next waiter was served: no overlap.
+    expect(lost).toBeLessThan(granted);
+    expect(lost - cutAt).toBeLessThan(repollGrace + 500);
   });
 });
