@@ -21,17 +21,7 @@ export async function resourceState(server: { url: string }, name: string, apiKe
   return (await res.json()) as ResourceSnapshot;
 }
 
-/** Polls `check` until true, failing after `ms` (for state that has no event to wait on). */
-export async function eventually(
-  check: () => Promise<boolean> | boolean,
-  ms = 5_000,
-): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+export { eventually } from "../../../test-support/eventually.js";
 
 /** A promise with its resolver, for events a test waits on. */
 export function deferred<T = void>() {

@@ -65,14 +65,4 @@ export async function settledWithin<T>(promise: Promise<T>, ms: number): Promise
   }
 }
 
-/** Polls `check` until it returns true, failing after `ms`. For state that has no event to wait on. */
-export async function eventually(
-  check: () => Promise<boolean> | boolean,
-  ms = 5_000,
-): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+export { eventually } from "../../../test-support/eventually.js";
