@@ -210,21 +210,18 @@ export class ProtocolClient {
       } finally {
         jeopardy.dispose();
       }
-      if (snap === undefined)
-        return lost(grant, "the server no longer knows it (was it restarted?)");
-      if (snap.state === "active") {
-        confirmedAt = stamp.sentAt;
-        pollWithin = snap.pollWithin ?? pollWithin;
-        continue;
-      }
-      if (snap.state === "released") return { state: "released" };
-      return lost(
-        grant,
-        snap.state === "expired"
-          ? "it expired (expiresIn elapsed)"
-          : `the server ended it as ${snap.state}`,
-      );
+      if (snap?.state !== "active") return holdEnd(grant, snap?.state);
+      confirmedAt = stamp.sentAt;
+      pollWithin = snap.pollWithin ?? pollWithin;
     }
+  }
+
+  /**
+   * Releases a held lease. `released` if it was still held; `lost` if it had already ended
+   * (expired, dropped, forgotten by a restart) — the holder must hear of that too.
+   */
+  async releaseLease(grant: Grant): Promise<HoldEnd> {
+    return holdEnd(grant, await this.release(grant.id));
   }
 
   /** Releases (or cancels) a request. Idempotent; an id the server does not know counts as done. */
@@ -387,6 +384,16 @@ function timeoutError(name: string, timeout: number): AcquireTimeoutError {
   return new AcquireTimeoutError(
     `no slot of ${JSON.stringify(name)} came free within the timeout of ${timeout} ms; the request has left the line`,
     { resource: name },
+  );
+}
+
+/** How a hold ended, from the state the server reports (undefined: it does not know the id). */
+function holdEnd(grant: Grant, state: RequestState | undefined): HoldEnd {
+  if (state === "released") return { state: "released" };
+  if (state === undefined) return lost(grant, "the server no longer knows it (was it restarted?)");
+  return lost(
+    grant,
+    state === "expired" ? "it expired (expiresIn elapsed)" : `the server ended it as ${state}`,
   );
 }
 

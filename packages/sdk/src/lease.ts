@@ -1,4 +1,4 @@
-import { type Grant, LeaseLostError, type ProtocolClient } from "@ratequeue/core";
+import type { Grant, LeaseLostError, ProtocolClient } from "@ratequeue/core";
 
 /** How long after the grant the lease opens its hold poll, in ms (see the constructor). */
 const HOLD_DELAY = 100;
@@ -27,6 +27,7 @@ export class Lease implements AsyncDisposable {
   readonly signal: AbortSignal;
 
   readonly #client: ProtocolClient;
+  readonly #grant: Grant;
   readonly #lost = new AbortController();
   readonly #holding = new AbortController();
   #released: Promise<void> | undefined;
@@ -37,6 +38,7 @@ export class Lease implements AsyncDisposable {
     this.name = grant.name;
     this.id = grant.id;
     this.fencingToken = grant.fencingToken;
+    this.#grant = grant;
     this.signal = this.#lost.signal;
     this.#client = client;
     // The grant's answer gives this client the server's repoll grace (4 s by default) to poll
@@ -48,7 +50,7 @@ export class Lease implements AsyncDisposable {
         this.#startHold = undefined;
         client.hold(grant, this.#holding.signal).then(
           (end) => {
-            if (end.state === "lost" && this.#released === undefined) this.#lost.abort(end.error);
+            if (end.state === "lost" && this.#released === undefined) this.#lose(end.error);
           },
           () => {}, // stopped by release()
         );
@@ -64,28 +66,14 @@ export class Lease implements AsyncDisposable {
    */
   release(): Promise<void> {
     clearTimeout(this.#startHold);
-    this.#released ??= this.#client.release(this.id).then(
-      (state) => {
-        // Released: the server answers the hold poll with `released`, and its loop ends by itself.
-        // (Aborting it instead would destroy a keep-alive connection on every release.)
-        if (state === "released") return;
-        // The lease had ended before this release (expired, dropped, or forgotten by a server
-        // restart) without the hold poll noticing yet: that is a lost lease, and it must be loud.
+    this.#released ??= this.#client.releaseLease(this.#grant).then(
+      (end) => {
+        // Released: the server answers the hold poll with `released`, and its loop ends by
+        // itself (aborting it would destroy a keep-alive connection on every release). Lost
+        // before this release, unnoticed by the hold poll so far: stop it, and say so.
+        if (end.state === "released") return;
         this.#holding.abort();
-        if (!this.#lost.signal.aborted) {
-          const why =
-            state === undefined
-              ? "the server no longer knows it (was it restarted?)"
-              : `the server had ended it as ${state}`;
-          this.#lost.abort(
-            new LeaseLostError(
-              `the lease on ${JSON.stringify(this.name)} (fencing token ${this.fencingToken}) was lost before its release: ${why}`,
-              {
-                resource: this.name,
-              },
-            ),
-          );
-        }
+        this.#lose(end.error);
       },
       (error: unknown) => {
         // Not confirmed: stop holding, so the server sees our poll close and drops the lease.
@@ -94,6 +82,10 @@ export class Lease implements AsyncDisposable {
       },
     );
     return this.#released;
+  }
+
+  #lose(error: LeaseLostError): void {
+    if (!this.#lost.signal.aborted) this.#lost.abort(error);
   }
 
   /** `await using lease = ...` releases at the end of the block. */
