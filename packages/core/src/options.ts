@@ -1,12 +1,6 @@
 import { ValidationError } from "./errors.js";
-import {
-  MAX_CAPACITY,
-  MAX_LOCK_DELAY,
-  MAX_PRIORITY,
-  MAX_TIMEOUT,
-  MIN_PRIORITY,
-} from "./protocol.js";
-import { checkInteger, checkName, describe } from "./validate.js";
+import { MAX_TIMEOUT } from "./protocol.js";
+import { checkAcquireBody, describe } from "./validate.js";
 
 /**
  * Checks the client's configuration before any network call, with messages that say how to fix
@@ -54,36 +48,32 @@ export function checkClientConfig(config: {
   }
 }
 
-/** Checks acquire's name and options; throws ValidationError naming the option at fault. */
+/**
+ * Checks acquire's name and options; throws ValidationError naming the option at fault. The
+ * wire body's own checker does the work, so the SDK and the server accept exactly the same
+ * values (the server alone knows its maximum `expiresIn`).
+ */
+const ACQUIRE_OPTIONS = [
+  "capacity",
+  "load",
+  "priority",
+  "timeout",
+  "expiresIn",
+  "lockDelay",
+] as const;
+
 export function checkAcquireParams(input: object): void {
   const params = input as Record<string, unknown>;
-  const nameProblem = checkName(params.name);
-  if (nameProblem) throw new ValidationError(`name ${nameProblem}`, { field: "name" });
-  const integer = (field: string, min: number, max: number, unit = "") => {
-    const value = params[field];
-    if (value === undefined) return;
-    const problem = checkInteger(value, min, max, unit);
-    if (problem)
-      throw new ValidationError(`${field} ${problem}`, { field, resource: params.name as string });
-  };
-  integer("capacity", 1, MAX_CAPACITY);
-  integer("load", 1, MAX_CAPACITY);
-  integer("priority", MIN_PRIORITY, MAX_PRIORITY);
-  integer("timeout", 0, MAX_TIMEOUT, "ms");
-  integer("expiresIn", 1, MAX_TIMEOUT, "ms");
-  integer("lockDelay", 0, MAX_LOCK_DELAY, "ms");
-  if (
-    params.load !== undefined &&
-    params.capacity !== undefined &&
-    (params.load as number) > (params.capacity as number)
-  ) {
-    throw new ValidationError(
-      `load (${params.load}) must not exceed capacity (${params.capacity}): it could never be granted`,
-      {
-        field: "load",
-        resource: params.name as string,
-      },
-    );
+  const body: Record<string, unknown> = { resource: params.name };
+  for (const key of ACQUIRE_OPTIONS) if (params[key] !== undefined) body[key] = params[key];
+  const checked = checkAcquireBody(body, { maxExpiresIn: MAX_TIMEOUT });
+  if (!checked.ok) {
+    // The wire calls the name `resource`; the SDK calls it `name`.
+    const field = checked.problem.field === "resource" ? "name" : checked.problem.field;
+    throw new ValidationError(`${field} ${checked.problem.detail}`, {
+      field,
+      resource: typeof params.name === "string" ? params.name : undefined,
+    });
   }
   const signal = params.signal;
   if (

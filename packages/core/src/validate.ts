@@ -122,7 +122,12 @@ export function checkAcquireBody(
     opt(b, "priority", (v) => checkInteger(v, MIN_PRIORITY, MAX_PRIORITY)) ??
     opt(b, "timeout", (v) => checkInteger(v, 0, MAX_TIMEOUT, "ms")) ??
     opt(b, "expiresIn", (v) =>
-      checkInteger(v, 1, limits.maxExpiresIn, "ms (the server's maximum hold)"),
+      checkInteger(
+        v,
+        1,
+        limits.maxExpiresIn,
+        limits.maxExpiresIn < MAX_TIMEOUT ? "ms (the server's maximum hold)" : "ms",
+      ),
     ) ??
     opt(b, "lockDelay", (v) => checkInteger(v, 0, MAX_LOCK_DELAY, "ms"));
   if (problem) return { ok: false, problem };
