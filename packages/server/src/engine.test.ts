@@ -232,6 +232,22 @@ describe("Engine: every request ends", () => {
     expect(a.state).toBe("active");
   });
 
+  it("gives an at-once answered poll repollGrace, and leaves an open poll alone", () => {
+    const { engine, acquire, tick } = setup();
+    const a = acquire("a");
+    tick(CONFIG.repollGrace - 1);
+    engine.answered(a); // a poll answered at once: the client is alive
+    tick(CONFIG.repollGrace - 1);
+    expect(a.state).toBe("active");
+    engine.attach(a);
+    engine.answered(a); // another poll, answered, while one stays open
+    tick(CONFIG.repollGrace * 3);
+    expect(a.state).toBe("active");
+    engine.detach(a, true);
+    tick(CONFIG.repollGrace);
+    expect(a.state).toBe("dropped");
+  });
+
   it("keeps a request alive while any of several polls is open", () => {
     const { engine, acquire, tick } = setup();
     const a = acquire("a");

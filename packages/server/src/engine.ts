@@ -30,8 +30,6 @@ export interface EngineConfig {
   retention: number;
   /** Most ended requests remembered at once; the oldest are forgotten first. */
   maxRetained: number;
-  /** Fencing tokens start above this (the default seeds it from the clock, in µs, so they grow across restarts). */
-  tokenFloor?: number;
 }
 
 /** Why an acquire was refused: a stable code (the HTTP layer maps it to a status) and a sentence. */
@@ -192,7 +190,8 @@ export class Engine {
     /** Called after each grant and each end, with the engine in a consistent state. Must not call back into the engine synchronously. */
     private readonly onChange: (req: Request) => void = () => {},
   ) {
-    this.token = Math.max(config.tokenFloor ?? 0, Math.floor(clock.now() * 1000));
+    // Seeded from the clock in µs, so tokens keep growing across restarts even without a store.
+    this.token = Math.floor(clock.now() * 1000);
   }
 
   /**
@@ -225,12 +224,10 @@ export class Engine {
       return { ok: true, request: existing, created: false };
     }
 
-    let resource = space.resources.get(body.resource);
-    if (resource === undefined) {
-      resource = new Resource(body.resource, body.capacity ?? DEFAULT_CAPACITY);
-      space.resources.set(body.resource, resource);
-      this.resourceCount++;
-    } else if (body.capacity !== undefined && body.capacity !== resource.capacity) {
+    const known = space.resources.get(body.resource);
+    const resource =
+      known ?? this.createResource(space, body.resource, body.capacity ?? DEFAULT_CAPACITY);
+    if (known !== undefined && body.capacity !== undefined && body.capacity !== resource.capacity) {
       return {
         ok: false,
         code: "capacity_mismatch",
@@ -306,12 +303,8 @@ export class Engine {
     this.token = Math.max(this.token, tokenFloor);
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
-      let resource = space.resources.get(r.name);
-      if (resource === undefined) {
-        resource = new Resource(r.name, r.capacity);
-        space.resources.set(r.name, resource);
-        this.resourceCount++;
-      }
+      const resource =
+        space.resources.get(r.name) ?? this.createResource(space, r.name, r.capacity);
       const req = new Request(
         space,
         r.id,
@@ -379,6 +372,16 @@ export class Engine {
     if (req.resource === undefined) return;
     if (--req.pollers > 0) return;
     req.livenessAt = this.clock.now() + (answered ? this.config.repollGrace : this.config.grace);
+    this.schedule(req);
+  }
+
+  /**
+   * A poll was answered the moment it arrived: as good as attach then detach(answered), in one
+   * step — the client proved alive, and gets `repollGrace` for its next poll.
+   */
+  answered(req: Request): void {
+    if (req.resource === undefined || req.pollers > 0) return;
+    req.livenessAt = this.clock.now() + this.config.repollGrace;
     this.schedule(req);
   }
 
@@ -492,6 +495,13 @@ export class Engine {
       this.namespaces.set(key, space);
     }
     return space;
+  }
+
+  private createResource(space: Namespace, name: string, capacity: number): Resource {
+    const resource = new Resource(name, capacity);
+    space.resources.set(name, resource);
+    this.resourceCount++;
+    return resource;
   }
 
   private record(space: Namespace, req: Request): void {

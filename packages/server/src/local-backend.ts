@@ -116,8 +116,7 @@ export class LocalBackend implements Backend {
     this.unwatch(req);
     if (req.state !== known || poll.wait <= 0 || this.closed || poll.signal.aborted) {
       // An answered poll still proves the client alive: restart its repoll grace.
-      this.engine.attach(req);
-      this.engine.detach(req, true);
+      this.engine.answered(req);
       this.watch(req, poll.connection);
       this.settle();
       return this.engine.snapshot(req);
