@@ -4,13 +4,9 @@
  * harness over IPC. It may be SIGKILLed at any moment; the harness records that itself.
  */
 import { createRateQueue, LeaseLostError } from "../packages/sdk/src/node.js";
+import { RESOURCES } from "./resources.js";
 
 const [serverUrl, registerUrl, seedArg] = process.argv.slice(2) as [string, string, string];
-export const RESOURCES = [
-  { name: "lock-a", capacity: 1 },
-  { name: "lock-b", capacity: 1 },
-  { name: "pool", capacity: 3 },
-];
 
 let seed = Number(seedArg);
 const random = () => {

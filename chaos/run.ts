@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { check, type Hold, type Write } from "./check.js";
+import { RESOURCES } from "./resources.js";
 
 export interface ChaosOptions {
   seconds: number;
@@ -40,7 +41,7 @@ export interface ChaosReport {
 
 const CLIENT = fileURLToPath(new URL("./client.ts", import.meta.url));
 const CLI = fileURLToPath(new URL("../packages/server/src/cli.ts", import.meta.url));
-const CAPACITIES = { "lock-a": 1, "lock-b": 1, pool: 3 };
+const CAPACITIES = Object.fromEntries(RESOURCES.map((r) => [r.name, r.capacity]));
 
 export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const log = o.log ?? (() => {});

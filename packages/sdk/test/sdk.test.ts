@@ -357,6 +357,26 @@ describe("lease liveness", () => {
     expect(await next).toBeGreaterThan(holder.token);
   });
 
+  it("4. release on exit: a waiter killed with SIGKILL leaves the line", async () => {
+    const { createRateQueue } = ENTRIES[0].sdk;
+    await using server = await startTestServer();
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const lease = await rq.acquire("r");
+    // The fixture process queues behind the lease; it never gets to print "holding".
+    const child = spawn(process.execPath, ["--import", "tsx", HOLDER, server.url, "r"], {
+      stdio: "ignore",
+    });
+    try {
+      await eventually(async () => (await resourceState(server, "r")).queued === 1);
+      child.kill("SIGKILL");
+      await eventually(async () => (await resourceState(server, "r")).queued === 0);
+      expect((await resourceState(server, "r")).active).toBe(1); // the holder is untouched
+    } finally {
+      child.kill("SIGKILL");
+      await lease.release();
+    }
+  });
+
   it("lockDelay holds a killed holder's slot back that long before the next grant", async () => {
     const { createRateQueue } = ENTRIES[0].sdk;
     await using server = await startTestServer();
