@@ -112,8 +112,13 @@ export interface ResourceSnapshot {
   heldBack: number;
   /** Requests holding units (at most the first 100 are listed in `holders`). */
   active: number;
-  /** Requests waiting in line. */
+  /** Requests waiting in line (`away` included). */
   queued: number;
+  /**
+   * Waiters whose client's connection closed: they keep their place for the server's
+   * `waitGrace`, but are passed over until their client comes back.
+   */
+  away: number;
   holders: Array<{ id: string; load: number; fencingToken: number; expiresIn: number }>;
 }
 
@@ -140,3 +145,41 @@ export type ProblemCode =
   | "unsupported_media_type"
   | "shutting_down"
   | "internal";
+
+// --- The session protocol (docs/protocol.md, "Sessions") ------------------------------------
+
+/** Messages a client sends in a session. */
+export type ClientMessage =
+  /** First message on a WebSocket: authenticates and opens (or resumes) session `session`. */
+  | { t: "hello"; key: string; session: string; after?: number }
+  /** Create or resume request `id` (as `PUT /v1/requests/{id}`): answered with a `state`. */
+  | ({ t: "acquire"; id: string } & AcquireBody)
+  /** Release or cancel request `id` (as `DELETE`): answered with a `state`. */
+  | { t: "release"; id: string }
+  /** Liveness: answered with a `pong` carrying the same `n`. `ack`: events up to it were received. */
+  | { t: "ping"; n: number; ack?: number };
+
+/** What a server says about liveness (see `@ratequeue/core`'s liveness.ts). */
+export interface SessionTerms {
+  grace: number;
+  ping: number;
+  recovery: number;
+}
+
+/** Messages a server sends in a session. */
+export type ServerMessage =
+  | ({ t: "welcome"; session: string; resumed: boolean } & SessionTerms)
+  /**
+   * A request's snapshot: the answer to an `acquire` or `release` (without `seq`), or an event
+   * (with `seq`: a grant, or an end the client did not ask for) — events are replayed on resume
+   * until acknowledged.
+   */
+  | ({ t: "state"; seq?: number } & RequestSnapshot)
+  /** An `acquire` or `release` refused: the same problem the HTTP route would answer. */
+  | { t: "error"; id?: string; status: number; code: string; detail: string; field?: string }
+  | { t: "pong"; n: number }
+  /** The server is shutting down; with `recovery > 0` it keeps every lease for that long after it restarts. */
+  | { t: "bye"; recovery: number };
+
+/** Path of the WebSocket session endpoint. */
+export const SESSION_PATH = "/session";

@@ -14,8 +14,9 @@ const USAGE = `Usage: ratequeue-server [options]
   --recovery-window MS        after a restart, how long restored clients have to come back
                               (default poll window + repoll grace)
   --poll-window MS            longest a poll is held open (default 10000, at most 25000)
-  --grace MS                  drop a request this long after its client closes its poll (default 150)
-  --repoll-grace MS           ...or this long after the server answers its poll (default 4000)
+  --grace MS                  hand a lease on this long after its client's connection closes (default 200)
+  --wait-grace MS             ...and keep that client's waiters in line this long (default 5000)
+  --repoll-grace MS           drop a client that is silent this long with nothing open (default 4000)
   --default-expires-in MS     hold bound when a request sets none (default 900000 = 15 min)
   --max-expires-in MS         largest expiresIn accepted (default 86400000 = 24 h)
   --max-queue N               most waiters on one resource (default 100000)
@@ -26,6 +27,7 @@ const NUMERIC = {
   port: "port",
   "poll-window": "pollWindow",
   grace: "grace",
+  "wait-grace": "waitGrace",
   "repoll-grace": "repollGrace",
   "default-expires-in": "defaultExpiresIn",
   "max-expires-in": "maxExpiresIn",
@@ -104,6 +106,7 @@ function parse() {
       "data-dir": { type: "string" },
       "poll-window": { type: "string" },
       grace: { type: "string" },
+      "wait-grace": { type: "string" },
       "repoll-grace": { type: "string" },
       "default-expires-in": { type: "string" },
       "max-expires-in": { type: "string" },

@@ -12,6 +12,7 @@ import { Engine, type EngineConfig, type Request } from "./engine.js";
 const CONFIG: EngineConfig = {
   defaultExpiresIn: 5_000,
   grace: 150,
+  waitGrace: 5_000,
   repollGrace: 1_000,
   maxQueue: 50,
   retention: 2_000,
@@ -78,9 +79,11 @@ function run(ops: Op[]): void {
     // Fencing: strictly increasing, globally and so per resource.
     expect(req.fencingToken).toBeGreaterThan(lastToken);
     lastToken = req.fencingToken;
-    // Order: nothing still waiting on this resource was ahead of the request granted.
+    // Order: nothing still waiting on this resource, and not away (a waiter whose connection
+    // closed is passed over until it comes back), was ahead of the request granted.
     for (const other of created) {
       if (other === req || other.state !== "queued" || other.name !== req.name) continue;
+      if (other.session.away) continue;
       const ahead =
         other.priority > req.priority ||
         (other.priority === req.priority && arrival.get(other)! < arrival.get(req)!);
@@ -191,7 +194,14 @@ function run(ops: Op[]): void {
   }
   for (const req of created)
     expect(FINAL_STATES.has(req.state), `${req.id} is ${req.state}`).toBe(true);
-  expect(engine.stats()).toEqual({ namespaces: 0, resources: 0, live: 0, retained: 0, timers: 0 });
+  expect(engine.stats()).toEqual({
+    namespaces: 0,
+    resources: 0,
+    live: 0,
+    retained: 0,
+    timers: 0,
+    sessions: 0,
+  });
   expect(grants).toBeLessThanOrEqual(created.length);
 }
 

@@ -5,6 +5,7 @@ import { Engine, type EngineConfig, type Request } from "./engine.js";
 const CONFIG: EngineConfig = {
   defaultExpiresIn: 60_000,
   grace: 150,
+  waitGrace: 5_000,
   repollGrace: 4_000,
   maxQueue: 1_000,
   retention: 10_000,
@@ -322,6 +323,7 @@ describe("Engine: every request ends", () => {
       live: 0,
       retained: 0,
       timers: 0,
+      sessions: 0,
     });
   });
 
@@ -338,6 +340,7 @@ describe("Engine: every request ends", () => {
       live: 0,
       retained: 1_000,
       timers: 0,
+      sessions: 0,
     });
   });
 

@@ -10,6 +10,9 @@ import {
 import { DeadlineHeap } from "./internal/deadline-heap.js";
 import { Line } from "./internal/line.js";
 import { List } from "./internal/list.js";
+import { type LivenessConfig, Session } from "./liveness.js";
+
+export { Session };
 
 /** Where the engine reads the time. Inject a fake one in tests. */
 export interface Clock {
@@ -17,13 +20,9 @@ export interface Clock {
 }
 
 /** The engine's settings, all resolved (see `resolveServerOptions` for the defaults and units). */
-export interface EngineConfig {
+export interface EngineConfig extends LivenessConfig {
   /** Hold bound for a request without `expiresIn`, in ms. */
   defaultExpiresIn: number;
-  /** After a client's open poll closes, how long it has to open another before its request is dropped (ms). */
-  grace: number;
-  /** After the server answers a poll (window ended, or news), how long the client has to poll again (ms). */
-  repollGrace: number;
   /** Most requests waiting in one resource's line; more are refused with `queue_full`. */
   maxQueue: number;
   /** How long an ended request is remembered, so that a retried create or release sees its end (ms). */
@@ -44,6 +43,8 @@ export interface Refusal {
 export interface SavedRequest {
   ns: string;
   id: string;
+  /** The session it belongs to; undefined for a request made without one. */
+  session: string | undefined;
   name: string;
   load: number;
   priority: number;
@@ -65,6 +66,7 @@ export function saved(req: Request): SavedRequest {
   return {
     ns: req.ns.key,
     id: req.id,
+    session: req.session.id,
     name: req.name,
     load: req.load,
     priority: req.priority,
@@ -91,10 +93,6 @@ export class Request {
   expiresAt = 0;
   /** Clock time a queued request ends as `timed_out`, or Infinity. */
   waitUntil: number;
-  /** Clock time the request is dropped when no poll is open on it. */
-  livenessAt = 0;
-  /** Open polls (long-polls) on this request. */
-  pollers = 0;
   endedAt = 0;
   /** Links, owned by the resource's line or holder list. */
   prev: Request | undefined = undefined;
@@ -119,6 +117,8 @@ export class Request {
   constructor(
     readonly ns: Namespace,
     readonly id: string,
+    /** Whose liveness it lives by. */
+    readonly session: Session,
     readonly name: string,
     resource: Resource,
     readonly load: number,
@@ -153,7 +153,12 @@ export class Resource {
 export class Namespace {
   readonly requests = new Map<string, Request>();
   readonly resources = new Map<string, Resource>();
+  readonly sessions = new Map<string, Session>();
   constructor(readonly key: string) {}
+
+  get empty(): boolean {
+    return this.requests.size === 0 && this.resources.size === 0 && this.sessions.size === 0;
+  }
 }
 
 /**
@@ -165,17 +170,22 @@ export class Namespace {
  * - a resource is created by its first request (capacity from it, default 1) and forgotten as
  *   soon as nothing holds or waits on it;
  * - the line is ordered by priority (higher first), then arrival; the head is granted as soon
- *   as its load fits, and nothing behind it may pass it (so large requests never starve);
+ *   as its load fits, and nothing behind it may pass it (so large requests never starve) — except
+ *   a waiter whose session is away (its connection closed): it keeps its place, but is passed
+ *   over until its client comes back;
  * - every grant takes the next fencing token, a counter shared by all resources, so tokens
  *   strictly increase per resource even after the resource is forgotten and recreated;
- * - a request lives while a poll is open on it; with none open it is dropped after `grace`
- *   (poll closed by the client) or `repollGrace` (poll answered by the server);
+ * - a request lives by its session's liveness (see `liveness.ts`);
  * - a hold ends as `expired` after `expiresIn`; a queued request with a `timeout` ends as
  *   `timed_out` when it elapses (`timeout: 0` never joins the line).
  */
 export class Engine {
   private readonly namespaces = new Map<string, Namespace>();
+  /** Expiry and timeout deadlines of requests. */
   private readonly heap = new DeadlineHeap<Request>();
+  /** Liveness deadlines of sessions. */
+  private readonly sessionHeap = new DeadlineHeap<Session>();
+  private readonly sessionNs = new Map<Session, Namespace>();
   private token: number;
   private seq = 0;
   private retainedHead: Request | undefined = undefined;
@@ -189,6 +199,8 @@ export class Engine {
     private readonly clock: Clock = Date,
     /** Called after each grant and each end, with the engine in a consistent state. Must not call back into the engine synchronously. */
     private readonly onChange: (req: Request) => void = () => {},
+    /** Called when a session is forgotten (nothing open, nothing live, its time is up). */
+    private readonly onSessionGone: (session: Session) => void = () => {},
   ) {
     // Seeded from the clock in µs, so tokens keep growing across restarts even without a store.
     this.token = Math.floor(clock.now() * 1000);
@@ -196,12 +208,15 @@ export class Engine {
 
   /**
    * Creates request `id` in namespace `ns`, or resumes it if it exists (a retried create).
-   * Resuming with different parameters is a `request_conflict`.
+   * Resuming with different parameters is a `request_conflict`. With `sessionId` the request
+   * lives by that session (created on first use, and touched: the client is alive); without,
+   * by a session of its own, kept alive by the request's polls.
    */
   acquire(
     ns: string,
     id: string,
     body: AcquireBody,
+    sessionId?: string,
   ): { ok: true; request: Request; created: boolean } | Refusal {
     const now = this.clock.now();
     const space = this.namespace(ns);
@@ -221,6 +236,7 @@ export class Engine {
           detail: `request ${id} already exists on resource ${JSON.stringify(existing.name)} with other parameters: use a new request id for a new request`,
         };
       }
+      if (sessionId !== undefined) this.touch(existing.session);
       return { ok: true, request: existing, created: false };
     }
 
@@ -245,10 +261,17 @@ export class Engine {
       };
     }
 
+    // Until a poll attaches, a request of its own session is as good as abandoned after repollGrace.
+    const session =
+      sessionId === undefined
+        ? new Session(undefined, now + this.config.repollGrace)
+        : this.session(ns, sessionId);
+    if (sessionId !== undefined) this.touch(session);
     const timeoutAt = body.timeout === undefined ? Number.POSITIVE_INFINITY : now + body.timeout;
     const req = new Request(
       space,
       id,
+      session,
       body.resource,
       resource,
       load,
@@ -260,42 +283,44 @@ export class Engine {
     );
     req.lockDelay = body.lockDelay ?? 0;
     req.seq = ++this.seq;
-    // Until the first poll attaches, the request is as good as abandoned.
-    req.livenessAt = now + this.config.repollGrace;
     if (resource.line.size === 0 && resource.used + load <= resource.capacity) {
       this.grant(resource, req, now); // the common, uncontended case: no line to join
     } else {
       resource.line.push(req);
+      session.queued++;
       this.pump(resource, now, req);
     }
     if (req.state === "queued") {
-      if (body.timeout === 0) {
+      if (body.timeout === 0 || resource.line.size > this.config.maxQueue) {
         resource.line.unlink(req);
         this.pump(resource, now);
+        if (body.timeout !== 0) {
+          session.queued--;
+          this.forgetIfIdle(space, resource);
+          this.forgetSessionIfIdle(session, now);
+          return {
+            ok: false,
+            code: "queue_full",
+            detail: `resource ${JSON.stringify(body.resource)} already has ${this.config.maxQueue} requests waiting (the server's maxQueue): retry later or spread the work over more names`,
+          };
+        }
         this.record(space, req);
         this.end(req, "timed_out", now);
-        return { ok: true, request: req, created: true };
-      }
-      if (resource.line.size > this.config.maxQueue) {
-        resource.line.unlink(req);
-        this.pump(resource, now);
         this.forgetIfIdle(space, resource);
-        return {
-          ok: false,
-          code: "queue_full",
-          detail: `resource ${JSON.stringify(body.resource)} already has ${this.config.maxQueue} requests waiting (the server's maxQueue): retry later or spread the work over more names`,
-        };
+        this.forgetEnded(now);
+        return { ok: true, request: req, created: true };
       }
     }
     this.record(space, req);
     this.schedule(req);
+    this.scheduleSession(session);
     return { ok: true, request: req, created: true };
   }
 
   /**
    * Rebuilds live requests saved before a restart (see `Store`), in arrival order. Holders keep
-   * their units and fencing tokens; waiters keep their places. None has a poll open yet, so each
-   * client has `recoveryWindow` ms to come back before its request is dropped. Call it once, on
+   * their units and fencing tokens; waiters keep their places. No session is connected yet, so
+   * each has `recoveryWindow` ms to come back before its requests are dropped. Call it once, on
    * an empty engine.
    */
   restore(saved: readonly SavedRequest[], tokenFloor: number, recoveryWindow: number): void {
@@ -305,9 +330,14 @@ export class Engine {
       const space = this.namespace(r.ns);
       const resource =
         space.resources.get(r.name) ?? this.createResource(space, r.name, r.capacity);
+      const session =
+        r.session === undefined
+          ? new Session(undefined, now + recoveryWindow)
+          : this.session(r.ns, r.session, now + recoveryWindow);
       const req = new Request(
         space,
         r.id,
+        session,
         r.name,
         resource,
         r.load,
@@ -320,19 +350,21 @@ export class Engine {
       req.lockDelay = r.lockDelay;
       req.seq = r.seq;
       this.seq = Math.max(this.seq, r.seq);
-      req.livenessAt = now + recoveryWindow;
       if (r.state === "active") {
         resource.holders.push(req);
         resource.used += req.load;
         req.state = "active";
+        session.active++;
         req.fencingToken = r.fencingToken;
         req.expiresAt = r.expiresAt;
         this.token = Math.max(this.token, r.fencingToken);
       } else {
         resource.line.push(req);
+        session.queued++;
       }
       this.record(space, req);
       this.schedule(req);
+      this.scheduleSession(session);
     }
     // Holders saved as active may have left room (e.g. a release that was not yet saved).
     for (const space of this.namespaces.values())
@@ -345,6 +377,32 @@ export class Engine {
   }
 
   /**
+   * Session `id` of namespace `ns`, created (as if just heard from) if it does not exist.
+   * `until`: for a new session, how long it lives before anything attaches (default: repollGrace).
+   */
+  session(ns: string, id: string, until?: number): Session {
+    const space = this.namespace(ns);
+    let session = space.sessions.get(id);
+    if (session === undefined) {
+      session = new Session(id, until ?? this.clock.now() + this.config.repollGrace);
+      space.sessions.set(id, session);
+      this.sessionNs.set(session, space);
+      this.scheduleSession(session);
+    }
+    return session;
+  }
+
+  /** The session, if it exists. */
+  findSession(ns: string, id: string): Session | undefined {
+    return this.namespaces.get(ns)?.sessions.get(id);
+  }
+
+  /** The live requests of a session. */
+  sessionRequests(session: Session): ReadonlySet<Request> {
+    return session.requests;
+  }
+
+  /**
    * Ends the request by its client's wish: `released` if active, `cancelled` if queued.
    * Idempotent: an ended request is returned as it is.
    */
@@ -352,16 +410,41 @@ export class Engine {
     const req = this.get(ns, id);
     if (req === undefined) return undefined;
     if (req.state === "active" || req.state === "queued") {
+      if (req.session.id !== undefined) this.touch(req.session);
       this.finish(req, req.state === "active" ? "released" : "cancelled", this.clock.now());
     }
     return req;
   }
 
+  /** A connection or poll of the session opened: its requests live while one stays open. */
+  attachSession(session: Session): void {
+    const wasAway = session.attach();
+    this.scheduleSession(session);
+    if (wasAway) this.returned(session);
+  }
+
+  /** A connection or poll of the session ended: `answered` by the server, or `closed` by the client. */
+  detachSession(session: Session, how: "answered" | "closed"): void {
+    session.detach(how, this.clock.now(), this.config);
+    this.scheduleSession(session);
+  }
+
+  /** A message from the session's client arrived: it is alive. */
+  touch(session: Session): void {
+    const wasAway = session.touch(this.clock.now(), this.config);
+    this.scheduleSession(session);
+    if (wasAway) this.returned(session);
+  }
+
+  /** The session's connection closed or went silent, with nothing else open: it may be gone. */
+  leave(session: Session): void {
+    session.leave(this.clock.now(), this.config);
+    this.scheduleSession(session);
+  }
+
   /** A poll opened on the request: it is alive for as long as one stays open. */
   attach(req: Request): void {
-    if (req.resource === undefined) return;
-    req.pollers++;
-    this.schedule(req);
+    if (req.resource !== undefined) this.attachSession(req.session);
   }
 
   /**
@@ -369,20 +452,16 @@ export class Engine {
    * again at once); otherwise the client closed it (it may be gone).
    */
   detach(req: Request, answered: boolean): void {
-    if (req.resource === undefined) return;
-    if (--req.pollers > 0) return;
-    req.livenessAt = this.clock.now() + (answered ? this.config.repollGrace : this.config.grace);
-    this.schedule(req);
+    if (req.resource !== undefined)
+      this.detachSession(req.session, answered ? "answered" : "closed");
   }
 
   /**
-   * A poll was answered the moment it arrived: as good as attach then detach(answered), in one
-   * step — the client proved alive, and gets `repollGrace` for its next poll.
+   * A poll was answered the moment it arrived: the client proved alive, and gets `repollGrace`
+   * for its next poll (an open poll, if any, keeps it alive anyway).
    */
   answered(req: Request): void {
-    if (req.resource === undefined || req.pollers > 0) return;
-    req.livenessAt = this.clock.now() + this.config.repollGrace;
-    this.schedule(req);
+    if (req.resource !== undefined) this.touch(req.session);
   }
 
   /**
@@ -390,14 +469,14 @@ export class Engine {
    * probably gone, so it gets `grace` instead of `repollGrace` to come back.
    */
   hasten(req: Request): void {
-    if (req.resource === undefined || req.pollers > 0) return;
-    req.livenessAt = Math.min(req.livenessAt, this.clock.now() + this.config.grace);
-    this.schedule(req);
+    if (req.resource !== undefined) this.leave(req.session);
   }
 
   /** Clock time of the next deadline, if any: call `advance()` then. */
   nextDeadline(): number | undefined {
-    const due = this.heap.peek()?.deadline;
+    let due = this.heap.peek()?.deadline;
+    const s = this.sessionHeap.peek()?.deadline;
+    if (s !== undefined && (due === undefined || s < due)) due = s;
     const head = this.retainedHead;
     if (head === undefined) return due;
     const forget = head.endedAt + this.config.retention;
@@ -413,9 +492,15 @@ export class Engine {
       req = this.heap.peek()
     ) {
       if (req.heldBackOn !== undefined) this.endLockDelay(req, now);
-      else if (req.state === "active" && req.expiresAt <= now) this.finish(req, "expired", now);
-      else if (req.state === "queued" && req.waitUntil <= now) this.finish(req, "timed_out", now);
-      else this.finish(req, "dropped", now);
+      else if (req.state === "active") this.finish(req, "expired", now);
+      else this.finish(req, "timed_out", now);
+    }
+    for (
+      let session = this.sessionHeap.peek();
+      session !== undefined && session.deadline <= now;
+      session = this.sessionHeap.peek()
+    ) {
+      this.expireSession(session, now);
     }
     this.forgetEnded(now);
   }
@@ -432,7 +517,8 @@ export class Engine {
     };
     if (req.fencingToken !== 0) snap.fencingToken = req.fencingToken;
     if (req.state === "active") snap.expiresIn = Math.max(0, req.expiresAt - this.clock.now());
-    if (req.resource !== undefined) snap.pollWithin = this.config.repollGrace;
+    if (req.resource !== undefined && req.session.id === undefined)
+      snap.pollWithin = this.config.repollGrace;
     return snap;
   }
 
@@ -451,6 +537,8 @@ export class Engine {
         expiresIn: Math.max(0, h.expiresAt - now),
       });
     }
+    let away = 0;
+    for (const w of resource.line) if (w.session.away) away++;
     return {
       name,
       capacity: resource.capacity,
@@ -458,6 +546,7 @@ export class Engine {
       heldBack: resource.heldBack,
       active: resource.holders.size,
       queued: resource.line.size,
+      away,
       holders,
     };
   }
@@ -469,13 +558,15 @@ export class Engine {
     live: number;
     retained: number;
     timers: number;
+    sessions: number;
   } {
     return {
       namespaces: this.namespaces.size,
       resources: this.resourceCount,
       live: this.liveCount,
       retained: this.retainedCount,
-      timers: this.heap.size,
+      timers: this.heap.size + this.sessionHeap.size,
+      sessions: this.sessionNs.size,
     };
   }
 
@@ -506,17 +597,32 @@ export class Engine {
 
   private record(space: Namespace, req: Request): void {
     space.requests.set(req.id, req);
+    req.session.requests.add(req);
     this.liveCount++;
+  }
+
+  /** The first waiter that may be served: the head, unless its session is away. */
+  private serviceable(resource: Resource): Request | undefined {
+    const head = resource.line.first();
+    if (head === undefined || !head.session.away) return head;
+    for (const r of resource.line) if (!r.session.away) return r;
+    return undefined;
   }
 
   /** Grants from the head of the line while the head fits. `quiet` is not announced (its creator answers). */
   private pump(resource: Resource, now: number, quiet?: Request): void {
-    for (let head = resource.line.first(); head !== undefined; head = resource.line.first()) {
+    for (
+      let head = this.serviceable(resource);
+      head !== undefined;
+      head = this.serviceable(resource)
+    ) {
       if (resource.used + head.load > resource.capacity) return;
       resource.line.unlink(head);
+      head.session.queued--;
       this.grant(resource, head, now);
       if (head !== quiet) {
         this.schedule(head);
+        this.scheduleSession(head.session);
         this.onChange(head);
       }
     }
@@ -526,6 +632,7 @@ export class Engine {
     resource.holders.push(req);
     resource.used += req.load;
     req.state = "active";
+    req.session.active++;
     req.fencingToken = ++this.token;
     req.expiresAt = now + req.expiresIn;
   }
@@ -566,16 +673,51 @@ export class Engine {
   }
 
   private end(req: Request, state: RequestState, now: number): void {
+    const session = req.session;
+    if (req.state === "active") session.active--;
+    else if (req.state === "queued") session.queued--;
+    session.requests.delete(req);
     req.state = state;
     req.endedAt = now;
     req.resource = undefined;
-    req.pollers = 0;
     this.heap.delete(req);
     this.liveCount--;
     if (this.retainedTail) this.retainedTail.retainedNext = req;
     else this.retainedHead = req;
     this.retainedTail = req;
     this.retainedCount++;
+    if (!this.forgetSessionIfIdle(session, now)) this.scheduleSession(session);
+  }
+
+  /** A session's liveness deadline came: end what it no longer keeps, forget it if empty. */
+  private expireSession(session: Session, now: number): void {
+    const dropHolders = session.active > 0 && session.holdUntil <= now;
+    const dropWaiters = session.queued > 0 && session.waitUntil <= now;
+    if (dropHolders || dropWaiters) {
+      for (const req of [...session.requests]) {
+        if ((req.state === "active" && dropHolders) || (req.state === "queued" && dropWaiters))
+          this.finish(req, "dropped", now);
+      }
+    }
+    if (!this.forgetSessionIfIdle(session, now)) this.scheduleSession(session);
+  }
+
+  /**
+   * Forgets a session with nothing live and nothing open once its time is up — at once for the
+   * session of one request (nobody can come back to it).
+   */
+  private forgetSessionIfIdle(session: Session, now: number): boolean {
+    if (session.active + session.queued > 0) return false;
+    if (session.id !== undefined && (session.pollers > 0 || session.holdUntil > now)) return false;
+    this.sessionHeap.delete(session);
+    const space = this.sessionNs.get(session);
+    if (space !== undefined && session.id !== undefined) {
+      this.sessionNs.delete(session);
+      if (space.sessions.get(session.id) === session) space.sessions.delete(session.id);
+      if (space.empty) this.namespaces.delete(space.key);
+      this.onSessionGone(session);
+    }
+    return true;
   }
 
   private forgetIfIdle(space: Namespace, resource: Resource): void {
@@ -586,8 +728,7 @@ export class Engine {
     ) {
       space.resources.delete(resource.name);
       this.resourceCount--;
-      if (space.requests.size === 0 && space.resources.size === 0)
-        this.namespaces.delete(space.key);
+      if (space.empty) this.namespaces.delete(space.key);
     }
   }
 
@@ -601,17 +742,35 @@ export class Engine {
       this.retainedCount--;
       const space = r.ns;
       if (space.requests.get(r.id) === r) space.requests.delete(r.id);
-      if (space.requests.size === 0 && space.resources.size === 0)
-        this.namespaces.delete(space.key);
+      if (space.empty) this.namespaces.delete(space.key);
     }
   }
 
-  /** Puts the request's earliest pending deadline in the heap. */
+  /** Puts the request's expiry or timeout in the heap. */
   private schedule(req: Request): void {
-    let at = req.pollers === 0 ? req.livenessAt : Number.POSITIVE_INFINITY;
-    if (req.state === "active") at = Math.min(at, req.expiresAt);
-    else if (req.state === "queued") at = Math.min(at, req.waitUntil);
+    const at =
+      req.state === "active"
+        ? req.expiresAt
+        : req.state === "queued"
+          ? req.waitUntil
+          : Number.POSITIVE_INFINITY;
     if (at === Number.POSITIVE_INFINITY) this.heap.delete(req);
     else this.heap.set(req, at);
+  }
+
+  /** Puts the session's liveness deadline in its heap. */
+  private scheduleSession(session: Session): void {
+    const at = session.nextDeadline();
+    if (at === Number.POSITIVE_INFINITY) this.sessionHeap.delete(session);
+    else this.sessionHeap.set(session, at);
+  }
+
+  /** A session came back from away: its waiters may be served again. */
+  private returned(session: Session): void {
+    if (session.queued === 0) return;
+    const now = this.clock.now();
+    const resources = new Set<Resource>();
+    for (const req of session.requests) if (req.state === "queued") resources.add(req.resource!);
+    for (const resource of resources) this.pump(resource, now);
   }
 }

@@ -1,3 +1,4 @@
+import { LIVENESS_DEFAULTS } from "@ratequeue/core";
 import type { Clock, EngineConfig } from "./engine.js";
 
 /** Options of `startServer()` and of the `ratequeue-server` command. Durations are in ms. */
@@ -29,9 +30,22 @@ export interface ServerOptions {
    * header timeout of undici and the idle timeouts of common proxies.
    */
   pollWindow?: number;
-  /** After a client closes its open poll, how long until its request is dropped, in ms. Default `150`. */
+  /**
+   * After a client's connection closes (its session's, or its open poll's), how long its leases
+   * are kept before the next in line is served, in ms. Default `200`. Clients give a lease up
+   * this long after the last message the server answered, so it is also how long a client may
+   * go unanswered (a blocked event loop, a slow network) before it stops trusting its leases.
+   */
   grace?: number;
-  /** After the server answers a poll, how long the client has to poll again, in ms. Default `4_000`. */
+  /**
+   * After a client's connection closes, how long its waiters keep their place in line (passed
+   * over meanwhile), in ms. Default `5_000`: a network blip or a reconnect loses no place.
+   */
+  waitGrace?: number;
+  /**
+   * After the server last heard from a client with nothing open (an answered poll), how long it
+   * has to come back; also how long a WebSocket session may stay silent. Default `4_000`.
+   */
   repollGrace?: number;
   /** Hold bound for a request that sets no `expiresIn`, in ms. Default `900_000` (15 min). */
   defaultExpiresIn?: number;
@@ -77,8 +91,9 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     port: options.port ?? 7420,
     apiKeys: options.apiKeys ?? [],
     pollWindow: options.pollWindow ?? 10_000,
-    grace: options.grace ?? 150,
-    repollGrace: options.repollGrace ?? 4_000,
+    grace: options.grace ?? LIVENESS_DEFAULTS.grace,
+    waitGrace: options.waitGrace ?? LIVENESS_DEFAULTS.waitGrace,
+    repollGrace: options.repollGrace ?? LIVENESS_DEFAULTS.repollGrace,
     defaultExpiresIn: options.defaultExpiresIn ?? 900_000,
     maxExpiresIn: options.maxExpiresIn ?? 86_400_000,
     maxQueue: options.maxQueue ?? 100_000,
@@ -102,6 +117,11 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
   integer("pollWindow", resolved.pollWindow, 1, MAX_POLL_WINDOW);
   integer("grace", resolved.grace, 0, 60_000);
   integer("repollGrace", resolved.repollGrace, 1, 60_000);
+  integer("waitGrace", resolved.waitGrace, resolved.grace, 600_000);
+  if (resolved.repollGrace < resolved.grace)
+    throw new TypeError(
+      `repollGrace (${resolved.repollGrace}) must be at least grace (${resolved.grace}): clients count on grace after every answer`,
+    );
   integer("maxExpiresIn", resolved.maxExpiresIn, 1, 2_147_483_647);
   integer("defaultExpiresIn", resolved.defaultExpiresIn, 1, resolved.maxExpiresIn);
   integer("maxQueue", resolved.maxQueue, 1, 100_000_000);

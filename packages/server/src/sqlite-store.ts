@@ -54,6 +54,10 @@ export class SqliteStore implements Store {
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         BEGIN IMMEDIATE; COMMIT;
       `);
+      // Added with sessions: the session a request lives by (NULL: a request of its own).
+      const columns = this.db.all("PRAGMA table_info(requests)") as Array<{ name: string }>;
+      if (!columns.some((c) => c.name === "session"))
+        this.db.exec("ALTER TABLE requests ADD COLUMN session TEXT");
     } catch (error) {
       throw new Error(
         `cannot open the data directory ${dir}: ${(error as Error).message}${/locked/.test(String(error)) ? " (is another ratequeue-server using it?)" : ""}`,
@@ -62,7 +66,7 @@ export class SqliteStore implements Store {
     }
     this.upsert = this.db.prepare(
       `INSERT OR REPLACE INTO requests VALUES
-        (:ns, :id, :name, :load, :priority, :capacity, :asked, :expiresIn, :lockDelay, :seq, :state, :token, :expiresAt, :waitUntil)`,
+        (:ns, :id, :name, :load, :priority, :capacity, :asked, :expiresIn, :lockDelay, :seq, :state, :token, :expiresAt, :waitUntil, :session)`,
     );
     this.delete = this.db.prepare("DELETE FROM requests WHERE ns = ? AND id = ?");
     this.setToken = this.db.prepare("INSERT OR REPLACE INTO meta VALUES ('token', ?)");
@@ -79,6 +83,7 @@ export class SqliteStore implements Store {
     const requests = rows.map((r) => ({
       ns: String(r.ns),
       id: String(r.id),
+      session: r.session === null || r.session === undefined ? undefined : String(r.session),
       name: String(r.name),
       load: Number(r.load),
       priority: Number(r.priority),
@@ -113,6 +118,7 @@ export class SqliteStore implements Store {
       ":token": r.fencingToken,
       ":expiresAt": r.expiresAt,
       ":waitUntil": Number.isFinite(r.waitUntil) ? r.waitUntil : null,
+      ":session": r.session ?? null,
     });
     if (r.fencingToken > this.token) {
       this.token = r.fencingToken;
