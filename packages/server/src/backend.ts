@@ -1,4 +1,10 @@
-import type { AcquireBody, RequestSnapshot, RequestState, ResourceSnapshot } from "@ratequeue/core";
+import type {
+  AcquireBody,
+  RequestSnapshot,
+  RequestState,
+  ResourceSnapshot,
+  ServerMessage,
+} from "@ratequeue/core";
 import type { Refusal } from "./engine.js";
 
 /** How a poll may wait. */
@@ -12,6 +18,14 @@ export interface PollOptions {
    * killed between two polls is then dropped after `grace`, not `repollGrace`.
    */
   connection?: AbortSignal;
+}
+
+/** Where a session's events go: an open WebSocket, or an HTTP session poll. */
+export interface SessionLink {
+  /** Events as they happen (and, on attach, the unacknowledged ones). */
+  send(events: readonly ServerMessage[]): void;
+  /** The server is shutting down; `recovery`: how long it keeps leases after a restart (0: none). */
+  bye?(recovery: number): void;
 }
 
 /**

@@ -8,9 +8,11 @@ import {
   type RequestState,
 } from "@ratequeue/core";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
-import type { Backend, PollOptions } from "./backend.js";
+import type { PollOptions } from "./backend.js";
+import type { LocalBackend } from "./local-backend.js";
 import type { ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem } from "./problem.js";
+import { type Authenticate, attachWebSockets, sessionRoute } from "./session.js";
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -29,7 +31,7 @@ const POLLABLE = new Set<string>(["queued", "active"]);
  */
 export function buildApp(
   options: ResolvedServerOptions,
-  backend: Backend,
+  backend: LocalBackend,
   state: { closing: boolean },
 ): FastifyInstance {
   const app = Fastify({
@@ -43,6 +45,16 @@ export function buildApp(
   });
   const keys = new Set(options.apiKeys);
   const open = keys.size === 0;
+  const authenticate: Authenticate = (token) => {
+    if (token !== "" && (open || keys.has(token))) return { ns: token };
+    const detail =
+      token === ""
+        ? open
+          ? "send `Authorization: Bearer <token>`: in open development mode any token works, and each token is its own namespace"
+          : "send `Authorization: Bearer <API key>` with a key this server was started with"
+        : "this API key is not known to the server: check RATEQUEUE_API_KEY against the server's --api-key";
+    return { status: 401, detail };
+  };
 
   app.decorateRequest("namespace", "");
   // Only JSON bodies: anything else is a 415 that says so, not a confusing 400.
@@ -65,17 +77,12 @@ export function buildApp(
     }
     if (req.url === `${API_PREFIX}/health`) return;
     const header = req.headers.authorization;
-    const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : "";
-    if (token === "" || (!open && !keys.has(token))) {
+    const who = authenticate(header?.startsWith("Bearer ") ? header.slice(7).trim() : "");
+    if ("status" in who) {
       reply.header("www-authenticate", 'Bearer realm="ratequeue"');
-      const detail =
-        token === ""
-          ? open
-            ? "send `Authorization: Bearer <token>`: in open development mode any token works, and each token is its own namespace"
-            : "send `Authorization: Bearer <API key>` with a key this server was started with"
-          : "this API key is not known to the server: check RATEQUEUE_API_KEY against the server's --api-key";
-      return sendProblem(reply, problem(401, "unauthorized", detail));
+      return sendProblem(reply, problem(401, "unauthorized", who.detail));
     }
+    const token = who.ns;
     req.namespace = token;
   });
 
@@ -127,6 +134,9 @@ export function buildApp(
   });
 
   app.get(`${API_PREFIX}/health`, async () => ({ status: "ok", mode: open ? "open" : "keys" }));
+
+  attachWebSockets(app, options, backend, authenticate, state);
+  sessionRoute(app, options, backend);
 
   app.put<{ Params: { id: string }; Querystring: Record<string, string> }>(
     `${API_PREFIX}/requests/:id`,

@@ -1,14 +1,32 @@
-import type { AcquireBody, RequestSnapshot, RequestState, ResourceSnapshot } from "@ratequeue/core";
-import type { Backend, PollOptions } from "./backend.js";
+import {
+  type AcquireBody,
+  pingInterval,
+  type RequestSnapshot,
+  type RequestState,
+  type ResourceSnapshot,
+  type ServerMessage,
+  type SessionTerms,
+} from "@ratequeue/core";
+import type { Backend, PollOptions, SessionLink } from "./backend.js";
 import {
   type Clock,
   Engine,
   type EngineConfig,
   type Refusal,
   type Request,
+  type Session,
   saved,
 } from "./engine.js";
 import type { Store } from "./store.js";
+
+/** A session's events (grants, and ends its client did not ask for) until its client acknowledges them. */
+interface SessionLog {
+  seq: number;
+  /** Unacknowledged events, oldest first, with the request each is about. */
+  events: Array<{ seq: number; req: Request; message: ServerMessage }>;
+  /** Where events go as they happen (a WebSocket, or an HTTP poll), if any. */
+  links: Set<SessionLink>;
+}
 
 /** An open long-poll. */
 interface Poll {
@@ -39,6 +57,10 @@ export class LocalBackend implements Backend {
   private timer: ReturnType<typeof setTimeout> | undefined;
   private timerAt = Number.POSITIVE_INFINITY;
   private closed = false;
+  private readonly logs = new Map<Session, SessionLog>();
+  /** The request whose change the current operation answers directly (no event for it). */
+  private answering: Request | undefined;
+  readonly terms: SessionTerms;
 
   constructor(
     config: EngineConfig,
@@ -48,15 +70,26 @@ export class LocalBackend implements Backend {
     /** After a restart, how long restored clients have to poll again, in ms. */
     recoveryWindow = 0,
   ) {
-    this.engine = new Engine(config, clock, (req) => {
-      if (this.polls.has(req)) this.changed.push(req);
-      if (req.resource === undefined) {
-        this.unwatch(req); // ended: nothing to hasten
-        this.store?.remove(req.ns.key, req.id);
-      } else {
-        this.store?.save(saved(req)); // granted
-      }
-    });
+    this.terms = {
+      grace: config.grace,
+      ping: pingInterval(config.grace),
+      recovery: store === undefined ? 0 : recoveryWindow,
+    };
+    this.engine = new Engine(
+      config,
+      clock,
+      (req) => {
+        if (this.polls.has(req)) this.changed.push(req);
+        if (req.session.id !== undefined && req !== this.answering) this.log(req);
+        if (req.resource === undefined) {
+          this.unwatch(req); // ended: nothing to hasten
+          this.store?.remove(req.ns.key, req.id);
+        } else {
+          this.store?.save(saved(req)); // granted
+        }
+      },
+      (session) => this.logs.delete(session),
+    );
     if (store) {
       const { requests, tokenFloor } = store.load();
       this.engine.restore(requests, tokenFloor, recoveryWindow);
@@ -85,9 +118,128 @@ export class LocalBackend implements Backend {
   }
 
   async release(ns: string, id: string): Promise<RequestSnapshot | undefined> {
-    const req = this.engine.release(ns, id);
+    return this.releaseNow(ns, id);
+  }
+
+  /** `release`, synchronously (the session transports answer in the same turn). */
+  releaseNow(ns: string, id: string): RequestSnapshot | undefined {
+    this.answering = this.engine.get(ns, id);
+    let req: Request | undefined;
+    try {
+      req = this.engine.release(ns, id);
+    } finally {
+      this.answering = undefined;
+    }
     this.settle();
     return req === undefined ? undefined : this.engine.snapshot(req);
+  }
+
+  // --- sessions ------------------------------------------------------------------------------
+
+  /**
+   * Attaches a link (an open WebSocket, or an HTTP session poll) to session `id`: the session
+   * lives while one is attached, and events go to it. Events after `after` not yet acknowledged
+   * are delivered at once. `known`: the session existed before (its requests are as they were).
+   */
+  attachSession(ns: string, id: string, after: number | undefined, link: SessionLink) {
+    const known = this.engine.findSession(ns, id) !== undefined;
+    const session = this.engine.session(ns, id);
+    this.engine.attachSession(session);
+    const log = this.logOf(session);
+    if (after !== undefined) this.trim(log, after);
+    log.links.add(link);
+    this.settle();
+    if (log.events.length > 0) link.send(this.render(log));
+    return { known };
+  }
+
+  /** A link ended: `answered` (an HTTP poll the server answered) or `closed` (the client went). */
+  detachSession(ns: string, id: string, link: SessionLink, how: "answered" | "closed"): void {
+    const session = this.engine.findSession(ns, id);
+    if (session === undefined) return;
+    const log = this.logs.get(session);
+    if (log === undefined || !log.links.delete(link) || this.closed) return;
+    this.engine.detachSession(session, how);
+    this.settle();
+  }
+
+  /** The connection that carried session `id`'s last answered poll closed. */
+  leaveSession(ns: string, id: string): void {
+    const session = this.engine.findSession(ns, id);
+    if (session === undefined || this.closed) return;
+    this.engine.leave(session);
+    this.settle();
+  }
+
+  /** A message from session `id`'s client arrived: it is alive. `ack`: events it has received. */
+  touchSession(ns: string, id: string, ack?: number): { known: boolean } {
+    const known = this.engine.findSession(ns, id) !== undefined;
+    if (this.closed) return { known };
+    const session = this.engine.session(ns, id);
+    this.engine.touch(session);
+    if (ack !== undefined) this.trim(this.logOf(session), ack);
+    this.settle();
+    return { known };
+  }
+
+  /** Creates or resumes request `id` in session `sessionId`; answers at once. */
+  acquireInSession(
+    ns: string,
+    sessionId: string,
+    id: string,
+    body: AcquireBody,
+  ): RequestSnapshot | Refusal {
+    const result = this.engine.acquire(ns, id, body, sessionId);
+    if (result.ok && result.created && result.request.resource !== undefined) {
+      this.store?.save(saved(result.request));
+    }
+    this.settle();
+    return result.ok ? this.engine.snapshot(result.request) : result;
+  }
+
+  /** Events of session `id` after `after` (for an HTTP poll that found some pending). */
+  pendingEvents(ns: string, id: string, after: number | undefined): ServerMessage[] {
+    const session = this.engine.findSession(ns, id);
+    const log = session && this.logs.get(session);
+    if (log === undefined) return [];
+    if (after !== undefined) this.trim(log, after);
+    return this.render(log);
+  }
+
+  /**
+   * The log's events as sent now: an active request's `expiresIn` counts from now, so a client
+   * that counts it from when it sent the message this answers never overestimates its hold.
+   */
+  private render(log: SessionLog): ServerMessage[] {
+    const now = this.clock.now();
+    return log.events.map(({ req, message }) =>
+      message.t === "state" && message.state === "active"
+        ? { ...message, expiresIn: Math.max(0, req.expiresAt - now) }
+        : message,
+    );
+  }
+
+  private logOf(session: Session): SessionLog {
+    let log = this.logs.get(session);
+    if (log === undefined) {
+      log = { seq: 0, events: [], links: new Set() };
+      this.logs.set(session, log);
+    }
+    return log;
+  }
+
+  private log(req: Request): void {
+    const log = this.logOf(req.session);
+    const seq = ++log.seq;
+    const message: ServerMessage = { t: "state", seq, ...this.engine.snapshot(req) };
+    log.events.push({ seq, req, message });
+    for (const link of log.links) link.send([message]);
+  }
+
+  private trim(log: SessionLog, upTo: number): void {
+    let n = 0;
+    while (n < log.events.length && log.events[n]!.seq <= upTo) n++;
+    if (n > 0) log.events.splice(0, n);
   }
 
   async resource(ns: string, name: string): Promise<ResourceSnapshot | undefined> {
@@ -96,6 +248,8 @@ export class LocalBackend implements Backend {
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const log of this.logs.values())
+      for (const link of log.links) link.bye?.(this.terms.recovery);
     for (const set of this.polls.values()) for (const p of set) this.answer(p, true);
     for (const req of [...this.lastConnection.keys()]) this.unwatch(req);
     if (this.timer) clearTimeout(this.timer);
@@ -147,7 +301,7 @@ export class LocalBackend implements Backend {
     clearTimeout(p.timer);
     p.signal.removeEventListener("abort", p.onAbort);
     this.engine.detach(p.req, answered);
-    if (answered && p.req.pollers === 0) this.watch(p.req, p.connection);
+    if (answered && p.req.session.pollers === 0) this.watch(p.req, p.connection);
     p.resolve(this.engine.snapshot(p.req));
     this.settle();
   }

@@ -177,8 +177,8 @@ describe("HTTP: liveness without heartbeats", () => {
     expect((await api.poll("a")).body.state).toBe("dropped");
   });
 
-  it("drops a waiter whose poll socket closes, so it leaves the line", async () => {
-    await using server = await startTestServer({ grace: 100 });
+  it("passes over a waiter whose poll socket closes, then drops it after waitGrace", async () => {
+    await using server = await startTestServer({ grace: 100, waitGrace: 300 });
     const api = client(server);
     await api.acquire("a", { resource: "r" });
     const controller = new AbortController();
@@ -188,6 +188,7 @@ describe("HTTP: liveness without heartbeats", () => {
     await eventually(async () => (await api.resource("r")).body.queued === 1);
     controller.abort();
     await waiter;
+    await eventually(async () => (await api.resource("r")).body.away === 1);
     await eventually(async () => (await api.poll("b")).body.state === "dropped");
     expect((await api.resource("r")).body).toMatchObject({ queued: 0 });
   });

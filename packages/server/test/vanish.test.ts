@@ -97,7 +97,7 @@ describe("a client whose host vanishes", () => {
     proxy.silence(); // the holder's host vanishes: it can no longer confirm its lease
     const [lost, granted] = await Promise.all([lostAt, grantedAt]);
     expect(lease.signal.reason).toBeInstanceOf(LeaseLostError);
-    expect(String(lease.signal.reason.message)).toMatch(/no poll was confirmed/);
+    expect(String(lease.signal.reason.message)).toMatch(/no message to the server was confirmed/);
     // The holder stopped believing before the next waiter was served: no overlap.
     expect(lost).toBeLessThan(granted);
     expect(lost - cutAt).toBeLessThan(repollGrace + 500);

@@ -1,0 +1,346 @@
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import {
+  API_PREFIX,
+  checkAcquireBody,
+  checkRequestId,
+  describe,
+  type ProblemCode,
+  SESSION_PATH,
+  type ServerMessage,
+} from "@ratequeue/core";
+import type { FastifyInstance, FastifyReply } from "fastify";
+import { type WebSocket, WebSocketServer } from "ws";
+import type { SessionLink } from "./backend.js";
+import type { LocalBackend } from "./local-backend.js";
+import type { ResolvedServerOptions } from "./options.js";
+import { problem, sendProblem } from "./problem.js";
+
+/**
+ * The session transports (docs/protocol.md, "Sessions"): all of a client's acquires, grants,
+ * releases and its liveness over one connection — a WebSocket at `/v1/session`, or, where a
+ * WebSocket cannot be had, a chain of HTTP polls on `POST /v1/sessions/{id}` carrying the same
+ * messages. Both are thin: parse, authenticate, validate, call the backend.
+ */
+
+/** Who may use the server: a namespace for a token, or the problem to answer. */
+export type Authenticate = (token: string) => { ns: string } | { status: 401; detail: string };
+
+/** Largest WebSocket frame accepted (a batch of messages), in bytes. */
+const MAX_FRAME = 4 * 1024 * 1024;
+/** A WebSocket must say `hello` within this many ms. */
+const HELLO_WITHIN = 10_000;
+
+/**
+ * Handles a batch of client messages of session `sid` (acquire, release, ping), pushing the
+ * answers to `out` in order.
+ */
+function handle(
+  backend: LocalBackend,
+  options: ResolvedServerOptions,
+  ns: string,
+  sid: string,
+  messages: readonly unknown[],
+  out: ServerMessage[],
+): void {
+  for (const m of messages) {
+    if (m === null || typeof m !== "object" || Array.isArray(m)) {
+      out.push(error(400, "invalid_request", `each message must be an object, got ${describe(m)}`));
+      continue;
+    }
+    const msg = m as Record<string, unknown>;
+    if (msg.t === "ping") {
+      const ack = msg.ack;
+      if (!Number.isSafeInteger(msg.n) || (ack !== undefined && !Number.isSafeInteger(ack))) {
+        out.push(error(400, "invalid_request", "a ping needs an integer `n` (and `ack`, if any)"));
+        continue;
+      }
+      backend.touchSession(ns, sid, ack as number | undefined);
+      out.push({ t: "pong", n: msg.n as number });
+      continue;
+    }
+    if (msg.t !== "acquire" && msg.t !== "release") {
+      out.push(
+        error(
+          400,
+          "invalid_request",
+          `unknown message type ${describe(msg.t)}: expected "acquire", "release" or "ping"`,
+          "t",
+        ),
+      );
+      continue;
+    }
+    const { t, id, ...body } = msg;
+    const bad = checkRequestId(id);
+    if (bad) {
+      out.push(error(400, "invalid_request", `request id ${bad}`, "id"));
+      continue;
+    }
+    const rid = id as string;
+    if (t === "release") {
+      const snap = backend.releaseNow(ns, rid);
+      out.push(
+        snap === undefined
+          ? error(404, "not_found", `no request ${rid} in this namespace`, undefined, rid)
+          : { t: "state", ...snap },
+      );
+      continue;
+    }
+    const checked = checkAcquireBody(body, { maxExpiresIn: options.maxExpiresIn });
+    if (!checked.ok) {
+      const { field, detail } = checked.problem;
+      out.push(error(400, "invalid_request", `${field} ${detail}`, field, rid));
+      continue;
+    }
+    const result = backend.acquireInSession(ns, sid, rid, checked.value);
+    out.push(
+      "ok" in result
+        ? error(409, result.code, result.detail, result.field, rid)
+        : { t: "state", ...result },
+    );
+  }
+}
+
+function error(
+  status: number,
+  code: ProblemCode,
+  detail: string,
+  field?: string,
+  id?: string,
+): ServerMessage {
+  const e: ServerMessage = { t: "error", status, code, detail };
+  if (field !== undefined) e.field = field;
+  if (id !== undefined) e.id = id;
+  return e;
+}
+
+/** The WebSocket session endpoint, on the Fastify app's HTTP server. */
+export function attachWebSockets(
+  app: FastifyInstance,
+  options: ResolvedServerOptions,
+  backend: LocalBackend,
+  authenticate: Authenticate,
+  state: { closing: boolean },
+): void {
+  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME });
+  const path = API_PREFIX + SESSION_PATH;
+  app.server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const url = req.url ?? "";
+    const refuse = (status: number, text: string) => {
+      socket.end(
+        `HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n${text}\n`,
+      );
+    };
+    if (url.split("?")[0] !== path) return refuse(404, "Not Found");
+    if (state.closing) return refuse(503, "Service Unavailable");
+    wss.handleUpgrade(req, socket, head, (ws) =>
+      serveWebSocket(ws, options, backend, authenticate),
+    );
+  });
+  app.addHook("onClose", async () => {
+    for (const ws of wss.clients) ws.close(1001, "server shutting down");
+    wss.close();
+  });
+}
+
+function serveWebSocket(
+  ws: WebSocket,
+  options: ResolvedServerOptions,
+  backend: LocalBackend,
+  authenticate: Authenticate,
+): void {
+  let ns = "";
+  let sid: string | undefined;
+  let lastHeard = performance.now();
+  const out: ServerMessage[] = [];
+  let flushing = false;
+  const flush = () => {
+    flushing = false;
+    if (out.length === 0 || ws.readyState !== ws.OPEN) return;
+    ws.send(JSON.stringify(out.length === 1 ? out[0] : out));
+    out.length = 0;
+  };
+  const push = (m: ServerMessage) => {
+    out.push(m);
+    if (!flushing) {
+      flushing = true;
+      queueMicrotask(flush);
+    }
+  };
+  const link: SessionLink = {
+    send: (events) => {
+      for (const e of events) push(e);
+    },
+    bye: (recovery) => {
+      push({ t: "bye", recovery });
+      flush();
+    },
+  };
+  const fail = (status: number, code: ProblemCode, detail: string, field?: string) => {
+    push(error(status, code, detail, field));
+    flush();
+    ws.close(1008, code);
+  };
+
+  // Silence: a session that sends nothing for repollGrace is as good as gone.
+  let silence: ReturnType<typeof setTimeout> | undefined;
+  const watchSilence = () => {
+    const quiet = performance.now() - lastHeard;
+    if (quiet >= options.repollGrace) {
+      ws.terminate();
+      return;
+    }
+    silence = setTimeout(watchSilence, options.repollGrace - quiet + 1);
+    silence.unref();
+  };
+  silence = setTimeout(() => {
+    if (sid === undefined) ws.close(1008, "no hello");
+    else watchSilence();
+  }, HELLO_WITHIN);
+  silence.unref();
+
+  ws.on("message", (data, isBinary) => {
+    lastHeard = performance.now();
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(isBinary ? Buffer.from(data as Buffer).toString() : String(data));
+    } catch {
+      return fail(400, "invalid_request", "a frame must be JSON: a message or an array of them");
+    }
+    const messages = Array.isArray(parsed) ? parsed : [parsed];
+    if (sid === undefined) {
+      const hello = messages[0] as Record<string, unknown> | undefined;
+      if (hello?.t !== "hello") {
+        return fail(400, "invalid_request", 'the first message must be {"t":"hello",...}', "t");
+      }
+      const who = authenticate(typeof hello.key === "string" ? hello.key : "");
+      if ("status" in who) return fail(401, "unauthorized", who.detail, "key");
+      const bad = checkRequestId(hello.session);
+      if (bad) return fail(400, "invalid_request", `session id ${bad}`, "session");
+      const after = hello.after;
+      if (after !== undefined && !Number.isSafeInteger(after)) {
+        return fail(400, "invalid_request", "after must be an integer (the last event seq seen)");
+      }
+      ns = who.ns;
+      sid = hello.session as string;
+      // The welcome goes first, then any unacknowledged events, then the answers.
+      push({ t: "welcome", session: sid, resumed: false, ...backend.terms });
+      const welcome = out[out.length - 1] as { resumed: boolean };
+      welcome.resumed = backend.attachSession(ns, sid, after as number | undefined, link).known;
+      clearTimeout(silence);
+      watchSilence();
+      handle(backend, options, ns, sid, messages.slice(1), out);
+      return;
+    }
+    const before = out.length;
+    handle(backend, options, ns, sid, messages, out);
+    if (out.length > before && !flushing) {
+      flushing = true;
+      queueMicrotask(flush);
+    }
+  });
+  ws.on("close", () => {
+    clearTimeout(silence);
+    if (sid !== undefined) backend.detachSession(ns, sid, link, "closed");
+  });
+  ws.on("error", () => ws.terminate());
+}
+
+/** `POST /v1/sessions/{id}[?after=seq&wait=ms]`: the same session, over HTTP polls. */
+export function sessionRoute(
+  app: FastifyInstance,
+  options: ResolvedServerOptions,
+  backend: LocalBackend,
+): void {
+  /** The socket that carried each session's last answered poll, watched until its next poll. */
+  const watched = new Map<string, { socket: NodeJS.EventEmitter; onClose: () => void }>();
+  const unwatch = (key: string) => {
+    const w = watched.get(key);
+    if (w === undefined) return;
+    watched.delete(key);
+    w.socket.removeListener("close", w.onClose);
+  };
+
+  app.post<{ Params: { id: string }; Querystring: Record<string, string> }>(
+    `${API_PREFIX}/sessions/:id`,
+    async (req, reply) => {
+      const ns = req.namespace;
+      const sid = req.params.id;
+      const bad = checkRequestId(sid);
+      if (bad) return invalid(reply, "id", `session id ${bad}`);
+      const after = intParam(req.query.after, "after");
+      if (typeof after === "string") return invalid(reply, "after", after);
+      const wait = intParam(req.query.wait, "wait");
+      if (typeof wait === "string") return invalid(reply, "wait", wait);
+      const body = req.body ?? [];
+      if (!Array.isArray(body)) {
+        return invalid(
+          reply,
+          "body",
+          `the body must be a JSON array of messages, got ${describe(body)}`,
+        );
+      }
+      const key = `${ns}\n${sid}`;
+      unwatch(key);
+      const { known } = backend.touchSession(ns, sid, after);
+      const out: ServerMessage[] = [];
+      handle(backend, options, ns, sid, body, out);
+      const head = { session: sid, known, ...backend.terms };
+      const events = () => backend.pendingEvents(ns, sid, after);
+      const window = Math.min(wait ?? options.pollWindow, options.pollWindow);
+      /** Until its next poll, the session leaves (`grace`) if the socket of this answer closes. */
+      const watch = () => {
+        const socket = reply.raw.socket;
+        if (socket === null || socket.destroyed) {
+          backend.leaveSession(ns, sid);
+          return;
+        }
+        const onClose = () => {
+          watched.delete(key);
+          backend.leaveSession(ns, sid);
+        };
+        unwatch(key);
+        socket.once("close", onClose);
+        watched.set(key, { socket, onClose });
+      };
+      if (out.length > 0 || events().length > 0 || window === 0) {
+        watch();
+        return { ...head, messages: [...out, ...events()] };
+      }
+      // A long-poll: the session is attached while it is open, and answered on the first event.
+      return new Promise((resolve) => {
+        let done = false;
+        const finish = (how: "answered" | "closed") => {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          reply.raw.removeListener("close", onClientClose);
+          backend.detachSession(ns, sid, link, how);
+          if (how === "closed") return resolve(reply);
+          watch();
+          resolve({ ...head, messages: events() });
+        };
+        const link: SessionLink = {
+          send: () => queueMicrotask(() => finish("answered")),
+          bye: () => finish("answered"),
+        };
+        const onClientClose = () => {
+          if (!reply.raw.writableFinished) finish("closed");
+        };
+        const timer = setTimeout(() => finish("answered"), window);
+        reply.raw.once("close", onClientClose);
+        backend.attachSession(ns, sid, after, link);
+      });
+    },
+  );
+}
+
+function intParam(value: string | undefined, name: string): number | undefined | string {
+  if (value === undefined) return undefined;
+  if (!/^\d{1,15}$/.test(value)) return `${name} must be a whole number, got ${describe(value)}`;
+  return Number(value);
+}
+
+function invalid(reply: FastifyReply, field: string, detail: string) {
+  return sendProblem(reply, problem(400, "invalid_request", detail, field));
+}
