@@ -20,9 +20,18 @@ export {
   ProtocolClient,
 } from "./client.js";
 export * from "./errors.js";
+export * from "./liveness.js";
 export { checkAcquireParams, checkClientConfig } from "./options.js";
 export * from "./protocol.js";
 export { DEFAULT_RETRY, type RetryOptions } from "./retry.js";
+export {
+  ClientSession,
+  type LeaseHandle,
+  type SessionConfig,
+  type SessionMode,
+  type WebSocketFactory,
+  type WebSocketLike,
+} from "./session.js";
 export {
   fetchTransport,
   type Transport,
@@ -30,3 +39,4 @@ export {
   type TransportResponse,
 } from "./transport.js";
 export * from "./validate.js";
+export { globalWebSocket } from "./websocket.js";

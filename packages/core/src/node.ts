@@ -9,7 +9,34 @@
  * ```
  */
 import { Agent, type Dispatcher, request } from "undici";
+import { WebSocket } from "ws";
+import type { WebSocketFactory, WebSocketLike } from "./session.js";
 import type { Transport } from "./transport.js";
+
+/**
+ * WebSockets for Node.js, through `ws` (Node 20 has no global WebSocket). An idle session's
+ * socket is unref'd, so a process that holds nothing exits as if it had no connection.
+ *
+ * @example
+ * ```ts
+ * const client = new ProtocolClient({ baseUrl, apiKey, transport: undiciTransport(), webSocket: nodeWebSocket() });
+ * ```
+ */
+export function nodeWebSocket(): WebSocketFactory {
+  return {
+    open: (url) => {
+      const ws = new WebSocket(url, { perMessageDeflate: false });
+      // Small frames, sent at once: no Nagle delay.
+      ws.once("upgrade", (res) => res.socket.setNoDelay(true));
+      return ws as unknown as WebSocketLike;
+    },
+    idle: (ws, idle) => {
+      const socket = (ws as unknown as { _socket?: { ref(): void; unref(): void } })._socket;
+      if (idle) socket?.unref();
+      else socket?.ref();
+    },
+  };
+}
 
 export interface UndiciTransportOptions {
   /**

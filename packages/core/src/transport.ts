@@ -1,6 +1,6 @@
 /** One HTTP exchange, as the protocol client needs it. */
 export interface TransportRequest {
-  method: "GET" | "PUT" | "DELETE";
+  method: "GET" | "PUT" | "POST" | "DELETE";
   url: string;
   headers: Record<string, string>;
   body?: string;

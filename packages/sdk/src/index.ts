@@ -10,14 +10,14 @@
  * });
  * ```
  */
-import { fetchTransport } from "@ratequeue/core";
+import { fetchTransport, globalWebSocket } from "@ratequeue/core";
 import { readEnv } from "./internal/env.js";
 import { makeRateQueue, type RateQueue } from "./internal/rate-queue.js";
 import type { RateQueueOptions } from "./options.js";
 
 export * from "./internal/exports.js";
 
-const defaults = { transport: () => fetchTransport(), env: readEnv };
+const defaults = { transport: () => fetchTransport(), webSocket: globalWebSocket, env: readEnv };
 
 /**
  * A RateQueue client with its own defaults; per-call options override them.

@@ -8,15 +8,15 @@
  * const saved = await ratequeue.acquire("user-update-42", {}, (lease) => save(user, lease.fencingToken));
  * ```
  */
-import { type UndiciTransportOptions, undiciTransport } from "@ratequeue/core/node";
+import { nodeWebSocket, type UndiciTransportOptions, undiciTransport } from "@ratequeue/core/node";
 import { readEnv } from "./internal/env.js";
 import { makeRateQueue, type RateQueue } from "./internal/rate-queue.js";
 import type { RateQueueOptions } from "./options.js";
 
 export * from "./internal/exports.js";
-export { type UndiciTransportOptions, undiciTransport };
+export { nodeWebSocket, type UndiciTransportOptions, undiciTransport };
 
-const defaults = { transport: () => undiciTransport(), env: readEnv };
+const defaults = { transport: () => undiciTransport(), webSocket: nodeWebSocket, env: readEnv };
 
 /**
  * A RateQueue client with its own defaults; per-call options override them. On Node.js,

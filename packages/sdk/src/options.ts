@@ -1,4 +1,4 @@
-import type { RetryOptions, Transport } from "@ratequeue/core";
+import type { RetryOptions, SessionMode, Transport, WebSocketFactory } from "@ratequeue/core";
 
 /** Options of `createRateQueue()`: where the server is, and how to reach it. */
 export interface RateQueueOptions {
@@ -6,20 +6,28 @@ export interface RateQueueOptions {
   apiKey?: string;
   /** Server URL. Default: `RATEQUEUE_URL` from the environment, else `"http://127.0.0.1:7420"`. */
   baseUrl?: string;
-  /** Retries of failed calls (network errors, 408, 429, 5xx). Default: 6 retries, 50 ms doubling to 2 s, with jitter. */
+  /**
+   * Reconnecting after the connection to the server fails (network errors, 5xx): how often and
+   * how fast. Default: 6 retries, 50 ms doubling to 2 s, with jitter; then waiting calls reject
+   * with `ServiceUnavailableError`.
+   */
   retry?: RetryOptions;
-  /** How to send HTTP. Default: undici on Node.js, `fetch` everywhere else. */
+  /**
+   * What carries this client's session — every acquire, release and the liveness of its leases,
+   * over one connection however many calls are in flight. `"auto"` (default): a WebSocket, or
+   * HTTP long-polls where a WebSocket cannot be opened (a proxy that refuses upgrades).
+   * `"websocket"` or `"http"` force one.
+   */
+  session?: SessionMode;
+  /** How to send HTTP (the HTTP session, and the fallback probe). Default: undici on Node.js, `fetch` elsewhere. */
   transport?: Transport;
+  /** How to open WebSockets. Default: `ws` on Node.js, the global `WebSocket` elsewhere. */
+  webSocket?: WebSocketFactory;
   /**
-   * Longest the client asks the server to hold a poll, in ms; the server caps it at its own
-   * window (10 s by default). Default `20_000`.
+   * How long an HTTP exchange may take beyond what it asked the server to wait before it counts
+   * as failed and the session reconnects, in ms. Default `10_000`.
    */
-  pollWindow?: number;
-  /**
-   * How much longer than its poll window a reply may take before the exchange is
-   * abandoned and retried, in ms: a server or network that went silent. Default `15_000`.
-   */
-  replyTimeout?: number;
+  requestTimeout?: number;
 }
 
 /** Options of `acquire()`. Durations are in milliseconds. Each overrides the instance's. */

@@ -3,10 +3,16 @@ import { type RunningServer, type ServerOptions, startServer } from "@ratequeue/
 import * as fetchEntry from "../src/index.js";
 import * as nodeEntry from "../src/node.js";
 
-/** The SDK's two builds: every integration test runs against both. */
+/**
+ * The SDK's two builds and its two session transports: every integration test runs against
+ * each. The Node build opens a WebSocket session (`ws`); the fetch build, on Node 20 (no global
+ * WebSocket), falls back to the HTTP session over `fetch`, as on any runtime without one; and
+ * the Node build forced onto the HTTP session covers undici's path.
+ */
 export const ENTRIES = [
-  { transport: "undici", sdk: nodeEntry },
-  { transport: "fetch", sdk: fetchEntry },
+  { transport: "websocket (node build)", sdk: nodeEntry, session: "auto" },
+  { transport: "http session over fetch (fetch build)", sdk: fetchEntry, session: "auto" },
+  { transport: "http session over undici (node build)", sdk: nodeEntry, session: "http" },
 ] as const;
 
 export function startTestServer(options: ServerOptions = {}): Promise<RunningServer> {

@@ -1,4 +1,10 @@
-import { describe, ProtocolClient, type Transport, ValidationError } from "@ratequeue/core";
+import {
+  describe,
+  ProtocolClient,
+  type Transport,
+  ValidationError,
+  type WebSocketFactory,
+} from "@ratequeue/core";
 import { Lease } from "../lease.js";
 import {
   ACQUIRE_OPTION_KEYS,
@@ -40,6 +46,7 @@ export interface RateQueue {
 /** Where an instance's unset options come from: the entry point decides (environment, transport). */
 export interface Defaults {
   transport: () => Transport;
+  webSocket: () => WebSocketFactory | undefined;
   env: () => { apiKey?: string; baseUrl?: string };
 }
 
@@ -51,6 +58,8 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
     );
   }
   let transport: Transport | undefined = options.transport;
+  // One protocol client — one session, one connection — per server and key, for every call.
+  const clients = new Map<string, ProtocolClient>();
 
   async function acquire<T>(
     name: string,
@@ -83,14 +92,22 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
     }
     const env = defaults.env();
     transport ??= defaults.transport();
-    const client = new ProtocolClient({
-      apiKey: opts?.apiKey ?? options.apiKey ?? env.apiKey ?? "",
-      baseUrl: opts?.baseUrl ?? options.baseUrl ?? env.baseUrl ?? DEFAULT_BASE_URL,
-      transport,
-      retry: options.retry,
-      replyTimeout: options.replyTimeout,
-      pollWindow: options.pollWindow,
-    });
+    const apiKey = opts?.apiKey ?? options.apiKey ?? env.apiKey ?? "";
+    const baseUrl = opts?.baseUrl ?? options.baseUrl ?? env.baseUrl ?? DEFAULT_BASE_URL;
+    const key = `${baseUrl}\n${apiKey}`;
+    let client = clients.get(key);
+    if (client === undefined) {
+      client = new ProtocolClient({
+        apiKey,
+        baseUrl,
+        transport,
+        webSocket: options.webSocket ?? defaults.webSocket(),
+        session: options.session,
+        retry: options.retry,
+        requestTimeout: options.requestTimeout,
+      });
+      clients.set(key, client);
+    }
     const grant = await client.acquire({
       name,
       signal: opts?.signal,

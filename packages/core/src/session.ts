@@ -1,0 +1,906 @@
+import {
+  AcquireTimeoutError,
+  AuthenticationError,
+  LeaseLostError,
+  QueueFullError,
+  RateQueueError,
+  ServiceUnavailableError,
+  ValidationError,
+} from "./errors.js";
+import { LIVENESS_DEFAULTS, LivenessBudget, pingInterval } from "./liveness.js";
+import {
+  type AcquireBody,
+  API_PREFIX,
+  type ClientMessage,
+  FINAL_STATES,
+  type RequestSnapshot,
+  type RequestState,
+  SESSION_PATH,
+  type ServerMessage,
+  type SessionTerms,
+} from "./protocol.js";
+import {
+  DEFAULT_RETRY,
+  parseRetryAfter,
+  type RetryOptions,
+  TransientError,
+  withRetries,
+} from "./retry.js";
+import type { Transport } from "./transport.js";
+
+/**
+ * The client side of a session (docs/protocol.md, "Sessions"): one connection to the server that
+ * carries every acquire, grant, release and the liveness of all of this client's requests, however
+ * many are in flight. It owns reconnecting, resuming, pinging and the liveness budget; a lease
+ * only asks it whether it is still held (`LeaseHandle.lost`). The model is etcd's
+ * `concurrency.Session` and ZooKeeper's session: one object owns keep-alive, expiry and "lost".
+ */
+
+/** A WebSocket as the session needs it: the WHATWG API (browsers, Deno, Bun, workerd, `ws`). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  // biome-ignore lint/suspicious/noExplicitAny: the event types differ between runtimes
+  addEventListener(type: string, listener: (event: any) => void): void;
+}
+
+/** How a session opens WebSockets; `undefined` where the runtime has none (HTTP session only). */
+export interface WebSocketFactory {
+  open(url: string): WebSocketLike;
+  /** Idle: no live requests. Node unrefs the socket, so an idle session never holds a process open. */
+  idle?(ws: WebSocketLike, idle: boolean): void;
+}
+
+/** Which connection carries the session. */
+export type SessionMode = "auto" | "websocket" | "http";
+
+export interface SessionConfig {
+  baseUrl: string;
+  apiKey: string;
+  /** For the HTTP session and for probing the server. */
+  transport: Transport;
+  /** For the WebSocket session. */
+  webSocket?: WebSocketFactory;
+  /** `auto` (default): a WebSocket where one can be opened, else HTTP polls. */
+  mode?: SessionMode;
+  /** How long an HTTP exchange may take beyond its wait before it counts as failed, ms. Default `10_000`. */
+  requestTimeout?: number;
+  /** Reconnecting: how often and how fast (p-retry, with jitter). */
+  retry?: RetryOptions;
+}
+
+/** A granted request, as the session keeps it. */
+export interface LeaseHandle {
+  id: string;
+  name: string;
+  fencingToken: number;
+  /** Aborts with `LeaseLostError` the moment the lease may no longer be this client's. */
+  lost: AbortSignal;
+}
+
+/** After `timeout`, how long to wait for the server's own `timed_out` before giving up, ms. */
+const TIMEOUT_SLACK = 500;
+/** A release that no server has answered after this long rejects with ServiceUnavailableError (it stays queued). */
+const RELEASE_BUDGET = 10_000;
+/** An idle session (no live requests) closes its connection after this long, ms. */
+const IDLE_CLOSE = 30_000;
+/** A WebSocket not welcomed within this long is closed and tried again, ms. */
+const CONNECT_TIMEOUT = 5_000;
+
+type Phase = "sending" | "queued" | "active" | "ended";
+
+interface Entry {
+  id: string;
+  body: AcquireBody;
+  phase: Phase;
+  /** The message that still needs an answer (`acquire`, then `release`): resent on reconnect. */
+  outstanding: ClientMessage | undefined;
+  /** Messages sent on the current connection and not answered yet, oldest first (answers come in order). */
+  inflight: Array<{ message: ClientMessage; sentAt: number }>;
+  acquire?: { resolve(lease: LeaseHandle): void; reject(error: unknown): void };
+  release?: { resolve(state: RequestState | undefined): void; reject(error: unknown): void };
+  lease?: { handle: LeaseHandle; lost: AbortController; expiry?: ReturnType<typeof setTimeout> };
+  /** The client gave up on it (abort, timeout, lost): release it whatever the server says next. */
+  abandoned: boolean;
+  /** Counted in `held` (granted, handed out, not yet released or lost). */
+  holding: boolean;
+  released?: Promise<RequestState | undefined>;
+}
+
+/** One connection (a WebSocket, or HTTP polls); the session above does the bookkeeping. */
+interface Link {
+  send(messages: ClientMessage[]): void;
+  close(): void;
+  idle(idle: boolean): void;
+}
+
+let sessionCounter = 0;
+
+export class ClientSession {
+  readonly id = `${crypto.randomUUID()}-${++sessionCounter}`;
+  private readonly entries = new Map<string, Entry>();
+  private readonly budget = new LivenessBudget({
+    grace: LIVENESS_DEFAULTS.grace,
+    ping: pingInterval(LIVENESS_DEFAULTS.grace),
+    recovery: 0,
+  });
+  private link: Link | undefined;
+  private connected = false;
+  private welcomed = false;
+  private mode: "websocket" | "http";
+  private outbox: ClientMessage[] = [];
+  private flushQueued = false;
+  /** Highest event seq handled (acknowledged in pings). */
+  private ack = 0;
+  private pingN = 0;
+  /** ping n → send time. */
+  private readonly pings = new Map<number, number>();
+  private pingTimer: ReturnType<typeof setTimeout> | undefined;
+  private budgetTimer: ReturnType<typeof setTimeout> | undefined;
+  private idleTimer: ReturnType<typeof setTimeout> | undefined;
+  private held = 0;
+  /** Send time of the latest message whose answer has arrived on this connection. */
+  private lastAnsweredSentAt = Number.NEGATIVE_INFINITY;
+  private readonly base: string;
+  private readonly retry: Required<RetryOptions>;
+
+  constructor(private readonly config: SessionConfig) {
+    this.base = config.baseUrl.replace(/\/+$/, "");
+    this.retry = { ...DEFAULT_RETRY, ...config.retry };
+    const mode = config.mode ?? "auto";
+    this.mode = mode === "http" || config.webSocket === undefined ? "http" : "websocket";
+  }
+
+  /** Which connection carries the session now. */
+  get transport(): "websocket" | "http" {
+    return this.mode;
+  }
+
+  /**
+   * Waits for a slot: resolves with the lease once granted. Rejects with `signal.reason` on
+   * abort and `AcquireTimeoutError` after `timeout`; either way the request leaves the line (a
+   * grant that raced is released).
+   */
+  acquire(body: AcquireBody, signal?: AbortSignal): Promise<LeaseHandle> {
+    signal?.throwIfAborted();
+    return new Promise<LeaseHandle>((resolve, reject) => {
+      const id = crypto.randomUUID();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const cleanup = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+      };
+      const giveUp = (error: unknown) => {
+        const entry = this.entries.get(id);
+        if (entry?.acquire === undefined) return;
+        entry.acquire = undefined;
+        cleanup();
+        this.abandon(entry);
+        reject(error);
+      };
+      const onAbort = () => giveUp(signal!.reason);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      if (body.timeout !== undefined && body.timeout > 0) {
+        timer = setTimeout(
+          () => giveUp(timeoutError(body.resource, body.timeout!)),
+          body.timeout + TIMEOUT_SLACK,
+        );
+      }
+      const entry: Entry = {
+        id,
+        body,
+        phase: "sending",
+        outstanding: { t: "acquire", id, ...body },
+        inflight: [],
+        abandoned: false,
+        holding: false,
+        acquire: {
+          resolve: (lease) => {
+            cleanup();
+            resolve(lease);
+          },
+          reject: (error) => {
+            cleanup();
+            reject(error);
+          },
+        },
+      };
+      this.entries.set(id, entry);
+      this.enqueue(entry.outstanding!);
+    });
+  }
+
+  /**
+   * Releases a lease. Resolves with the state the server reports (`released`, or how it ended
+   * before), or `undefined` if the server no longer knows it.
+   */
+  release(id: string): Promise<RequestState | undefined> {
+    const entry = this.entries.get(id);
+    if (entry === undefined || entry.phase === "ended") return Promise.resolve(undefined);
+    entry.released ??= new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (entry.release === undefined) return;
+        entry.release = undefined;
+        reject(
+          new ServiceUnavailableError(
+            `releasing ${JSON.stringify(entry.body.resource)}: no answer from the server within ${RELEASE_BUDGET} ms; the release is sent as soon as it is reachable`,
+          ),
+        );
+      }, RELEASE_BUDGET);
+      (timer as { unref?: () => void }).unref?.();
+      entry.release = {
+        resolve: (state) => {
+          clearTimeout(timer);
+          resolve(state);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      };
+      this.stopHolding(entry);
+      entry.outstanding = { t: "release", id };
+      this.enqueue(entry.outstanding);
+    });
+    return entry.released;
+  }
+
+  /** Closes the connection (tests and shutdown); live requests end on the server after `grace`. */
+  close(): void {
+    this.cancelTimers();
+    this.link?.close();
+    this.link = undefined;
+    this.connected = false;
+  }
+
+  // --- outgoing ------------------------------------------------------------------------------
+
+  private enqueue(message: ClientMessage): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    this.outbox.push(message);
+    if (!this.connected) {
+      this.connect();
+      return;
+    }
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(this.flush);
+    }
+  }
+
+  /** Sends what accumulated in this turn as one frame (a batch). */
+  private readonly flush = (): void => {
+    this.flushQueued = false;
+    if (!this.connected || this.link === undefined || this.outbox.length === 0) return;
+    const batch = this.outbox;
+    this.outbox = [];
+    this.link.send(batch);
+    this.armPing();
+  };
+
+  private armPing(): void {
+    if (this.pingTimer !== undefined || !this.live()) return;
+    this.pingTimer = setTimeout(this.ping, this.budget.terms.ping);
+  }
+
+  private readonly ping = (): void => {
+    this.pingTimer = undefined;
+    if (!this.connected || !this.live()) return;
+    const n = ++this.pingN;
+    this.pings.set(n, performance.now());
+    if (this.pings.size > 64) this.pings.delete(this.pings.keys().next().value!);
+    this.outbox.push({ t: "ping", n, ack: this.ack });
+    this.flush();
+    this.armPing();
+  };
+
+  // --- connection ----------------------------------------------------------------------------
+
+  /** Opens a connection (retried with backoff, see `RetryOptions`) unless one is open or opening. */
+  private connect(): void {
+    if (this.connecting !== undefined || this.link !== undefined) return;
+    this.connecting = withRetries(
+      `connecting to the RateQueue server at ${this.base}`,
+      () => this.connectOnce(),
+      this.retry,
+    ).then(
+      () => {
+        this.connecting = undefined;
+      },
+      (error: unknown) => {
+        this.connecting = undefined;
+        this.failAll(error);
+      },
+    );
+  }
+
+  /** One attempt: resolves once the server welcomes the session. */
+  private connectOnce(): Promise<void> {
+    if (!this.live() && this.outbox.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.welcomeWaiter = { resolve, reject };
+      this.welcomed = false;
+      this.lastAnsweredSentAt = Number.NEGATIVE_INFINITY;
+      this.link = this.mode === "websocket" ? this.openWebSocket() : this.openHttp();
+    });
+  }
+
+  private connecting: Promise<void> | undefined;
+  private welcomeWaiter: { resolve(): void; reject(error: unknown): void } | undefined;
+
+  /** The link is gone (before or after its welcome): try again if anything is live. */
+  private disconnected(link: Link, cause?: unknown): void {
+    if (this.link !== link) return;
+    this.link = undefined;
+    this.connected = false;
+    clearTimeout(this.pingTimer);
+    this.pingTimer = undefined;
+    this.pings.clear();
+    if (code(cause) === "ECONNREFUSED") {
+      // Nothing listens on the server's port: it is down, and cannot hand leases on until it
+      // has restarted and waited its recovery window (see liveness.ts).
+      this.budget.serverDown(performance.now());
+      this.armBudget();
+    }
+    const waiter = this.welcomeWaiter;
+    this.welcomeWaiter = undefined;
+    if (waiter !== undefined) {
+      // An attempt failed: the retry loop decides what comes next.
+      waiter.reject(
+        cause instanceof TransientError
+          ? cause
+          : new TransientError(`connection failed: ${describeError(cause)}`, undefined, { cause }),
+      );
+      return;
+    }
+    this.connect();
+  }
+
+  /**
+   * The WebSocket never opened: if the server answers plain HTTP, it (or a proxy) does not take
+   * WebSockets — use HTTP polls from now on. Either way this attempt failed.
+   */
+  private async fallBack(link: Link, error: unknown): Promise<void> {
+    if (code(error) !== "ECONNREFUSED" && (this.config.mode ?? "auto") === "auto") {
+      try {
+        const res = await this.config.transport({
+          method: "GET",
+          url: `${this.base}${API_PREFIX}/health`,
+          headers: {},
+          signal: AbortSignal.timeout(2_000),
+        });
+        await res.text();
+        if (res.status === 200) this.mode = "http";
+      } catch {
+        // Unreachable over HTTP too: a network problem, not a WebSocket one.
+      }
+    }
+    this.disconnected(link, error);
+  }
+
+  private openWebSocket(): Link {
+    const url = `${this.base.replace(/^http/, "ws")}${API_PREFIX}${SESSION_PATH}`;
+    let ws: WebSocketLike;
+    const link: Link = {
+      send: (messages) => {
+        this.sending(messages, performance.now());
+        ws.send(JSON.stringify(messages.length === 1 ? messages[0] : messages));
+      },
+      close: () => ws.close(1000),
+      idle: (idle) => this.config.webSocket!.idle?.(ws, idle),
+    };
+    let lastError: unknown;
+    try {
+      ws = this.config.webSocket!.open(url);
+    } catch (error) {
+      queueMicrotask(() => this.disconnected(link, error));
+      return link;
+    }
+    const connectTimer = setTimeout(() => {
+      if (this.link === link && !this.welcomed) ws.close(4000, "connect timeout");
+    }, CONNECT_TIMEOUT);
+    ws.addEventListener("open", () => {
+      if (this.link !== link) return;
+      this.helloSentAt = performance.now();
+      ws.send(
+        JSON.stringify({ t: "hello", key: this.config.apiKey, session: this.id, after: this.ack }),
+      );
+    });
+    ws.addEventListener("message", (event: { data: unknown }) => {
+      if (this.link !== link) return;
+      let parsed: ServerMessage | ServerMessage[];
+      try {
+        parsed = JSON.parse(String(event.data));
+      } catch {
+        ws.close(1002);
+        return;
+      }
+      for (const m of Array.isArray(parsed) ? parsed : [parsed]) this.receive(m);
+    });
+    ws.addEventListener("error", (event: { error?: unknown }) => {
+      lastError = event.error ?? event;
+    });
+    ws.addEventListener("close", () => {
+      clearTimeout(connectTimer);
+      if (!this.welcomed) void this.fallBack(link, lastError);
+      else this.disconnected(link, lastError);
+    });
+    return link;
+  }
+
+  /** Messages are going out at `at`: each awaits its answer. */
+  private sending(messages: readonly ClientMessage[], at: number): void {
+    for (const message of messages) {
+      if (message.t === "acquire" || message.t === "release")
+        this.entries.get(message.id)?.inflight.push({ message, sentAt: at });
+    }
+  }
+
+  private openHttp(): Link {
+    let closed = false;
+    let polling = false;
+    let sending = false;
+    const link: Link = {
+      send: (messages) => {
+        this.outbox.unshift(...messages);
+        if (!sending) void exchange();
+      },
+      close: () => {
+        closed = true;
+      },
+      idle: () => {},
+    };
+    /** One POST: the outbox out (none for a poll), answers and events back. */
+    const exchange = async (wait = 0): Promise<boolean> => {
+      const messages = wait > 0 || !this.connected ? [] : this.outbox.splice(0);
+      if (wait === 0) sending = true;
+      const sent = performance.now();
+      this.sending(messages, sent);
+      try {
+        const res = await this.config.transport({
+          method: "POST",
+          url: `${this.base}${API_PREFIX}/sessions/${this.id}?after=${this.ack}&wait=${wait}`,
+          headers: {
+            authorization: `Bearer ${this.config.apiKey}`,
+            "content-type": "application/json",
+          },
+          body: JSON.stringify(messages),
+          signal: AbortSignal.timeout(wait + (this.config.requestTimeout ?? 10_000)),
+        });
+        const text = await res.text();
+        if (closed || this.link !== link) return false;
+        if (res.status !== 200) {
+          if (res.status === 400 || res.status === 401 || res.status === 403) {
+            this.fatal(res.status, text);
+            return false;
+          }
+          throw new TransientError(
+            `HTTP ${res.status}: ${text.slice(0, 200)}`,
+            parseRetryAfter(res.header("retry-after")),
+          );
+        }
+        const body = JSON.parse(text) as SessionTerms & {
+          known: boolean;
+          messages: ServerMessage[];
+        };
+        if (!this.connected) {
+          this.receive({ t: "welcome", session: this.id, resumed: body.known, ...body }, sent);
+        } else this.answered(sent);
+        for (const m of body.messages) this.receive(m, sent);
+        return true;
+      } catch (error) {
+        if (closed || this.link !== link) return false;
+        closed = true; // what it carried is resent after the welcome of the next connection
+        this.disconnected(link, error);
+        return false;
+      } finally {
+        if (wait === 0) {
+          sending = false;
+          if (!closed && this.connected && this.outbox.length > 0) void exchange();
+        }
+      }
+    };
+    /** While anything is live: one poll open at a time, answered at news or after `ping` ms. */
+    const poll = async () => {
+      if (polling) return;
+      polling = true;
+      while (!closed && this.link === link && this.live()) {
+        if (!(await exchange(this.budget.terms.ping))) break;
+      }
+      polling = false;
+    };
+    this.httpPoll = poll;
+    queueMicrotask(() => {
+      if (this.link === link) void exchange();
+    });
+    return link;
+  }
+
+  private httpPoll: (() => Promise<void>) | undefined;
+
+  /** The server refused the session itself (bad key, bad request): fail everything waiting. */
+  private fatal(status: number, text: string): void {
+    let problem: { detail?: string; code?: string } = {};
+    try {
+      problem = JSON.parse(text);
+    } catch {}
+    const detail = problem.detail ?? `HTTP ${status}`;
+    const error =
+      status === 401 || status === 403
+        ? new AuthenticationError(`the server refused the API key (HTTP ${status}): ${detail}`, {
+            status,
+          })
+        : new RateQueueError(detail, { status, code: problem.code ?? `http_${status}` });
+    const waiter = this.welcomeWaiter;
+    this.welcomeWaiter = undefined;
+    this.close();
+    if (waiter)
+      waiter.reject(error); // not transient: the retry loop fails everything with it
+    else this.failAll(error);
+  }
+
+  private failAll(error: unknown): void {
+    this.outbox = [];
+    for (const entry of [...this.entries.values()]) {
+      entry.acquire?.reject(error);
+      entry.acquire = undefined;
+      entry.release?.reject(error);
+      entry.release = undefined;
+      entry.outstanding = undefined;
+      this.lose(entry, "the server refused this client");
+      this.end(entry);
+    }
+  }
+
+  // --- incoming ------------------------------------------------------------------------------
+
+  /**
+   * One server message. `ref`: a time the server had read our message by, before it wrote this
+   * one (an HTTP exchange's send time); by default the send time of the latest message answered
+   * on this WebSocket (answers and events come in the order the server wrote them).
+   */
+  private receive(m: ServerMessage, ref?: number): void {
+    switch (m.t) {
+      case "welcome":
+        this.welcome(m, ref ?? this.helloSentAt);
+        return;
+      case "pong": {
+        const sent = this.pings.get(m.n);
+        this.pings.delete(m.n);
+        if (sent !== undefined) this.answered(sent);
+        return;
+      }
+      case "bye":
+        this.budget.terms = { ...this.budget.terms, recovery: m.recovery };
+        if (m.recovery > 0) this.budget.serverDown(performance.now());
+        else this.loseAll("the server shut down and keeps nothing across a restart (--memory)");
+        this.armBudget();
+        return;
+      case "error":
+        this.refused(m);
+        return;
+      case "state":
+        this.state(m, m.seq, ref);
+        return;
+    }
+  }
+
+  private welcome(m: SessionTerms & { resumed: boolean }, helloSentAt: number): void {
+    const first = !this.everWelcomed;
+    this.everWelcomed = true;
+    this.welcomed = true;
+    this.connected = true;
+    this.welcomeWaiter?.resolve();
+    this.welcomeWaiter = undefined;
+    this.budget.terms = { grace: m.grace, ping: m.ping, recovery: m.recovery };
+    this.answered(helloSentAt);
+    if (!m.resumed && !first) {
+      // The server no longer knows this session (dropped, or restarted without its data): no
+      // lease of it survived. Waiters ask again (their old requests were dropped with it).
+      this.loseAll("the server no longer knows this client's session (was it restarted?)");
+    }
+    // Resend what awaits an answer (idempotent: a request id is created once), then the rest.
+    const resend: ClientMessage[] = [];
+    for (const entry of this.entries.values()) {
+      entry.inflight.length = 0; // sent on a connection that is gone
+      if (entry.outstanding) resend.push(entry.outstanding);
+    }
+    this.outbox = resend; // stale pings are dropped
+    this.flush();
+    this.armPing();
+    this.setIdle();
+    if (this.mode === "http") void this.httpPoll?.();
+  }
+
+  private everWelcomed = false;
+  private helloSentAt = Number.NEGATIVE_INFINITY;
+
+  /** The server answered a message sent at `sentAt`. */
+  private answered(sentAt: number): void {
+    if (sentAt > this.lastAnsweredSentAt) this.lastAnsweredSentAt = sentAt;
+    this.budget.confirm(sentAt);
+    this.armBudget();
+  }
+
+  private state(
+    snap: RequestSnapshot & { seq?: number },
+    seq: number | undefined,
+    ref?: number,
+  ): void {
+    if (seq !== undefined) {
+      if (seq <= this.ack) return; // a replayed event already handled
+      this.ack = seq;
+    }
+    const entry = this.entries.get(snap.id);
+    if (entry === undefined) return;
+    if (seq === undefined) {
+      // The answer to our oldest unanswered message for this request.
+      const sent = entry.inflight.shift();
+      if (sent === undefined) return;
+      this.answered(sent.sentAt);
+      if (sent.message === entry.outstanding) entry.outstanding = undefined;
+      if (sent.message.t === "release") {
+        const final = snap.state !== "queued" && snap.state !== "active";
+        if (!final) return; // cannot be: a release always ends the request
+        entry.release?.resolve(snap.state);
+        entry.release = undefined;
+        if (entry.acquire) {
+          entry.acquire.reject(
+            new RateQueueError(`the request was ${snap.state}`, { code: "request_ended" }),
+          );
+          entry.acquire = undefined;
+        }
+        this.end(entry);
+        return;
+      }
+    }
+    if (snap.state === "queued") {
+      entry.phase = "queued";
+      return;
+    }
+    if (snap.state === "active") {
+      if (entry.phase === "active") return;
+      entry.phase = "active";
+      if (entry.abandoned || entry.acquire === undefined) {
+        this.sendRelease(entry);
+        return;
+      }
+      const lost = new AbortController();
+      const handle: LeaseHandle = {
+        id: entry.id,
+        name: entry.body.resource,
+        fencingToken: snap.fencingToken!,
+        lost: lost.signal,
+      };
+      entry.lease = { handle, lost };
+      entry.holding = true;
+      this.held++;
+      // The server cannot have granted before it read our last answered message: counting
+      // `expiresIn` from that message's send time never overestimates the hold.
+      const expiresIn = snap.expiresIn ?? 0;
+      const expiresAt = (ref ?? this.lastAnsweredSentAt) + expiresIn;
+      const delay = expiresAt - performance.now();
+      if (Number.isFinite(delay) && delay < 2_147_483_647) {
+        entry.lease.expiry = setTimeout(
+          () => this.lose(entry, "it expired (expiresIn elapsed)"),
+          Math.max(0, delay),
+        );
+        (entry.lease.expiry as { unref?: () => void }).unref?.();
+      }
+      const acquire = entry.acquire;
+      entry.acquire = undefined;
+      this.armBudget();
+      acquire.resolve(handle);
+      return;
+    }
+    // Final.
+    if (entry.acquire) {
+      const acquire = entry.acquire;
+      entry.acquire = undefined;
+      if (snap.state === "timed_out") {
+        acquire.reject(timeoutError(entry.body.resource, entry.body.timeout ?? 0));
+      } else if (snap.state === "dropped" && !entry.abandoned) {
+        // Our place was lost (the session was away too long): queue again, as a new request.
+        this.entries.delete(entry.id);
+        this.requeue(entry, acquire);
+        return;
+      } else {
+        acquire.reject(
+          new RateQueueError(
+            `the request for ${JSON.stringify(entry.body.resource)} was ${snap.state} while it waited`,
+            { code: "request_ended", resource: entry.body.resource },
+          ),
+        );
+      }
+      this.end(entry);
+      return;
+    }
+    if (entry.phase === "active" && entry.lease && !entry.lease.lost.signal.aborted) {
+      if (snap.state !== "released") {
+        this.lose(
+          entry,
+          snap.state === "expired"
+            ? "it expired (expiresIn elapsed)"
+            : `the server ended it as ${snap.state}`,
+        );
+      }
+    }
+    if (entry.release === undefined) this.end(entry);
+  }
+
+  private requeue(
+    old: Entry,
+    acquire: { resolve(lease: LeaseHandle): void; reject(error: unknown): void },
+  ): void {
+    const id = crypto.randomUUID();
+    const entry: Entry = {
+      id,
+      body: old.body,
+      phase: "sending",
+      outstanding: { t: "acquire", id, ...old.body },
+      inflight: [],
+      abandoned: false,
+      holding: false,
+      acquire,
+    };
+    this.entries.set(id, entry);
+    this.enqueue(entry.outstanding!);
+  }
+
+  private refused(m: Extract<ServerMessage, { t: "error" }>): void {
+    const entry = m.id === undefined ? undefined : this.entries.get(m.id);
+    if (entry === undefined) {
+      if (m.status === 401) this.fatal(401, JSON.stringify(m));
+      return;
+    }
+    const resource = entry.body.resource;
+    const error =
+      m.code === "queue_full"
+        ? new QueueFullError(m.detail, { status: m.status, resource })
+        : m.status === 400
+          ? new ValidationError(m.detail, { status: 400, resource, field: m.field })
+          : m.status === 404
+            ? undefined
+            : new RateQueueError(m.detail, { status: m.status, resource, code: m.code });
+    const sent = entry.inflight.shift();
+    if (sent !== undefined) this.answered(sent.sentAt);
+    if (sent?.message === entry.outstanding) entry.outstanding = undefined;
+    if (entry.release) {
+      entry.release.resolve(undefined); // 404: the server no longer knows it
+      entry.release = undefined;
+    }
+    if (entry.acquire) {
+      entry.acquire.reject(error);
+      entry.acquire = undefined;
+    }
+    this.end(entry);
+  }
+
+  // --- leases and liveness -------------------------------------------------------------------
+
+  private armBudget(): void {
+    if (this.held === 0 || this.budgetTimer !== undefined) return;
+    const delay = this.budget.safeUntil - performance.now();
+    this.budgetTimer = setTimeout(this.checkBudget, Math.max(0, Math.min(delay, 2_147_483_647)));
+  }
+
+  private readonly checkBudget = (): void => {
+    this.budgetTimer = undefined;
+    if (this.held === 0) return;
+    if (!this.budget.spent(performance.now())) {
+      this.armBudget();
+      return;
+    }
+    const grace = this.budget.terms.grace;
+    this.loseAll(
+      `no message to the server was confirmed within ${grace} ms (the server's grace), after which it may hand the lease on`,
+    );
+    // A connection that answers nothing is no connection: start again.
+    if (this.connected && this.link) {
+      const link = this.link;
+      link.close();
+      this.disconnected(link);
+    }
+  };
+
+  private loseAll(why: string): void {
+    for (const entry of this.entries.values()) if (entry.lease) this.lose(entry, why);
+  }
+
+  /** The lease may no longer be ours: say so, and make sure the server ends it too. */
+  private lose(entry: Entry, why: string): void {
+    const lease = entry.lease;
+    if (lease === undefined || lease.lost.signal.aborted) return;
+    lease.lost.abort(
+      new LeaseLostError(
+        `the lease on ${JSON.stringify(lease.handle.name)} (fencing token ${lease.handle.fencingToken}) was lost: ${why}`,
+        { resource: lease.handle.name },
+      ),
+    );
+    this.stopHolding(entry);
+    if (entry.phase !== "ended" && entry.release === undefined) this.sendRelease(entry);
+  }
+
+  /** No longer counted as held: released by the holder, lost, or ended. */
+  private stopHolding(entry: Entry): void {
+    if (entry.lease?.expiry !== undefined) clearTimeout(entry.lease.expiry);
+    if (!entry.holding) return;
+    entry.holding = false;
+    this.held--;
+  }
+
+  private abandon(entry: Entry): void {
+    entry.abandoned = true;
+    if (entry.phase !== "ended") this.sendRelease(entry);
+  }
+
+  /** Ends the request on the server (cancel or release), whatever the caller is doing. */
+  private sendRelease(entry: Entry): void {
+    if (entry.outstanding?.t === "release") return;
+    entry.outstanding = { t: "release", id: entry.id };
+    this.enqueue(entry.outstanding);
+  }
+
+  private end(entry: Entry): void {
+    this.stopHolding(entry);
+    entry.phase = "ended";
+    if (entry.outstanding === undefined) this.entries.delete(entry.id);
+    this.setIdle();
+  }
+
+  /** Live: anything held, waited for, or awaiting an answer. */
+  private live(): boolean {
+    return this.entries.size > 0;
+  }
+
+  private setIdle(): void {
+    const idle = !this.live();
+    this.link?.idle(idle);
+    if (!idle) {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+      this.armPing();
+      return;
+    }
+    if (this.idleTimer !== undefined || this.link === undefined) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      if (!this.live()) this.close();
+    }, IDLE_CLOSE);
+    (this.idleTimer as { unref?: () => void }).unref?.();
+  }
+
+  private cancelTimers(): void {
+    for (const t of [this.pingTimer, this.budgetTimer, this.idleTimer]) clearTimeout(t);
+    this.pingTimer = this.budgetTimer = this.idleTimer = undefined;
+  }
+}
+
+function timeoutError(name: string, timeout: number): AcquireTimeoutError {
+  return new AcquireTimeoutError(
+    `no slot of ${JSON.stringify(name)} came free within the timeout of ${timeout} ms; the request has left the line`,
+    { resource: name },
+  );
+}
+
+function describeError(error: unknown): string {
+  if (error instanceof Error) {
+    const c = code(error);
+    return c ? `${error.message} (${c})` : error.message;
+  }
+  return typeof error === "object" && error !== null && "type" in error
+    ? `WebSocket ${String((error as { type: unknown }).type)}`
+    : String(error);
+}
+
+function code(error: unknown): string | undefined {
+  for (let e = error as { code?: unknown; cause?: unknown } | undefined, i = 0; e && i < 4; i++) {
+    if (typeof e.code === "string") return e.code;
+    e = e.cause as typeof e;
+  }
+  return undefined;
+}
+
+export { FINAL_STATES };
