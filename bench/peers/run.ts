@@ -5,10 +5,19 @@
  * REDIS_URL / PG_URL override. Start them with the commands in the README if they do not answer.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { setMaxListeners } from "node:events";
+import {
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { createRateQueue, type RateQueue } from "../../packages/sdk/src/node.js";
 import { spawnServer } from "../http.js";
 import {
   advisoryPeer,
@@ -21,6 +30,7 @@ import {
 
 const quick = process.env.PEERS_QUICK === "1";
 const HOLDER = fileURLToPath(new URL("./holder.ts", import.meta.url));
+const SERVER_CLI = fileURLToPath(new URL("../../packages/server/src/cli.ts", import.meta.url));
 const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
 const pct = (xs: number[], p: number) =>
   xs.length ? sorted(xs)[Math.min(xs.length - 1, Math.floor(xs.length * p))]! : Number.NaN;
@@ -37,23 +47,126 @@ const version = (pkg: string) =>
 let run = 0;
 const uniq = (s: string) => `${s}-${process.pid}-${run++}`;
 
-/** 1. Uncontended acquire + release, sequential: latencies in ms. */
-async function uncontended(peer: Peer, n: number) {
-  const w = await peer.worker();
-  const key = uniq("uncontended");
-  for (let i = 0; i < Math.min(200, n); i++) await (await w.lock(key))(); // warm-up
-  const out: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t = performance.now();
-    await (await w.lock(key))();
-    out.push(performance.now() - t);
+// --- deadlines ----------------------------------------------------------------------------------
+// Every wait of the run is bounded (the bound grows with the work size): a scenario that hangs
+// fails the run, naming itself, instead of stalling it (scenario 5 once hung for 5 minutes).
+
+/**
+ * `promise`, or a rejection once `ms` have passed: `what` names the scenario and peer, `doing`
+ * the wait (a function: evaluated then, to report progress).
+ */
+function withDeadline<T>(
+  promise: Promise<T>,
+  ms: number,
+  what: string,
+  doing: string | (() => string),
+): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const text = typeof doing === "function" ? doing() : doing;
+      reject(new Error(`${what}: no result within ${Math.round(ms)} ms — ${text}`));
+    }, ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/** Polls `check` every `every` ms until it holds; rejects like `withDeadline` after `ms`. */
+async function until(
+  check: () => Promise<boolean>,
+  ms: number,
+  what: string,
+  doing: string | (() => string),
+  every = 20,
+) {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    if (await withDeadline(check(), Math.max(1, deadline - performance.now()), what, doing)) return;
+    if (performance.now() > deadline) {
+      const text = typeof doing === "function" ? doing() : doing;
+      throw new Error(`${what}: no result within ${ms} ms — ${text}`);
+    }
+    await sleep(every);
   }
-  await w.close();
-  return { p50: median(out), p99: pct(out, 0.99) };
+}
+
+/**
+ * SIGKILLs the processes this run started that are still alive (holders, RateQueue servers,
+ * etcd), found as this process's children by their command line: a failed run leaves none
+ * behind, including a server whose start never answered.
+ */
+function killChildren() {
+  for (const pid of readdirSync("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid !== process.pid) continue;
+      const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+      if (argv.includes(HOLDER) || argv.includes(SERVER_CLI) || argv[0]?.endsWith("etcd")) {
+        process.kill(Number(pid), "SIGKILL");
+      }
+    } catch {
+      // It exited meanwhile.
+    }
+  }
+}
+
+/** A process holding `key` with `peer` until it is killed; `holding` resolves once it holds. */
+function spawnHolder(peerName: string, key: string, url: string) {
+  const child = spawn(process.execPath, ["--import", "tsx", HOLDER, peerName, key, url], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const holding = new Promise<void>((resolve, reject) => {
+    child.stdout.setEncoding("utf8").on("data", (d: string) => d.includes("holding") && resolve());
+    child.once("error", reject);
+    child.once("exit", (code, signal) =>
+      reject(new Error(`the holder process exited (${signal ?? code}) before it held ${key}`)),
+    );
+  });
+  return { child, holding };
+}
+
+/** 1. Uncontended acquire + release, sequential: latencies in ms. */
+function uncontended(peer: Peer, n: number, label = peer.name) {
+  return withDeadline(
+    (async () => {
+      const w = await peer.worker();
+      const key = uniq("uncontended");
+      for (let i = 0; i < Math.min(200, n); i++) await (await w.lock(key))(); // warm-up
+      const out: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const t = performance.now();
+        await (await w.lock(key))();
+        out.push(performance.now() - t);
+      }
+      await w.close();
+      return { p50: median(out), p99: pct(out, 0.99) };
+    })(),
+    10_000 + 10 * (n + Math.min(200, n)),
+    `scenario 1 (${label})`,
+    `${n} sequential acquire + release cycles on one lock`,
+  );
 }
 
 /** 2. One lock, `workers` × `turns` × `workMs`, with `gapMs` of other work between a worker's turns. */
-async function contended(
+function contended(
+  peer: Peer,
+  workers: number,
+  turns: number,
+  workMs: number,
+  gapMs: number,
+  label = peer.name,
+) {
+  return withDeadline(
+    contendedRun(peer, workers, turns, workMs, gapMs),
+    30_000 + workers * turns * (workMs + gapMs + 50),
+    `scenario 2 (${label})`,
+    `${workers} workers × ${turns} turns × ${workMs} ms (+${gapMs} ms between turns) on one lock`,
+  );
+}
+
+async function contendedRun(
   peer: Peer,
   workers: number,
   turns: number,
@@ -102,74 +215,388 @@ async function contended(
 }
 
 /** 3. `n` distinct locks taken at once by `n` callers: locks per second. */
-async function distinct(peer: Peer, n: number, connections: number) {
-  const ws = await Promise.all(Array.from({ length: connections }, () => peer.worker()));
-  const base = uniq("distinct");
-  const t0 = performance.now();
-  let next = 0;
-  // `connections` workers share the n callers (advisory locks need a session per holder).
-  await Promise.all(
-    ws.map(async (w) => {
-      for (let i = next++; i < n; i = next++) await (await w.lock(`${base}-${i}`))();
-    }),
+function distinct(peer: Peer, n: number, connections: number, label = peer.name) {
+  return withDeadline(
+    (async () => {
+      const ws = await Promise.all(Array.from({ length: connections }, () => peer.worker()));
+      const base = uniq("distinct");
+      const t0 = performance.now();
+      let next = 0;
+      // `connections` workers share the n callers (advisory locks need a session per holder).
+      await Promise.all(
+        ws.map(async (w) => {
+          for (let i = next++; i < n; i = next++) await (await w.lock(`${base}-${i}`))();
+        }),
+      );
+      const seconds = (performance.now() - t0) / 1000;
+      await Promise.all(ws.map((w) => w.close()));
+      return n / seconds;
+    })(),
+    10_000 + 10 * n + 50 * connections,
+    `scenario 3 (${label})`,
+    `${n} distinct locks taken at once over ${connections} connections`,
   );
-  const seconds = (performance.now() - t0) / 1000;
-  await Promise.all(ws.map((w) => w.close()));
-  return n / seconds;
 }
 
 /** 4. A holder process killed with SIGKILL: ms until the next waiter holds the lock. */
 async function killedHolder(peer: Peer, url: string, kills: number) {
+  const what = `scenario 4 (${peer.name})`;
   const out: number[] = [];
-  const w = await peer.worker();
+  const w = await withDeadline(peer.worker(), 10_000, what, "opening a worker");
   for (let k = 0; k < kills; k++) {
     const key = uniq("killed");
-    const child = spawn(process.execPath, ["--import", "tsx", HOLDER, peer.name, key, url], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    await new Promise<void>((resolve) =>
-      child.stdout
-        .setEncoding("utf8")
-        .on("data", (d: string) => d.includes("holding") && resolve()),
-    );
-    const next = w.lock(key);
-    await sleep(50); // the waiter is in line (or spinning)
-    const killedAt = performance.now();
-    child.kill("SIGKILL");
-    const release = await next;
-    out.push(performance.now() - killedAt);
-    await release();
+    const holder = spawnHolder(peer.name, key, url);
+    try {
+      await withDeadline(holder.holding, 30_000, what, `a holder process taking ${key}`);
+      const next = w.lock(key);
+      await sleep(50); // the waiter is in line (or spinning)
+      const killedAt = performance.now();
+      holder.child.kill("SIGKILL");
+      // The slowest peer hands over after its lease TTL (etcd: 30 s).
+      const release = await withDeadline(
+        next,
+        60_000,
+        what,
+        `the next waiter holding ${key} after its holder was SIGKILLed (kill ${k + 1} of ${kills})`,
+      );
+      out.push(performance.now() - killedAt);
+      await withDeadline(release(), 10_000, what, `releasing ${key}`);
+    } finally {
+      holder.child.kill("SIGKILL");
+    }
   }
-  await w.close();
+  await withDeadline(w.close(), 10_000, what, "closing the worker");
   return { median: median(out), max: Math.max(...out) };
+}
+
+/** RSS of process `pid`, in bytes. */
+const rss = (pid: number) =>
+  Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+
+/**
+ * `GET /v1/resources/{name}`: the waiters in line (`queued`, which counts `away` ones too) and
+ * of them `away`, or undefined when the server did not answer within 2 s (it is busy). Global
+ * `fetch`, `connection: close`: no socket of its own stays open to be counted as the SDK's.
+ */
+async function line(url: string, name: string, apiKey = "bench") {
+  let res: Response;
+  let body: { queued?: unknown; away?: unknown };
+  try {
+    res = await fetch(`${url}/v1/resources/${encodeURIComponent(name)}`, {
+      headers: { authorization: `Bearer ${apiKey}`, connection: "close" },
+      signal: AbortSignal.timeout(2_000),
+    });
+    body = (await res.json()) as typeof body;
+  } catch (error) {
+    if ((error as Error).name === "TimeoutError") return undefined;
+    throw error;
+  }
+  if (!res.ok || typeof body.queued !== "number") {
+    throw new Error(`GET /v1/resources/${name}: HTTP ${res.status} ${JSON.stringify(body)}`);
+  }
+  return { queued: body.queued, away: typeof body.away === "number" ? body.away : 0 };
 }
 
 /** 5. RateQueue only: `n` waiters on one lock — server memory, and the time to drain them. */
 async function manyWaiters(url: string, pid: number, n: number) {
-  const rss = () =>
-    Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+  const what = "scenario 5 (RateQueue)";
   const peer = rateQueuePeer(url, n + 100);
   const w = await peer.worker();
   const key = uniq("many");
-  const release = await w.lock(key);
-  const before = rss();
+  const release = await withDeadline(w.lock(key), 10_000, what, `taking ${key}`);
+  const before = rss(pid);
   let done = 0;
   const waiters = Array.from({ length: n }, async () => {
     await (await w.lock(key))();
     done++;
   });
-  const api = (path: string) =>
-    fetch(url + path, { headers: { authorization: "Bearer bench" } }).then((r) => r.json());
-  while ((await api(`/v1/resources/${key}`)).queued < n) await sleep(50);
-  const queuedRss = rss();
+  let queued = 0;
+  await until(
+    async () => {
+      queued = (await line(url, key))?.queued ?? queued;
+      return queued >= n;
+    },
+    10_000 + 2 * n,
+    what,
+    () => `${n} waiters getting in line (last seen in line: ${queued})`,
+    50,
+  );
+  const queuedRss = rss(pid);
   const t0 = performance.now();
-  await release();
-  await Promise.all(waiters);
+  await withDeadline(release(), 10_000, what, `releasing ${key}`);
+  await withDeadline(
+    Promise.all(waiters),
+    10_000 + 5 * n,
+    what,
+    () => `draining ${n} waiters after the holder released (${done} served so far)`,
+  );
   return {
     bytesPerWaiter: (queuedRss - before) / n,
     drainSeconds: (performance.now() - t0) / 1000,
     done,
   };
+}
+
+/**
+ * Client TCP sockets this process has open to `port`: the entries of /proc/self/net/tcp{,6}
+ * whose remote port is `port` (the client side; a server in this process would show `port` as
+ * the local one) and whose inode is one of this process's file descriptors (the table lists the
+ * whole network namespace: a holder process's sockets are not ours).
+ */
+function clientSockets(port: number): number {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {
+      // Closed meanwhile (or the directory's own descriptor).
+    }
+  }
+  let count = 0;
+  for (const table of ["/proc/self/net/tcp", "/proc/self/net/tcp6"]) {
+    let text: string;
+    try {
+      text = readFileSync(table, "utf8");
+    } catch {
+      continue;
+    }
+    for (const row of text.split("\n").slice(1)) {
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+      const f = row.trim().split(/\s+/);
+      if (f.length < 10) continue;
+      if (Number.parseInt(f[2]!.split(":")[1]!, 16) === port && inodes.has(f[9]!)) count++;
+    }
+  }
+  return count;
+}
+
+/** Did `error` come from `signal` aborting (the SDK rejects with `signal.reason`, as `fetch`)? */
+const abortedBy = (signal: AbortSignal, error: unknown) =>
+  signal.aborted &&
+  (error === signal.reason || ["AbortError", "TimeoutError"].includes((error as Error)?.name));
+
+/** Waiters on `key` through `rq`, each counted by how it ended; their promises never reject. */
+function crowd(rq: RateQueue, key: string, n: number, signal: AbortSignal) {
+  const c = { granted: 0, aborted: 0, failed: 0, firstError: "", settled: [] as Promise<void>[] };
+  for (let i = 0; i < n; i++) {
+    c.settled.push(
+      rq
+        .acquire(key, { capacity: 1, signal }, () => void c.granted++)
+        .then(
+          () => {},
+          (error: unknown) => {
+            if (abortedBy(signal, error)) c.aborted++;
+            else {
+              c.failed++;
+              c.firstError ||= String((error as Error)?.message ?? error);
+            }
+          },
+        ),
+    );
+  }
+  return c;
+}
+
+/**
+ * 6. RateQueue only: `n` concurrent `acquire` calls on one lock, through ONE SDK client (its
+ * defaults), in this process, while another process holds the lock; meanwhile this process runs
+ * a 2 ms critical section `cycles` times on another lock. Measured: (a) time until all `n` are
+ * in the server's line; (b) client sockets open to the server; (c) server memory per waiter
+ * (the server is its own process: its VmRSS); (d) the side critical section's latency.
+ * (a) and (d) are bounded measurements — a figure past its bound is reported as such, it is
+ * what a client that cannot keep `n` waiters looks like; anything else that hangs fails the run.
+ */
+async function manyInOneProcess(label: string, args: string[], n: number, cycles: number) {
+  const what = `scenario 6 (RateQueue, ${label})`;
+  const lineBound = 5_000 + n;
+  const sideBound = 5_000 + 100 * cycles;
+  const server = await withDeadline(
+    spawnServer(args),
+    30_000,
+    what,
+    `starting the server (${args.join(" ")})`,
+  );
+  const port = Number(new URL(server.url).port);
+  const rq = createRateQueue({ apiKey: "bench", baseUrl: server.url });
+  const key = uniq("crowd");
+  const side = uniq("side");
+  const holder = spawnHolder("RateQueue", key, server.url);
+  await withDeadline(holder.holding, 30_000, what, `a holder process taking ${key}`);
+
+  // Warm-up (server and client code paths), so the "before" RSS is not the first requests' JIT.
+  const sideCycle = (signal?: AbortSignal) => rq.acquire(side, { signal }, () => spin(2));
+  await withDeadline(
+    (async () => {
+      for (let i = 0; i < 20; i++) await sideCycle();
+    })(),
+    20_000,
+    what,
+    "warm-up: 20 side cycles",
+  );
+  const warm = new AbortController();
+  setMaxListeners(0, warm.signal); // one signal for many calls, by design
+  const warmCrowd = crowd(rq, key, 50, warm.signal);
+  await until(
+    async () => ((await line(server.url, key))?.queued ?? 0) >= 50,
+    5_000,
+    what,
+    "warm-up: 50 waiters getting in line",
+  ).catch(() => {}); // a client that cannot get 50 in line shows it below
+  warm.abort();
+  await withDeadline(
+    Promise.all(warmCrowd.settled),
+    10_000,
+    what,
+    "warm-up: 50 aborted waiters settling",
+  );
+  await until(
+    async () => (await line(server.url, key))?.queued === 0,
+    10_000,
+    what,
+    "warm-up: the aborted waiters leaving the line",
+  );
+  const before = rss(server.pid);
+
+  // (a), (b), (c): the waiters get in line.
+  const stop = new AbortController();
+  setMaxListeners(0, stop.signal);
+  const t0 = performance.now();
+  const c = crowd(rq, key, n, stop.signal);
+  let inLine = 0;
+  let away = 0;
+  let peak = 0;
+  let allInLine: number | undefined;
+  let sockets = 0;
+  for (;;) {
+    // Sampled before the status request, whose own connection has closed by then.
+    sockets = Math.max(sockets, clientSockets(port));
+    const l = await line(server.url, key);
+    const at = performance.now() - t0;
+    if (l) ({ queued: inLine, away } = l);
+    peak = Math.max(peak, inLine);
+    if (inLine >= n) {
+      allInLine = at;
+      break;
+    }
+    if (at > lineBound) break;
+    await sleep(20);
+  }
+  const queuedRss = rss(server.pid);
+  const memoryOver = inLine;
+
+  // (d): the side critical section, while the waiters wait. A cycle still running at the bound
+  // is cut there (its signal aborts) and counts as a lower bound. The cut cycle is not awaited
+  // here: an aborted request still queued in the client's connection pool may only settle once
+  // a connection frees up. It must settle with the waiters, below, within that bound.
+  const samples: Array<{ ms: number; cut: boolean }> = [];
+  let cutCycle: Promise<unknown> = Promise.resolve();
+  const sideEnd = performance.now() + sideBound;
+  for (let i = 0; i < cycles; i++) {
+    sockets = Math.max(sockets, clientSockets(port));
+    const left = sideEnd - performance.now();
+    if (left <= 0) break;
+    const cut = AbortSignal.timeout(Math.ceil(left));
+    const t = performance.now();
+    const cycle = sideCycle(cut).then(
+      () => "done" as const,
+      (error: unknown) => ({ error }),
+    );
+    const aborted = new Promise<"cut">((resolve) =>
+      cut.addEventListener("abort", () => resolve("cut"), { once: true }),
+    );
+    const outcome = await Promise.race([cycle, aborted]);
+    if (outcome === "done") {
+      samples.push({ ms: performance.now() - t, cut: false });
+      continue;
+    }
+    if (outcome !== "cut" && !abortedBy(cut, outcome.error)) throw outcome.error;
+    samples.push({ ms: left, cut: true });
+    cutCycle = cycle;
+    break;
+  }
+  sockets = Math.max(sockets, clientSockets(port));
+  const grantedWhileHeld = c.granted;
+
+  // Done: the waiters are aborted (the holder is then killed: none of them is served), bounded.
+  stop.abort();
+  holder.child.kill("SIGKILL");
+  await withDeadline(
+    Promise.all([...c.settled, cutCycle]),
+    10_000 + 2 * n,
+    what,
+    () =>
+      `${n} waiters (and a cut side cycle) settling after their signals aborted (${c.aborted} aborted, ${c.granted} served, ${c.failed} failed so far)`,
+  );
+  await withDeadline(server.stop(), 10_000, what, "stopping the server");
+
+  const ms = samples.map((s) => s.ms);
+  const sidePct = (p: number) => {
+    const v = pct(ms, p);
+    // A percentile that lands on a cut cycle is only a lower bound.
+    return { ms: v, atLeast: samples.some((s) => s.cut && s.ms <= v) };
+  };
+  return {
+    n,
+    lineBound,
+    allInLine,
+    peak,
+    away,
+    sockets,
+    memoryOver,
+    bytesPerWaiter: memoryOver ? (queuedRss - before) / memoryOver : Number.NaN,
+    cycles,
+    sideBound,
+    sideDone: samples.filter((s) => !s.cut).length,
+    sideCut: samples.some((s) => s.cut),
+    sideP50: sidePct(0.5),
+    sideP99: sidePct(0.99),
+    grantedWhileHeld,
+    failed: c.failed,
+    firstError: c.firstError,
+  };
+}
+type ManyInOne = Awaited<ReturnType<typeof manyInOneProcess>>;
+
+/** Scenario 6's figures as text, each with its goal (printed, not asserted) and whether it is met. */
+function manyInOneFigures(m: ManyInOne) {
+  const goal = (met: boolean, text: string) => `(goal ${text}: ${met ? "met" : "missed"})`;
+  const side = (p: { ms: number; atLeast: boolean }) =>
+    Number.isFinite(p.ms) ? `${p.atLeast ? "≥ " : ""}${p.ms.toFixed(1)} ms` : "—";
+  const notes = [
+    m.failed ? `${m.failed} waiters failed before the abort (first: ${m.firstError})` : "",
+    m.grantedWhileHeld ? `${m.grantedWhileHeld} waiters served while the lock was held` : "",
+    m.away ? `${m.away} of those in line were away` : "",
+  ].filter(Boolean);
+  return {
+    line: `${
+      m.allInLine === undefined
+        ? `not all within ${(m.lineBound / 1000).toFixed(1)} s (at most ${m.peak} of ${m.n})`
+        : `${(m.allInLine / 1000).toFixed(2)} s`
+    } ${goal(m.allInLine !== undefined && m.allInLine <= 2_000, "≤ 2 s")}`,
+    sockets: `${m.sockets} ${goal(m.sockets <= 4, "≤ 4")}`,
+    memory: Number.isFinite(m.bytesPerWaiter)
+      ? `${m.bytesPerWaiter.toFixed(0)} B${
+          m.memoryOver < m.n
+            ? `, over the ${m.memoryOver} in line (goal ≤ 2 KB: not measured, not all in line)`
+            : m.bytesPerWaiter < 0
+              ? " (goal ≤ 2 KB: not measured, the RSS fell: noise larger than the waiters)"
+              : ` ${goal(m.bytesPerWaiter <= 2_048, "≤ 2 KB")}`
+        }`
+      : "— (none in line)",
+    side50: side(m.sideP50),
+    side99: `${side(m.sideP99)}${
+      m.sideDone < m.cycles
+        ? ` (${m.sideDone} of ${m.cycles} cycles done${m.sideCut ? `, the last cut at the ${m.sideBound} ms bound` : ""})`
+        : ""
+    } ${goal(m.sideDone === m.cycles && m.sideP99.ms <= 10, "≤ 10 ms")}`,
+    notes: notes.join("; "),
+  };
+}
+
+function describeManyInOne(m: ManyInOne) {
+  const f = manyInOneFigures(m);
+  return `${m.n} waiters through one client — in line: ${f.line}; client sockets: ${f.sockets}; server memory per waiter: ${f.memory}; side 2 ms section p50 ${f.side50}, p99 ${f.side99}${f.notes ? `; ${f.notes}` : ""}`;
 }
 
 /** A throwaway single-member etcd on 127.0.0.1:2379, if the binary is installed (or ETCD_URL is set). */
@@ -204,7 +631,18 @@ async function startEtcd(): Promise<{ stop: () => void } | undefined> {
 }
 
 // --- the run ------------------------------------------------------------------------------------
-const server = await spawnServer();
+/** A failed run (a deadline passed, a peer threw): say what, leave no process behind, exit 1. */
+function fail(error: unknown): never {
+  console.error(`\nbench:peers failed: ${error instanceof Error ? error.message : String(error)}`);
+  if (error instanceof Error && error.stack) console.error(error.stack);
+  killChildren();
+  process.exit(1);
+}
+// A rejected top-level await arrives as an uncaught exception; a stray rejection is a bug too.
+process.on("uncaughtException", fail);
+process.on("unhandledRejection", fail);
+
+const server = await withDeadline(spawnServer(), 30_000, "setup", "starting the RateQueue server");
 const log = (s: string) => console.log(s);
 const etcd = await startEtcd();
 const peers: Peer[] = [
@@ -217,8 +655,8 @@ const peers: Peer[] = [
 if (!etcd) log("etcd: skipped — no `etcd` binary (apt-get install etcd-server) and no ETCD_URL");
 const results: Record<string, Record<string, number | string>> = {};
 const size = quick
-  ? { n1: 200, turns: 5, distinct: 100, kills: 1, waiters: 500 }
-  : { n1: 2_000, turns: 50, distinct: 1_000, kills: 5, waiters: 10_000 };
+  ? { n1: 200, turns: 5, distinct: 100, kills: 1, waiters: 500, sideCycles: 10 }
+  : { n1: 2_000, turns: 50, distinct: 1_000, kills: 5, waiters: 10_000, sideCycles: 50 };
 
 for (const peer of peers) {
   const r: Record<string, number | string> = {};
@@ -226,12 +664,14 @@ for (const peer of peers) {
   log(`== ${peer.name}: ${peer.settings}`);
   // Warm up the client library (and RateQueue's server) before measuring: a cold JIT would
   // penalise whichever peer runs first.
-  await uncontended(peer, size.n1 / 2);
-  await contended(peer, 20, Math.max(2, size.turns / 5), 1, 0);
+  const warm = `${peer.name}, warm-up`;
+  await uncontended(peer, size.n1 / 2, warm);
+  await contended(peer, 20, Math.max(2, size.turns / 5), 1, 0, warm);
   await distinct(
     peer,
     size.distinct / 5,
     peer.name.startsWith("PostgreSQL") ? 50 : size.distinct / 5,
+    warm,
   );
   const u = await uncontended(peer, size.n1);
   Object.assign(r, { u50: u.p50, u99: u.p99 });
@@ -273,14 +713,25 @@ for (const peer of peers) {
   log(
     `  4. holder SIGKILLed → next holds: median ${k.median.toFixed(0)} ms, max ${k.max.toFixed(0)} ms`,
   );
-  await peer.close();
+  await withDeadline(peer.close(), 10_000, `teardown (${peer.name})`, "closing the client");
 }
 const many = await manyWaiters(server.url, server.pid, size.waiters);
 log(
   `  5. RateQueue, ${size.waiters} waiters on one lock: ${many.bytesPerWaiter.toFixed(0)} bytes each on the server, drained in ${many.drainSeconds.toFixed(2)} s`,
 );
-await server.stop();
+await withDeadline(server.stop(), 10_000, "teardown (RateQueue)", "stopping the server");
 etcd?.stop();
+const dataDir = mkdtempSync(join(os.tmpdir(), "ratequeue-bench-"));
+const manyInOne: Array<[string, ManyInOne]> = [];
+for (const [label, args] of [
+  ["--memory", ["--memory"]],
+  ["--data-dir (durable)", ["--data-dir", dataDir]],
+] as const) {
+  const m = await manyInOneProcess(label, [...args], size.waiters, size.sideCycles);
+  manyInOne.push([label, m]);
+  log(`  6. RateQueue ${label}, ${describeManyInOne(m)}`);
+}
+rmSync(dataDir, { recursive: true, force: true });
 
 // --- the table ----------------------------------------------------------------------------------
 const rq = results.RateQueue!;
@@ -347,6 +798,17 @@ const lines = [
   }),
   "",
   `5. ${size.waiters} waiters on one lock (RateQueue only — the Redis locks keep no queue, their waiters poll; advisory locks need a connection per waiter, and PostgreSQL allows 100): ${many.bytesPerWaiter.toFixed(0)} bytes of server memory per waiter (RSS), drained in ${many.drainSeconds.toFixed(2)} s.`,
+  "",
+  `6. Many in one process: ${size.waiters} concurrent \`acquire\` calls on one lock through one SDK client (\`createRateQueue\`, its default transport) while another process holds the lock; meanwhile the same process runs a 2 ms critical section ${size.sideCycles} times on another lock. RateQueue only — the other peers are not comparable here: the Redis and etcd locks keep no queue (their waiters poll), and advisory locks need a connection per waiter. Goals, printed and not asserted: all in line within 2 s, at most 4 client sockets, at most 2 KB of server memory per waiter, side p99 at most 10 ms.`,
+  "",
+  "| server | all in line | client sockets to the server | server memory per waiter | side p50 | side p99 | notes |",
+  "| --- | --- | --- | --- | --- | --- | --- |",
+  ...manyInOne.map(([label, m]) => {
+    const f = manyInOneFigures(m);
+    return `| ${label} | ${f.line} | ${f.sockets} | ${f.memory} | ${f.side50} | ${f.side99} | ${f.notes || "—"} |`;
+  }),
+  "",
+  "In line: `GET /v1/resources/{name}` (`queued`, which counts `away` waiters too) polled every 20 ms from the first call, bounded. Client sockets: the most seen during the wait — entries of /proc/self/net/tcp with the server's port as remote port whose inode is one of this process's file descriptors. Server memory: the server process's VmRSS once all are in line, less before (after a warm-up), over the waiters in line. Side: acquire + 2 ms + release, sequential, bounded; a cycle cut at the bound counts as a lower bound (≥).",
   "",
 ];
 // PEERS_OUT: where to write the table (CI's quick run writes nowhere, keeping the real results).
