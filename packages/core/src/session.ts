@@ -257,8 +257,7 @@ export class ClientSession {
   // --- outgoing ------------------------------------------------------------------------------
 
   private enqueue(message: ClientMessage): void {
-    clearTimeout(this.idleTimer);
-    this.idleTimer = undefined;
+    if (this.idleTimer !== undefined || this.idle) this.setIdle();
     this.outbox.push(message);
     if (!this.connected) {
       this.connect();
@@ -418,6 +417,7 @@ export class ClientSession {
         return;
       }
       for (const m of Array.isArray(parsed) ? parsed : [parsed]) this.receive(m);
+      if (this.welcomed) clearTimeout(connectTimer);
     });
     ws.addEventListener("error", (event: { error?: unknown }) => {
       lastError = event.error ?? event;
@@ -611,10 +611,12 @@ export class ClientSession {
     this.flush();
     this.armPing();
     this.setIdle();
+    this.link?.idle(this.idle); // a new connection starts referenced
     if (this.mode === "http") void this.httpPoll?.();
   }
 
   private everWelcomed = false;
+  private idle = true;
   private helloSentAt = Number.NEGATIVE_INFINITY;
 
   /** The server answered a message sent at `sentAt`. */
@@ -784,6 +786,8 @@ export class ClientSession {
     if (this.held === 0 || this.budgetTimer !== undefined) return;
     const delay = this.budget.safeUntil - performance.now();
     this.budgetTimer = setTimeout(this.checkBudget, Math.max(0, Math.min(delay, 2_147_483_647)));
+    // The pings keep a process with live requests alive; this timer alone must not.
+    (this.budgetTimer as { unref?: () => void }).unref?.();
   }
 
   private readonly checkBudget = (): void => {
@@ -806,7 +810,7 @@ export class ClientSession {
   };
 
   private loseAll(why: string): void {
-    for (const entry of this.entries.values()) if (entry.lease) this.lose(entry, why);
+    for (const entry of this.entries.values()) if (entry.holding) this.lose(entry, why);
   }
 
   /** The lease may no longer be ours: say so, and make sure the server ends it too. */
@@ -855,9 +859,13 @@ export class ClientSession {
     return this.entries.size > 0;
   }
 
+  /** Idle (nothing live): the connection may not keep the process alive, and closes after a while. */
   private setIdle(): void {
     const idle = !this.live();
-    this.link?.idle(idle);
+    if (idle !== this.idle) {
+      this.idle = idle;
+      this.link?.idle(idle);
+    }
     if (!idle) {
       clearTimeout(this.idleTimer);
       this.idleTimer = undefined;
