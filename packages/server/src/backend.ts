@@ -4,6 +4,7 @@ import type {
   RequestState,
   ResourceSnapshot,
   ServerMessage,
+  SessionTerms,
 } from "@ratequeue/core";
 import type { Refusal } from "./engine.js";
 
@@ -60,4 +61,39 @@ export interface Backend {
   resource(ns: string, name: string): Promise<ResourceSnapshot | undefined>;
   /** Answers every open poll and stops the backend's timers. */
   close(): Promise<void>;
+}
+
+/**
+ * What the session transports (WebSocket and HTTP session polls, `session.ts`) need. The
+ * in-memory backend answers synchronously, which keeps a WebSocket's answers in message order
+ * for free; a backend on a shared database will need these to return promises (handled in
+ * order per connection).
+ */
+export interface SessionBackend {
+  /** Liveness terms announced to clients (`welcome`, HTTP session replies). */
+  readonly terms: SessionTerms;
+  /** A connection (or poll) of session `id` opened; events after `after` go to `link`. */
+  attachSession(
+    ns: string,
+    id: string,
+    after: number | undefined,
+    link: SessionLink,
+  ): { known: boolean };
+  /** A connection or poll of session `id` ended: answered by the server, or closed by the client. */
+  detachSession(ns: string, id: string, link: SessionLink, how: "answered" | "closed"): void;
+  /** The socket of session `id`'s last answered poll closed before its next poll. */
+  leaveSession(ns: string, id: string): void;
+  /** A message of session `id` arrived; `ack`: the last event its client has. */
+  touchSession(ns: string, id: string, ack?: number): { known: boolean };
+  /** Creates or resumes request `id` of session `sessionId`, answering at once. */
+  acquireInSession(
+    ns: string,
+    sessionId: string,
+    id: string,
+    body: AcquireBody,
+  ): RequestSnapshot | Refusal;
+  /** Releases or cancels request `id`; undefined if unknown. */
+  releaseNow(ns: string, id: string): RequestSnapshot | undefined;
+  /** Session `id`'s unacknowledged events after `after`. */
+  pendingEvents(ns: string, id: string, after: number | undefined): ServerMessage[];
 }

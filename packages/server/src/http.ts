@@ -8,8 +8,7 @@ import {
   type RequestState,
 } from "@ratequeue/core";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
-import type { PollOptions } from "./backend.js";
-import type { LocalBackend } from "./local-backend.js";
+import type { Backend, PollOptions, SessionBackend } from "./backend.js";
 import type { ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem } from "./problem.js";
 import { type Authenticate, attachWebSockets, sessionRoute } from "./session.js";
@@ -31,7 +30,7 @@ const POLLABLE = new Set<string>(["queued", "active"]);
  */
 export function buildApp(
   options: ResolvedServerOptions,
-  backend: LocalBackend,
+  backend: Backend & SessionBackend,
   state: { closing: boolean },
 ): FastifyInstance {
   const app = Fastify({

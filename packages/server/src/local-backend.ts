@@ -7,7 +7,7 @@ import {
   type ServerMessage,
   type SessionTerms,
 } from "@ratequeue/core";
-import type { Backend, PollOptions, SessionLink } from "./backend.js";
+import type { Backend, PollOptions, SessionBackend, SessionLink } from "./backend.js";
 import {
   type Clock,
   Engine,
@@ -48,7 +48,7 @@ interface LastConnection {
  * The single-process backend: the pure engine, one timer for its next deadline, and the open
  * long-polls, which it answers the moment their request changes.
  */
-export class LocalBackend implements Backend {
+export class LocalBackend implements Backend, SessionBackend {
   readonly engine: Engine;
   private readonly polls = new Map<Request, Set<Poll>>();
   private readonly lastConnection = new Map<Request, LastConnection>();

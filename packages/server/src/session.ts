@@ -11,8 +11,7 @@ import {
 } from "@ratequeue/core";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { type WebSocket, WebSocketServer } from "ws";
-import type { SessionLink } from "./backend.js";
-import type { LocalBackend } from "./local-backend.js";
+import type { SessionBackend, SessionLink } from "./backend.js";
 import type { ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem } from "./problem.js";
 
@@ -36,7 +35,7 @@ const HELLO_WITHIN = 10_000;
  * answers to `out` in order.
  */
 function handle(
-  backend: LocalBackend,
+  backend: SessionBackend,
   options: ResolvedServerOptions,
   ns: string,
   sid: string,
@@ -118,7 +117,7 @@ function error(
 export function attachWebSockets(
   app: FastifyInstance,
   options: ResolvedServerOptions,
-  backend: LocalBackend,
+  backend: SessionBackend,
   authenticate: Authenticate,
   state: { closing: boolean },
 ): void {
@@ -146,7 +145,7 @@ export function attachWebSockets(
 function serveWebSocket(
   ws: WebSocket,
   options: ResolvedServerOptions,
-  backend: LocalBackend,
+  backend: SessionBackend,
   authenticate: Authenticate,
 ): void {
   let ns = "";
@@ -250,7 +249,7 @@ function serveWebSocket(
 export function sessionRoute(
   app: FastifyInstance,
   options: ResolvedServerOptions,
-  backend: LocalBackend,
+  backend: SessionBackend,
 ): void {
   /** The socket that carried each session's last answered poll, watched until its next poll. */
   const watched = new Map<string, { socket: NodeJS.EventEmitter; onClose: () => void }>();
