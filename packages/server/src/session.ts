@@ -136,9 +136,15 @@ export function attachWebSockets(
       serveWebSocket(ws, options, backend, authenticate),
     );
   });
-  app.addHook("onClose", async () => {
-    for (const ws of wss.clients) ws.close(1001, "server shutting down");
+  // Before the HTTP server closes (it waits for every socket, and upgraded ones are not its own):
+  // close each WebSocket with a handshake, and cut the ones that do not answer it.
+  app.addHook("preClose", (done) => {
+    for (const ws of wss.clients) {
+      ws.close(1001, "server shutting down");
+      setTimeout(() => ws.terminate(), 1_000).unref();
+    }
     wss.close();
+    done();
   });
 }
 
