@@ -342,12 +342,16 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk, session }) => {
   });
 });
 
-describe("lease liveness", () => {
+/** The crash tests run over both session transports: the holder process uses the one named. */
+describe.each([
+  { session: "auto", transport: "a WebSocket session" },
+  { session: "http", transport: "an HTTP session" },
+] as const)("lease liveness over $transport", ({ session }) => {
   it("keeps a lease held for longer than several poll windows", async () => {
     const { createRateQueue } = ENTRIES[0].sdk;
     // A repoll grace shorter than the hold: the lease lives only if the SDK keeps polling.
     await using server = await startTestServer({ pollWindow: 100, repollGrace: 300 });
-    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url, session });
     await rq.acquire("r", {}, async (lease) => {
       await new Promise((r) => setTimeout(r, 1_000));
       expect(lease.signal.aborted).toBe(false);
@@ -357,7 +361,7 @@ describe("lease liveness", () => {
 
   /** Starts a process that takes `name` through the SDK and holds it; resolves with its token. */
   async function spawnHolder(url: string, name: string, lockDelay?: number) {
-    const args = ["--import", "tsx", HOLDER, url, name, ...(lockDelay ? [String(lockDelay)] : [])];
+    const args = ["--import", "tsx", HOLDER, url, name, String(lockDelay ?? 0), session];
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
     const held = deferred<number>();
     child.stdout.setEncoding("utf8").on("data", (line: string) => {
@@ -371,7 +375,7 @@ describe("lease liveness", () => {
     const { createRateQueue } = ENTRIES[0].sdk;
     await using server = await startTestServer();
     using holder = await spawnHolder(server.url, "r");
-    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url, session });
     const next = rq.acquire("r", { timeout: 5_000 }, (lease) => lease.fencingToken);
     await eventually(async () => (await resourceState(server, "r")).queued === 1);
     holder.child.kill("SIGKILL");
@@ -382,14 +386,19 @@ describe("lease liveness", () => {
   it("4. release on exit: a waiter killed with SIGKILL leaves the line", async () => {
     const { createRateQueue } = ENTRIES[0].sdk;
     await using server = await startTestServer({ waitGrace: 1_000 });
-    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url, session });
     const lease = await rq.acquire("r");
     // The fixture process queues behind the lease; it never gets to print "holding".
-    const child = spawn(process.execPath, ["--import", "tsx", HOLDER, server.url, "r"], {
-      stdio: "ignore",
-    });
+    const child = spawn(
+      process.execPath,
+      ["--import", "tsx", HOLDER, server.url, "r", "0", session],
+      {
+        stdio: "ignore",
+      },
+    );
     try {
-      await eventually(async () => (await resourceState(server, "r")).queued === 1);
+      // A child process that loads TypeScript: slow to start on a loaded machine.
+      await eventually(async () => (await resourceState(server, "r")).queued === 1, 20_000);
       child.kill("SIGKILL");
       // At once it is passed over (`away`): it delays nobody. It keeps its place for waitGrace
       // (in case it was a network blip), then leaves the line.
@@ -404,13 +413,13 @@ describe("lease liveness", () => {
       child.kill("SIGKILL");
       await lease.release();
     }
-  });
+  }, 40_000);
 
   it("lockDelay holds a killed holder's slot back that long before the next grant", async () => {
     const { createRateQueue } = ENTRIES[0].sdk;
     await using server = await startTestServer();
     using holder = await spawnHolder(server.url, "r", 800);
-    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url, session });
     const next = rq.acquire("r", { timeout: 10_000 }, () => performance.now());
     await eventually(async () => (await resourceState(server, "r")).queued === 1);
     const killedAt = performance.now();
