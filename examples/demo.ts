@@ -6,6 +6,7 @@
  */
 import { fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { LIVENESS_DEFAULTS } from "@ratequeue/core";
 import { startServer } from "@ratequeue/server";
 
 const WORKERS = 4;
@@ -79,4 +80,4 @@ Summary
   holders at once:        at most ${maxHolders}
   fencing tokens:         ${tokensIncrease ? "strictly increasing" : "NOT increasing (bug!)"}
   after the SIGKILL:      the next waiter held the lock ${handover} ms later (no TTL, no heartbeat:
-                          the dead process's open poll closed, and the server's 150 ms grace ran out)`);
+                          the dead process's connection closed, and the server's ${LIVENESS_DEFAULTS.grace} ms grace ran out)`);
