@@ -240,8 +240,7 @@ export class ClientSession {
         },
       };
       this.stopHolding(entry);
-      entry.outstanding = { t: "release", id };
-      this.enqueue(entry.outstanding);
+      this.sendRelease(entry); // unless already on its way (the lease was lost)
     });
     return entry.released;
   }
