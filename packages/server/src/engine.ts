@@ -236,7 +236,8 @@ export class Engine {
           detail: `request ${id} already exists on resource ${JSON.stringify(existing.name)} with other parameters: use a new request id for a new request`,
         };
       }
-      if (sessionId !== undefined) this.touch(existing.session);
+      // The client is alive: touch its session as it is now (the request's own may be gone).
+      if (sessionId !== undefined) this.touch(this.session(ns, sessionId));
       return { ok: true, request: existing, created: false };
     }
 
@@ -420,26 +421,30 @@ export class Engine {
   attachSession(session: Session): void {
     const wasAway = session.attach();
     this.scheduleSession(session);
-    if (wasAway) this.returned(session);
+    if (wasAway) this.serveAround(session);
   }
 
   /** A connection or poll of the session ended: `answered` by the server, or `closed` by the client. */
   detachSession(session: Session, how: "answered" | "closed"): void {
+    const wasAway = session.away;
     session.detach(how, this.clock.now(), this.config);
     this.scheduleSession(session);
+    if (session.away && !wasAway) this.serveAround(session);
   }
 
   /** A message from the session's client arrived: it is alive. */
   touch(session: Session): void {
     const wasAway = session.touch(this.clock.now(), this.config);
     this.scheduleSession(session);
-    if (wasAway) this.returned(session);
+    if (wasAway) this.serveAround(session);
   }
 
   /** The session's connection closed or went silent, with nothing else open: it may be gone. */
   leave(session: Session): void {
+    const wasAway = session.away;
     session.leave(this.clock.now(), this.config);
     this.scheduleSession(session);
+    if (session.away && !wasAway) this.serveAround(session);
   }
 
   /** A poll opened on the request: it is alive for as long as one stays open. */
@@ -765,8 +770,11 @@ export class Engine {
     else this.sessionHeap.set(session, at);
   }
 
-  /** A session came back from away: its waiters may be served again. */
-  private returned(session: Session): void {
+  /**
+   * A session came back from away, or went away: the lines its waiters stand in may now serve
+   * someone (its own waiters again, or the present ones behind them).
+   */
+  private serveAround(session: Session): void {
     if (session.queued === 0) return;
     const now = this.clock.now();
     const resources = new Set<Resource>();
