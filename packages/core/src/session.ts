@@ -7,6 +7,7 @@ import {
   ServiceUnavailableError,
   ValidationError,
 } from "./errors.js";
+import { sleep } from "./internal/signals.js";
 import { LIVENESS_DEFAULTS, LivenessBudget, pingInterval } from "./liveness.js";
 import {
   type AcquireBody,
@@ -296,22 +297,31 @@ export class ClientSession {
 
   // --- connection ----------------------------------------------------------------------------
 
-  /** Opens a connection (retried with backoff, see `RetryOptions`) unless one is open or opening. */
-  private connect(): void {
+  /**
+   * Opens a connection (retried with backoff, see `RetryOptions`) unless one is open or opening;
+   * `after` ms from now if the server asked for that (`Retry-After`).
+   */
+  private connect(after = 0): void {
     if (this.connecting !== undefined || this.link !== undefined) return;
-    this.connecting = withRetries(
-      `connecting to the RateQueue server at ${this.base}`,
-      () => this.connectOnce(),
-      this.retry,
-    ).then(
-      () => {
-        this.connecting = undefined;
-      },
-      (error: unknown) => {
-        this.connecting = undefined;
-        this.failAll(error);
-      },
-    );
+    const wait = Math.min(after, this.retry.maxRetryAfter);
+    const attempt: Promise<void> = (wait > 0 ? sleep(wait) : Promise.resolve())
+      .then(() =>
+        withRetries(
+          `connecting to the RateQueue server at ${this.base}`,
+          () => this.connectOnce(),
+          this.retry,
+        ),
+      )
+      .then(
+        () => {
+          if (this.connecting === attempt) this.connecting = undefined;
+        },
+        (error: unknown) => {
+          if (this.connecting === attempt) this.connecting = undefined;
+          this.failAll(error);
+        },
+      );
+    this.connecting = attempt;
   }
 
   /** One attempt: resolves once the server welcomes the session. */
@@ -353,7 +363,7 @@ export class ClientSession {
       );
       return;
     }
-    this.connect();
+    this.connect(cause instanceof TransientError ? cause.retryAfter : 0);
   }
 
   /**
@@ -591,6 +601,7 @@ export class ClientSession {
     this.everWelcomed = true;
     this.welcomed = true;
     this.connected = true;
+    this.connecting = undefined; // done: a failure from now on starts a new connect
     this.welcomeWaiter?.resolve();
     this.welcomeWaiter = undefined;
     this.budget.terms = { grace: m.grace, ping: m.ping, recovery: m.recovery };
