@@ -286,7 +286,8 @@ export class ClientSession {
 
   private readonly ping = (): void => {
     this.pingTimer = undefined;
-    if (!this.connected || !this.live()) return;
+    // Over HTTP the session poll, answered every `ping` ms, is the ping.
+    if (!this.connected || !this.live() || this.mode === "http") return;
     const n = ++this.pingN;
     this.pings.set(n, performance.now());
     if (this.pings.size > 64) this.pings.delete(this.pings.keys().next().value!);
@@ -494,7 +495,9 @@ export class ClientSession {
           known: boolean;
           messages: ServerMessage[];
         };
-        if (!this.connected) {
+        // The first answer is the welcome. A later one that does not know the session means the
+        // server lost it (restarted without its data): welcomed again, as a session it forgot.
+        if (!this.connected || !body.known) {
           this.receive({ t: "welcome", session: this.id, resumed: body.known, ...body }, sent);
         } else this.answered(sent);
         for (const m of body.messages) this.receive(m, sent);
@@ -610,6 +613,10 @@ export class ClientSession {
       // The server no longer knows this session (dropped, or restarted without its data): no
       // lease of it survived. Waiters ask again (their old requests were dropped with it).
       this.loseAll("the server no longer knows this client's session (was it restarted?)");
+      for (const entry of this.entries.values()) {
+        if (entry.acquire !== undefined && entry.outstanding === undefined)
+          entry.outstanding = { t: "acquire", id: entry.id, ...entry.body };
+      }
     }
     // Resend what awaits an answer (idempotent: a request id is created once), then the rest.
     const resend: ClientMessage[] = [];

@@ -15,8 +15,13 @@ export const ENTRIES = [
   { transport: "http session over undici (node build)", sdk: nodeEntry, session: "http" },
 ] as const;
 
+/**
+ * A server on a free port. Its `grace` is 1 s, not 200 ms: a client gives a lease up when the
+ * server has not answered it for about `grace`, and a test process that shares 2 loaded cores
+ * with the server and other test files can stall that long. Tests of the grace itself pass theirs.
+ */
 export function startTestServer(options: ServerOptions = {}): Promise<RunningServer> {
-  return startServer({ port: 0, ...options });
+  return startServer({ port: 0, grace: 1_000, ...options });
 }
 
 /** Reads a resource's state over plain HTTP (what the server says, not what the SDK believes). */

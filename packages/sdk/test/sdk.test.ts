@@ -181,6 +181,20 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk, session }) => {
       }
     });
 
+    it("a waiter whose server restarted without its data asks again, and is served", async () => {
+      const first = await startTestServer();
+      const port = Number(new URL(first.url).port);
+      const holder = createRateQueue({ apiKey: "test-key", baseUrl: first.url, session });
+      const rq = createRateQueue({ apiKey: "test-key", baseUrl: first.url, session });
+      await holder.acquire("r");
+      const waiting = rq.acquire("r", {}, (lease) => lease.fencingToken);
+      await eventually(async () => (await resourceState(first, "r")).queued === 1);
+      await first.close(); // in memory: the restarted server knows neither of them
+      await using second = await startTestServer({ port });
+      expect(await waiting).toBeGreaterThan(0); // re-queued on the new server, and granted
+      expect((await resourceState(second, "r")).used).toBe(0);
+    });
+
     it("7. cancel is clean: an aborted wait rejects with the signal's reason and leaves no ghost", async () => {
       await using t = await setup();
       const holder = await t.rq.acquire("r");
@@ -347,13 +361,14 @@ describe.each([
   { session: "auto", transport: "a WebSocket session" },
   { session: "http", transport: "an HTTP session" },
 ] as const)("lease liveness over $transport", ({ session }) => {
-  it("keeps a lease held for longer than several poll windows", async () => {
+  it("keeps a lease held for longer than several poll windows and silence timeouts", async () => {
     const { createRateQueue } = ENTRIES[0].sdk;
-    // A repoll grace shorter than the hold: the lease lives only if the SDK keeps polling.
-    await using server = await startTestServer({ pollWindow: 100, repollGrace: 300 });
+    // A hold three times the server's repollGrace (its longest silence) and its grace: the lease
+    // lives only because the session keeps talking (pings, or HTTP polls).
+    await using server = await startTestServer({ pollWindow: 100, repollGrace: 500, grace: 500 });
     const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url, session });
     await rq.acquire("r", {}, async (lease) => {
-      await new Promise((r) => setTimeout(r, 1_000));
+      await new Promise((r) => setTimeout(r, 1_500));
       expect(lease.signal.aborted).toBe(false);
       expect((await resourceState(server, "r")).used).toBe(1);
     });
