@@ -609,6 +609,7 @@ export class ClientSession {
     this.welcomeWaiter = undefined;
     this.budget.terms = { grace: m.grace, ping: m.ping, recovery: m.recovery };
     this.answered(helloSentAt);
+    if (!m.resumed) this.ack = 0; // a new session on the server: its events count from 1
     if (!m.resumed && !first) {
       // The server no longer knows this session (dropped, or restarted without its data): no
       // lease of it survived. Waiters ask again (their old requests were dropped with it).

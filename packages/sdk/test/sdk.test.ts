@@ -195,6 +195,27 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk, session }) => {
       expect((await resourceState(second, "r")).used).toBe(0);
     });
 
+    it("hears the grants of a server restarted without its data (its events count from 1 again)", async () => {
+      const first = await startTestServer();
+      const port = Number(new URL(first.url).port);
+      const other = createRateQueue({ apiKey: "test-key", baseUrl: first.url, session });
+      const rq = createRateQueue({ apiKey: "test-key", baseUrl: first.url, session });
+      // A grant that comes as an event (seq 1) on the first server.
+      let held = await other.acquire("q");
+      let waiting = rq.acquire("q", {}, () => "granted");
+      await eventually(async () => (await resourceState(first, "q")).queued === 1);
+      await held.release();
+      expect(await waiting).toBe("granted");
+      await first.close();
+      // The same again on a new server: its first event is seq 1 too.
+      await using second = await startTestServer({ port });
+      held = await other.acquire("q");
+      waiting = rq.acquire("q", {}, () => "granted");
+      await eventually(async () => (await resourceState(second, "q")).queued === 1);
+      await held.release();
+      expect(await waiting).toBe("granted");
+    });
+
     it("7. cancel is clean: an aborted wait rejects with the signal's reason and leaves no ghost", async () => {
       await using t = await setup();
       const holder = await t.rq.acquire("r");
