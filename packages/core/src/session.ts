@@ -319,7 +319,10 @@ export class ClientSession {
         },
         (error: unknown) => {
           if (this.connecting === attempt) this.connecting = undefined;
-          this.failAll(error);
+          // A durable server is restarting (its port refused us): its recovery window keeps
+          // our leases, so keep trying until the budget it gave is spent.
+          if (this.live() && !this.budget.spent(performance.now())) this.connect();
+          else this.failAll(error, "the server could not be reached");
         },
       );
     this.connecting = attempt;
@@ -368,22 +371,34 @@ export class ClientSession {
   }
 
   /**
-   * The WebSocket never opened: if the server answers plain HTTP, it (or a proxy) does not take
-   * WebSockets — use HTTP polls from now on. Either way this attempt failed.
+   * A connection failed before its welcome. Two questions for the server's health route: does
+   * it answer plain HTTP although the WebSocket failed — then WebSockets do not get through
+   * (a proxy refuses upgrades) and, if they never worked in this session, HTTP polls take over;
+   * and, while a lease is at stake, is the port refused — then the server is down (see
+   * liveness.ts). A dying server's port resets connections for a moment before it refuses
+   * them, so while the budget lasts the probe is repeated, 10 ms apart, rather than waiting
+   * for the retry backoff.
    */
-  private async fallBack(link: Link, error: unknown): Promise<void> {
-    if (code(error) !== "ECONNREFUSED" && (this.config.mode ?? "auto") === "auto") {
+  private async failedAttempt(link: Link, error: unknown): Promise<void> {
+    const fallBack =
+      this.mode === "websocket" && !this.everWelcomed && (this.config.mode ?? "auto") === "auto";
+    for (let tries = 0; code(error) !== "ECONNREFUSED" && tries < 20; tries++) {
+      const atStake = this.held > 0 && !this.budget.spent(performance.now());
+      if (!fallBack && !atStake) break;
+      if (tries > 0) await sleep(10);
       try {
         const res = await this.config.transport({
           method: "GET",
           url: `${this.base}${API_PREFIX}/health`,
           headers: {},
-          signal: AbortSignal.timeout(2_000),
+          signal: AbortSignal.timeout(1_000),
         });
         await res.text();
-        if (res.status === 200) this.mode = "http";
-      } catch {
-        // Unreachable over HTTP too: a network problem, not a WebSocket one.
+        if (fallBack && res.status === 200) this.mode = "http";
+        break; // the server answers: it is up
+      } catch (probeError) {
+        if (code(probeError) === "ECONNREFUSED") error = probeError;
+        if (!atStake) break;
       }
     }
     this.disconnected(link, error);
@@ -434,7 +449,7 @@ export class ClientSession {
     });
     ws.addEventListener("close", () => {
       clearTimeout(connectTimer);
-      if (!this.welcomed) void this.fallBack(link, lastError);
+      if (!this.welcomed) void this.failedAttempt(link, lastError);
       else this.disconnected(link, lastError);
     });
     return link;
@@ -505,7 +520,8 @@ export class ClientSession {
       } catch (error) {
         if (closed || this.link !== link) return false;
         closed = true; // what it carried is resent after the welcome of the next connection
-        this.disconnected(link, error);
+        if (this.connected) this.disconnected(link, error);
+        else void this.failedAttempt(link, error);
         return false;
       } finally {
         if (wait === 0) {
@@ -553,7 +569,7 @@ export class ClientSession {
     else this.failAll(error);
   }
 
-  private failAll(error: unknown): void {
+  private failAll(error: unknown, why = "the server refused this client"): void {
     this.outbox = [];
     for (const entry of [...this.entries.values()]) {
       entry.acquire?.reject(error);
@@ -561,7 +577,7 @@ export class ClientSession {
       entry.release?.reject(error);
       entry.release = undefined;
       entry.outstanding = undefined;
-      this.lose(entry, "the server refused this client");
+      this.lose(entry, why);
       this.end(entry);
     }
   }
