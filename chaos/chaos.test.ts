@@ -1,20 +1,38 @@
-import { expect, it } from "vitest";
-import { runChaos } from "./run.js";
+import { describe, expect, it } from "vitest";
+import { type ChaosSession, formatReport, runChaos, summary } from "./run.js";
 
-// A bounded chaos run (pnpm test:chaos runs longer): clients and the server are SIGKILLed at
-// random while clients acquire, hold and release; the server restarts on its data directory.
-it("keeps exclusion and fencing, and leaves no waiter behind, while clients and the server are SIGKILLed", async () => {
-  const r = await runChaos({
-    seconds: 10,
-    clients: 4,
-    serverKills: true,
-    seed: 20261126,
-    recoveryWindow: 3_000,
-  });
-  expect(r.grants).toBeGreaterThan(50);
-  expect(r.clientKills).toBeGreaterThan(3);
-  expect(r.serverRestarts).toBeGreaterThan(0);
-  expect(r.overlaps).toBe(0);
-  expect(r.staleWritesAccepted).toBe(0);
-  expect(r.waitersStuck).toBe(0);
-}, 120_000);
+// A short chaos run per session transport (pnpm test:chaos runs longer): client processes with
+// dozens of acquire loops each — some holding for seconds with the rest queued behind — while
+// clients are SIGKILLed, their connections reset, and the server SIGKILLed and restarted on its
+// data directory. Only what must hold is asserted: how much work a run gets done depends on the
+// machine, so beyond "some" (the run goes on until it has seen a grant) nothing is counted.
+describe("chaos", () => {
+  it.each<ChaosSession>(["websocket", "http"])(
+    "keeps exclusion and fencing, and leaves no waiter behind, over a %s session",
+    async (session) => {
+      const lines: string[] = [];
+      const r = await runChaos({
+        session,
+        seconds: 8,
+        clients: 4,
+        loops: [20, 50],
+        serverKills: true,
+        resets: true,
+        seed: session === "websocket" ? 20261126 : 20261127,
+        minGrants: 1,
+        recoveryWindow: 3_000,
+        waitGrace: 2_000,
+        log: (line) => {
+          if (!line.startsWith("grants") && !line.startsWith("loss:")) lines.push(line);
+        },
+      });
+      console.log(`chaos, ${summary(r)}`);
+      const verdict = `${formatReport(r)}\n${lines.join("\n")}`;
+      expect(r.grants, verdict).toBeGreaterThan(0);
+      expect(r.overlaps, verdict).toBe(0);
+      expect(r.staleWritesAccepted, verdict).toBe(0);
+      expect(r.waitersStuck, verdict).toBe(0);
+    },
+    120_000,
+  );
+});

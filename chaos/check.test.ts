@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { check, type Hold } from "./check.js";
+import { attributeLosses, check, type Fault, type Hold, type Loss } from "./check.js";
 
 const hold = (client: string, token: number, start: number, end?: number): Hold => ({
   client,
@@ -27,10 +27,27 @@ describe("chaos checker", () => {
     );
   });
 
+  it("counts a holder told at once that it lost the lease as holding nothing", () => {
+    const v = check(
+      [hold("a", 1, 5, 5), hold("b", 2, 0, 10), hold("c", 3, 20, 30)],
+      [],
+      { l: 1 },
+      100,
+    );
+    expect(v.overlaps).toEqual([]);
+  });
+
   it("allows up to `capacity` holders of a semaphore", () => {
     const holds = [hold("a", 1, 0, 10), hold("b", 2, 1, 10), hold("c", 3, 2, 10)];
     expect(check(holds, [], { l: 3 }, 100).overlaps).toEqual([]);
     expect(check([...holds, hold("d", 4, 3, 10)], [], { l: 3 }, 100).overlaps).toHaveLength(1);
+  });
+
+  it("lets a holder told it lost the lease before the next grant go unreported", () => {
+    // a's lease.signal aborted at 9 (its end), b was granted at 10: no overlap.
+    expect(check([hold("a", 1, 0, 9), hold("b", 2, 10, 20)], [], { l: 1 }, 100).overlaps).toEqual(
+      [],
+    );
   });
 
   it("reports an accepted write from a holder whose successor had started", () => {
@@ -41,5 +58,53 @@ describe("chaos checker", () => {
     expect(check(holds, [fresh, stale, rejected], { l: 1 }, 100).staleWritesAccepted).toEqual([
       stale,
     ]);
+  });
+
+  it("judges a write by when it was sent: one sent before the successor's grant is not stale", () => {
+    const holds = [hold("a", 1, 0, 10), hold("b", 2, 10, 30)];
+    const sentBefore = { name: "l", token: 1, at: 9, accepted: true };
+    expect(check(holds, [sentBefore], { l: 1 }, 100).staleWritesAccepted).toEqual([]);
+  });
+});
+
+describe("attributing lost leases", () => {
+  const loss = (client: string, at: number, stall = 0): Loss => ({
+    client,
+    at,
+    why: "silence",
+    stall,
+  });
+  const faults: Fault[] = [
+    { kind: "reset", client: "a", from: 100, to: 300 },
+    { kind: "server", from: 2_000, to: 3_000 },
+    { kind: "stall", from: 5_000, to: 5_100 },
+  ];
+
+  it("puts a loss down to a fault that touched its client, within the window after it", () => {
+    const r = attributeLosses(
+      [loss("a", 150), loss("a", 1_200), loss("a", 1_400)],
+      faults,
+      1_000,
+      50,
+    );
+    expect(r.nearFault.map((l) => l.at)).toEqual([150, 1_200]);
+    expect(r.unexplained.map((l) => l.at)).toEqual([1_400]);
+  });
+
+  it("does not put a loss down to another client's reset, but to a server outage for all", () => {
+    const r = attributeLosses([loss("b", 150), loss("b", 2_500)], faults, 1_000, 50);
+    expect(r.unexplained.map((l) => l.at)).toEqual([150]);
+    expect(r.nearFault.map((l) => l.at)).toEqual([2_500]);
+  });
+
+  it("puts the rest down to a stall of the holder's process or of the harness, if any", () => {
+    const r = attributeLosses(
+      [loss("b", 4_500, 80), loss("b", 5_050), loss("b", 7_000)],
+      faults,
+      1_000,
+      50,
+    );
+    expect(r.nearStall.map((l) => l.at)).toEqual([4_500, 5_050]);
+    expect(r.unexplained.map((l) => l.at)).toEqual([7_000]);
   });
 });
