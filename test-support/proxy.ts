@@ -25,6 +25,8 @@ export interface TestProxy extends AsyncDisposable {
   blip(ms: number): void;
   /** Resets every connection, then accepts new ones but never forwards or answers a byte. */
   blackhole(): void;
+  /** Resets every connection and closes the port for `ms` (connects are refused), then listens again. */
+  refuse(ms: number): Promise<void>;
   /** Resolves the next time the server sends a client a byte through the proxy. */
   nextReply(): Promise<void>;
 }
@@ -83,6 +85,12 @@ export async function startProxy(target: string): Promise<TestProxy> {
     blackhole() {
       blackholed = true;
       resetAll();
+    },
+    async refuse(ms) {
+      resetAll();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      await new Promise<void>((resolve) => server.listen(address.port, "127.0.0.1", resolve));
     },
     nextReply: () => new Promise<void>((resolve) => replied.push(resolve)),
     async [Symbol.asyncDispose]() {

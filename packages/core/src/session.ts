@@ -217,6 +217,7 @@ export class ClientSession {
    * before), or `undefined` if the server no longer knows it.
    */
   release(id: string): Promise<RequestState | undefined> {
+    this.expireIfSpent();
     const entry = this.entries.get(id);
     if (entry === undefined || entry.phase === "ended") return Promise.resolve(undefined);
     entry.released ??= new Promise((resolve, reject) => {
@@ -590,6 +591,7 @@ export class ClientSession {
    * on this WebSocket (answers and events come in the order the server wrote them).
    */
   private receive(m: ServerMessage, ref?: number): void {
+    this.expireIfSpent();
     switch (m.t) {
       case "welcome":
         this.welcome(m, ref ?? this.helloSentAt);
@@ -628,12 +630,15 @@ export class ClientSession {
     if (!m.resumed) this.ack = 0; // a new session on the server: its events count from 1
     if (!m.resumed && !first) {
       // The server no longer knows this session (dropped, or restarted without its data): no
-      // lease of it survived. Waiters ask again (their old requests were dropped with it).
+      // lease of it survived.
       this.loseAll("the server no longer knows this client's session (was it restarted?)");
-      for (const entry of this.entries.values()) {
-        if (entry.acquire !== undefined && entry.outstanding === undefined)
-          entry.outstanding = { t: "acquire", id: entry.id, ...entry.body };
-      }
+    }
+    // Every waiter asks again, with its request id: the server answers its current state. A
+    // grant whose event was lost (a server killed right after it) arrives this way, and a
+    // server that forgot the request queues it anew.
+    for (const entry of this.entries.values()) {
+      if (entry.acquire !== undefined && entry.outstanding === undefined)
+        entry.outstanding = { t: "acquire", id: entry.id, ...entry.body };
     }
     // Resend what awaits an answer (idempotent: a request id is created once), then the rest.
     const resend: ClientMessage[] = [];
@@ -831,10 +836,7 @@ export class ClientSession {
       this.armBudget();
       return;
     }
-    const grace = this.budget.terms.grace;
-    this.loseAll(
-      `no message to the server was confirmed within ${grace} ms (the server's grace), after which it may hand the lease on`,
-    );
+    this.expireIfSpent();
     // A connection that answers nothing is no connection: start again.
     if (this.connected && this.link) {
       const link = this.link;
@@ -842,6 +844,19 @@ export class ClientSession {
       this.disconnected(link);
     }
   };
+
+  /**
+   * Gives the leases up if the budget is spent. Called by the budget's timer, and before
+   * anything else the session does for its caller: after a stall, a message or a caller's own
+   * timer may run before the overdue budget timer, and must find the leases already lost.
+   */
+  private expireIfSpent(): void {
+    if (this.held === 0 || !this.budget.spent(performance.now())) return;
+    const grace = this.budget.terms.grace;
+    this.loseAll(
+      `no message to the server was confirmed within ${grace} ms (the server's grace), after which it may hand the lease on`,
+    );
+  }
 
   private loseAll(why: string): void {
     for (const entry of this.entries.values()) if (entry.holding) this.lose(entry, why);

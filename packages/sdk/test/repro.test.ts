@@ -120,6 +120,36 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
       await a.release(); // resolves: nothing to wait for on a lost lease
     });
 
+    // Found by the chaos run: a proxy in front that refuses connections (it restarts) while the
+    // server is up. A refused port is the client's proof that a durable server is down, so such
+    // a deployment runs the server with `behindProxy`, which promises no recovery: the holder
+    // must then give up as after a reset, before the server hands its lease on.
+    it("a durable server behind a proxy that refuses (behindProxy): the holder aborts before the next waiter is granted", async () => {
+      const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-repro-"));
+      try {
+        await using server = await startTestServer({ dataDir, behindProxy: true });
+        await using proxy = await startProxy(server.url);
+        const a = await connect(proxy.url).acquire("lock");
+        let lostAt = Number.POSITIVE_INFINITY;
+        a.signal.addEventListener("abort", () => {
+          lostAt = performance.now();
+        });
+        const b = connect(server.url)
+          .acquire("lock")
+          .then((lease) => ({ lease, grantedAt: performance.now() }));
+        await queued(server, "lock", 1);
+        const refusing = proxy.refuse(3_000); // the proxy's port is closed for 3 s; the server is up
+        const { lease, grantedAt } = await b;
+        expect(a.signal.reason).toBeInstanceOf(LeaseLostError);
+        expect(lostAt).toBeLessThan(grantedAt);
+        await lease.release();
+        await refusing;
+        await a.release();
+      } finally {
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    });
+
     // 02b. Old: a 300 ms blip reset W1's poll; the server dropped W1 150 ms later, before its
     // retry arrived, and W1 queued again as a new request — behind W2, which came after it.
     it("02b: a waiter whose connection blips for 300 ms keeps its place in line", async () => {

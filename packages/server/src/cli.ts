@@ -11,6 +11,8 @@ const USAGE = `Usage: ratequeue-server [options]
                               With none, open development mode: loopback only, any token works.
   --data-dir DIR              keep live requests in DIR, so they survive a restart (default .ratequeue)
   --memory                    keep nothing on disk: a restart forgets every request
+  --behind-proxy              clients connect through a proxy or load balancer that may refuse
+                              connections while this server is up (see docs/protocol.md)
   --recovery-window MS        after a restart, how long restored clients have to come back
                               (default poll window + repoll grace)
   --poll-window MS            longest a poll is held open (default 10000, at most 25000)
@@ -56,6 +58,7 @@ async function main(): Promise<void> {
   const options: ServerOptions = {
     host: values.host,
     dataDir: values.memory ? undefined : (values["data-dir"] ?? ".ratequeue"),
+    behindProxy: values["behind-proxy"] ?? false,
     apiKeys: [
       ...(values["api-key"] ?? []),
       ...(process.env.RATEQUEUE_API_KEYS ?? "")
@@ -103,6 +106,7 @@ function parse() {
       port: { type: "string" },
       "api-key": { type: "string", multiple: true },
       memory: { type: "boolean" },
+      "behind-proxy": { type: "boolean" },
       "data-dir": { type: "string" },
       "poll-window": { type: "string" },
       grace: { type: "string" },

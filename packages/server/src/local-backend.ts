@@ -69,11 +69,14 @@ export class LocalBackend implements Backend, SessionBackend {
     private readonly store?: Store,
     /** After a restart, how long restored clients have to poll again, in ms. */
     recoveryWindow = 0,
+    /** Clients come through a proxy that may refuse while this server is up: promise no recovery. */
+    behindProxy = false,
   ) {
     this.terms = {
       grace: config.grace,
       ping: pingInterval(config.grace),
-      recovery: store === undefined ? 0 : recoveryWindow,
+      // What a client may count on when this server's port refuses it (see liveness.ts).
+      recovery: store === undefined || behindProxy ? 0 : recoveryWindow,
     };
     this.engine = new Engine(
       config,

@@ -19,6 +19,14 @@ export interface ServerOptions {
    */
   dataDir?: string;
   /**
+   * Clients reach this server through a proxy or load balancer that may refuse connections
+   * while the server is up. Then a refused connection does not prove the server down, and
+   * clients are not told to keep their leases through a restart (`recovery: 0`): they give a
+   * lease up `grace` after losing the server, as after a reset. Default `false` (clients
+   * connect to the server itself). See docs/protocol.md, "Liveness".
+   */
+  behindProxy?: boolean;
+  /**
    * After a restart with a `dataDir`, how long the clients of restored requests have to poll
    * again before their requests are dropped, in ms. Default: `pollWindow + repollGrace`, the
    * longest a live client can go without polling.
@@ -74,6 +82,7 @@ export const MAX_POLL_WINDOW = 25_000;
 /** Every option with its default, in one place. */
 export interface ResolvedServerOptions extends EngineConfig {
   dataDir: string | undefined;
+  behindProxy: boolean;
   recoveryWindow: number;
   host: string;
   port: number;
@@ -103,6 +112,7 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     log: options.log ?? (() => {}),
     clock: options.clock ?? Date,
     dataDir: options.dataDir,
+    behindProxy: options.behindProxy ?? false,
     recoveryWindow: 0,
   };
   resolved.recoveryWindow = options.recoveryWindow ?? resolved.pollWindow + resolved.repollGrace;

@@ -24,7 +24,13 @@ export interface RunningServer extends AsyncDisposable {
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const resolved = resolveServerOptions(options);
   const store = resolved.dataDir === undefined ? undefined : new SqliteStore(resolved.dataDir);
-  const backend = new LocalBackend(resolved, resolved.clock, store, resolved.recoveryWindow);
+  const backend = new LocalBackend(
+    resolved,
+    resolved.clock,
+    store,
+    resolved.recoveryWindow,
+    resolved.behindProxy,
+  );
   const state = { closing: false };
   const app = buildApp(resolved, backend, state);
   try {
