@@ -266,7 +266,7 @@ function run(ops: Op[]): void {
         if (s.id !== id || s === session) continue;
         // A session object the engine no longer has: nothing may live in it.
         expect(m.pollers, `session ${id} forgotten while attached`).toBe(0);
-        expect(s.requests.size, `session ${id} forgotten with live requests`).toBe(0);
+        expect([...s.requests].length, `session ${id} forgotten with live requests`).toBe(0);
       }
       if (session === undefined) continue;
       const m = model(session);
@@ -511,7 +511,7 @@ function run(ops: Op[]): void {
 
   // (d) Every client goes away: everything must end, and then be forgotten.
   for (const [session, m] of models) {
-    if (session.id === undefined && session.requests.size === 0) {
+    if (session.id === undefined && [...session.requests].length === 0) {
       m.pollers = 0; // its request ended: polls on it no longer reach the session
       continue;
     }

@@ -399,7 +399,7 @@ export class Engine {
   }
 
   /** The live requests of a session. */
-  sessionRequests(session: Session): ReadonlySet<Request> {
+  sessionRequests(session: Session): Iterable<Request> {
     return session.requests;
   }
 
@@ -602,7 +602,7 @@ export class Engine {
 
   private record(space: Namespace, req: Request): void {
     space.requests.set(req.id, req);
-    req.session.requests.add(req);
+    req.session.add(req);
     this.liveCount++;
   }
 
@@ -681,7 +681,7 @@ export class Engine {
     const session = req.session;
     if (req.state === "active") session.active--;
     else if (req.state === "queued") session.queued--;
-    session.requests.delete(req);
+    session.remove(req);
     req.state = state;
     req.endedAt = now;
     req.resource = undefined;

@@ -42,8 +42,9 @@ export class Session implements Timed {
   /** Live requests by state, kept by the engine. */
   active = 0;
   queued = 0;
-  /** Its live requests. */
-  readonly requests = new Set<Request>();
+  /** Its live requests: a set for a named session, the one request of an implicit session. */
+  private many: Set<Request> | undefined;
+  private one: Request | undefined;
 
   constructor(
     /** The session's id; `undefined` for the implicit session of one request. */
@@ -53,6 +54,24 @@ export class Session implements Timed {
   ) {
     this.holdUntil = until;
     this.waitUntil = until;
+  }
+
+  /** Its live requests. */
+  get requests(): ReadonlySet<Request> | readonly Request[] {
+    return this.id === undefined ? (this.one ? [this.one] : []) : (this.many ?? []);
+  }
+
+  /** A live request of this session (the engine keeps the list). */
+  add(req: Request): void {
+    if (this.id === undefined) this.one = req;
+    else (this.many ??= new Set()).add(req);
+  }
+
+  /** It ended. */
+  remove(req: Request): void {
+    if (this.id === undefined) {
+      if (this.one === req) this.one = undefined;
+    } else this.many?.delete(req);
   }
 
   /** A connection or poll opened. Returns whether the session was away (its waiters return). */
