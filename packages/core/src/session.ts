@@ -548,6 +548,7 @@ export class ClientSession {
   }
 
   private httpPoll: (() => Promise<void>) | undefined;
+  private pollStart: ReturnType<typeof setTimeout> | undefined;
 
   /** The server refused the session itself (bad key, bad request): fail everything waiting. */
   private fatal(status: number, text: string): void {
@@ -918,7 +919,16 @@ export class ClientSession {
     if (!idle) {
       clearTimeout(this.idleTimer);
       this.idleTimer = undefined;
+      // Live again: the liveness traffic resumes (pings, or the HTTP session's poll loop).
       this.armPing();
+      if (this.mode === "http" && this.connected && this.pollStart === undefined) {
+        // Not at once: a call answered and released within one ping interval needs no poll
+        // (its answers confirm the session), which halves the requests of short locks.
+        this.pollStart = setTimeout(() => {
+          this.pollStart = undefined;
+          void this.httpPoll?.();
+        }, this.budget.terms.ping);
+      }
       return;
     }
     if (this.idleTimer !== undefined || this.link === undefined) return;
@@ -930,8 +940,9 @@ export class ClientSession {
   }
 
   private cancelTimers(): void {
-    for (const t of [this.pingTimer, this.budgetTimer, this.idleTimer]) clearTimeout(t);
-    this.pingTimer = this.budgetTimer = this.idleTimer = undefined;
+    for (const t of [this.pingTimer, this.budgetTimer, this.idleTimer, this.pollStart])
+      clearTimeout(t);
+    this.pingTimer = this.budgetTimer = this.idleTimer = this.pollStart = undefined;
   }
 }
 

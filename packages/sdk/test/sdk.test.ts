@@ -395,6 +395,21 @@ describe.each([
     });
   });
 
+  it("keeps a lease taken after the session went idle (nothing live) in between", async () => {
+    const { createRateQueue } = ENTRIES[0].sdk;
+    await using server = await startTestServer({ repollGrace: 500, grace: 500 });
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url, session });
+    await rq.acquire("first", {}, () => {});
+    // Nothing live: the session idles (no pings, no session polls) — a state with no event to
+    // wait on; its last poll ends within one ping interval (125 ms here).
+    await new Promise((r) => setTimeout(r, 400));
+    await rq.acquire("r", {}, async (lease) => {
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(lease.signal.aborted).toBe(false);
+      expect((await resourceState(server, "r")).used).toBe(1);
+    });
+  });
+
   /** Starts a process that takes `name` through the SDK and holds it; resolves with its token. */
   async function spawnHolder(url: string, name: string, lockDelay?: number) {
     const args = ["--import", "tsx", HOLDER, url, name, String(lockDelay ?? 0), session];
