@@ -27,6 +27,8 @@ export type Authenticate = (token: string) => { ns: string } | { status: 401; de
 
 /** Largest WebSocket frame accepted (a batch of messages), in bytes. */
 const MAX_FRAME = 4 * 1024 * 1024;
+/** Messages of one WebSocket handled per turn of the event loop. */
+const SLICE = 256;
 /** A WebSocket must say `hello` within this many ms. */
 const HELLO_WITHIN = 10_000;
 
@@ -234,18 +236,51 @@ function serveWebSocket(
       welcome.resumed = backend.attachSession(ns, sid, after as number | undefined, link).known;
       clearTimeout(silence);
       watchSilence();
-      handle(backend, options, ns, sid, messages.slice(1), out);
+      receive(messages.slice(1));
       return;
     }
-    const before = out.length;
-    handle(backend, options, ns, sid, messages, out);
-    if (out.length > before && !flushing) {
+    receive(messages);
+  });
+
+  /**
+   * Messages wait in order and are handled in slices of `SLICE`, one slice per turn of the event
+   * loop: a client that sends 10,000 acquires at once must not hold up every other session's
+   * pings for longer than their `grace`. A ping that arrives behind such a backlog is answered at
+   * once (it only proves the session alive, in any order), so the sender's own leases do not
+   * wait behind its burst either.
+   */
+  const inbox: unknown[] = [];
+  let draining = false;
+  const receive = (messages: unknown[]) => {
+    // Behind a backlog (earlier frames not yet handled, or a long batch), a ping is answered at
+    // once: it only proves the session alive.
+    const backlog = inbox.length > 0 || messages.length > SLICE;
+    for (const m of messages) {
+      if (backlog && (m as { t?: unknown } | null)?.t === "ping")
+        handle(backend, options, ns, sid!, [m], out);
+      else inbox.push(m);
+    }
+    drain();
+  };
+  const drain = () => {
+    if (inbox.length > 0 && !draining && ws.readyState === ws.OPEN) {
+      handle(backend, options, ns, sid!, inbox.splice(0, SLICE), out);
+      if (inbox.length > 0) {
+        draining = true;
+        setImmediate(() => {
+          draining = false;
+          drain();
+        });
+      }
+    }
+    if (out.length > 0 && !flushing) {
       flushing = true;
       queueMicrotask(flush);
     }
-  });
+  };
   ws.on("close", () => {
     clearTimeout(silence);
+    inbox.length = 0;
     if (sid !== undefined) backend.detachSession(ns, sid, link, "closed");
   });
   ws.on("error", () => ws.terminate());

@@ -115,6 +115,33 @@ describe("the WebSocket session", () => {
     expect(messages[1]).toEqual({ t: "bye", recovery: 0 });
   });
 
+  it("works through a burst of 10,000 acquires a slice at a time: another session's ping is answered meanwhile", async () => {
+    await using server = await startTestServer();
+    const a = await connect(server.url);
+    a.send({ t: "hello", key: "k", session: "a" });
+    await a.until(1);
+    const b = await connect(server.url);
+    b.send({ t: "hello", key: "k", session: "b" });
+    await b.until(1);
+    const burst = Array.from({ length: 10_000 }, (_, i) => ({
+      t: "acquire",
+      id: `b${i}`,
+      resource: "q",
+    }));
+    b.send(burst);
+    // Sent after the whole burst is on the wire, and answered before the burst is done.
+    await new Promise((r) => setTimeout(r, 5));
+    a.send({ t: "ping", n: 1 });
+    await a.until(2);
+    const answeredWhenPonged = b.received.length - 1;
+    expect(a.received[1]).toEqual({ t: "pong", n: 1 });
+    await b.until(10_001);
+    expect(b.received.length - 1).toBe(10_000);
+    expect(answeredWhenPonged).toBeLessThan(10_000);
+    a.close();
+    b.close();
+  });
+
   describe("refuses bad input with a problem that says what to fix", () => {
     it.each([
       ["a frame that is not JSON", "{nope", /must be JSON/],
