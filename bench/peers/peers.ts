@@ -44,7 +44,7 @@ export function rateQueuePeer(url: string, connections = 256): Peer {
   });
   return {
     name: "RateQueue",
-    settings: "embedded server (in memory), SDK over undici, defaults",
+    settings: "embedded server (in memory), SDK defaults (one WebSocket session per client)",
     worker: async () => ({
       lock: async (key) => {
         const lease = await rq.acquire(key);

@@ -306,10 +306,19 @@ async function manyWaiters(url: string, pid: number, n: number) {
   const release = await withDeadline(w.lock(key), 10_000, what, `taking ${key}`);
   const before = rss(pid);
   let done = 0;
-  const waiters = Array.from({ length: n }, async () => {
-    await (await w.lock(key))();
-    done++;
-  });
+  // Started 1,000 per turn of the event loop: this scenario measures the server. One tick of
+  // 10,000 calls blocks this process for longer than the server's grace, and the holder (this
+  // process too) would rightly give its lease up (see the note on issue 8).
+  const waiters: Promise<void>[] = [];
+  for (let i = 0; i < n; i++) {
+    if (i > 0 && i % 1_000 === 0) await new Promise((r) => setImmediate(r));
+    waiters.push(
+      (async () => {
+        await (await w.lock(key))();
+        done++;
+      })(),
+    );
+  }
   let queued = 0;
   await until(
     async () => {

@@ -7,7 +7,7 @@ import {
   ServiceUnavailableError,
   ValidationError,
 } from "./errors.js";
-import { sleep } from "./internal/signals.js";
+import { onAbort, sleep } from "./internal/signals.js";
 import { LIVENESS_DEFAULTS, LivenessBudget, pingInterval } from "./liveness.js";
 import {
   type AcquireBody,
@@ -170,7 +170,7 @@ export class ClientSession {
       let timer: ReturnType<typeof setTimeout> | undefined;
       const cleanup = () => {
         clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
+        stopWatching?.();
       };
       const giveUp = (error: unknown) => {
         const entry = this.entries.get(id);
@@ -180,8 +180,7 @@ export class ClientSession {
         this.abandon(entry);
         reject(error);
       };
-      const onAbort = () => giveUp(signal!.reason);
-      signal?.addEventListener("abort", onAbort, { once: true });
+      const stopWatching = signal && onAbort(signal, () => giveUp(signal.reason));
       if (body.timeout !== undefined && body.timeout > 0) {
         timer = setTimeout(
           () => giveUp(timeoutError(body.resource, body.timeout!)),
