@@ -70,6 +70,8 @@ export class LivenessBudget {
   safeUntil = Number.NEGATIVE_INFINITY;
   /** The latest send time the server has confirmed. */
   private confirmedSentAt = Number.NEGATIVE_INFINITY;
+  /** What confirmations alone earned: `confirmedSentAt + grace − margin`. */
+  private earnedUntil = Number.NEGATIVE_INFINITY;
 
   constructor(public terms: LivenessTerms) {}
 
@@ -77,7 +79,8 @@ export class LivenessBudget {
   confirm(sentAt: number): void {
     if (sentAt <= this.confirmedSentAt) return;
     this.confirmedSentAt = sentAt;
-    this.extendTo(sentAt + this.terms.grace - safetyMargin(this.terms.grace));
+    this.earnedUntil = sentAt + this.terms.grace - safetyMargin(this.terms.grace);
+    this.extendTo(this.earnedUntil);
   }
 
   /**
@@ -85,7 +88,10 @@ export class LivenessBudget {
    * within the budget, a durable server cannot hand the leases on before `at + recovery`.
    */
   serverDown(at: number): void {
-    if (this.terms.recovery <= 0 || at >= this.safeUntil) return;
+    // Only within what confirmations earned: a refusal seen later proves nothing (the server may
+    // have been up, and handed the lease on, in between) — and refusals during an extension do
+    // not extend it again, so a server that never comes back ends the wait.
+    if (this.terms.recovery <= 0 || at >= this.earnedUntil) return;
     this.extendTo(at + this.terms.recovery - safetyMargin(this.terms.grace));
   }
 

@@ -1,0 +1,39 @@
+import { describe, expect, it } from "vitest";
+import { LivenessBudget, safetyMargin } from "./liveness.js";
+
+describe("LivenessBudget", () => {
+  const terms = { grace: 200, ping: 50, recovery: 14_000 };
+  const margin = safetyMargin(terms.grace);
+
+  it("is safe until grace (less a margin) after the latest confirmed send", () => {
+    const b = new LivenessBudget(terms);
+    expect(b.spent(0)).toBe(true);
+    b.confirm(1_000);
+    expect(b.safeUntil).toBe(1_000 + 200 - margin);
+    b.confirm(900); // an older answer arriving late changes nothing
+    expect(b.safeUntil).toBe(1_000 + 200 - margin);
+    expect(b.spent(1_000 + 200 - margin - 1)).toBe(false);
+    expect(b.spent(1_000 + 200 - margin)).toBe(true);
+  });
+
+  it("a refused port within the earned budget extends it by the recovery window, once", () => {
+    const b = new LivenessBudget(terms);
+    b.confirm(1_000);
+    b.serverDown(1_100);
+    expect(b.safeUntil).toBe(1_100 + 14_000 - margin);
+    // Refusals during the extension do not extend it again: a server that never returns ends it.
+    b.serverDown(10_000);
+    expect(b.safeUntil).toBe(1_100 + 14_000 - margin);
+  });
+
+  it("a refusal after the earned budget proves nothing; no recovery announced, no extension", () => {
+    const late = new LivenessBudget(terms);
+    late.confirm(1_000);
+    late.serverDown(1_000 + 200 - margin);
+    expect(late.safeUntil).toBe(1_000 + 200 - margin);
+    const memory = new LivenessBudget({ ...terms, recovery: 0 });
+    memory.confirm(1_000);
+    memory.serverDown(1_050);
+    expect(memory.safeUntil).toBe(1_000 + 200 - margin);
+  });
+});
