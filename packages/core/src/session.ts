@@ -13,7 +13,6 @@ import {
   type AcquireBody,
   API_PREFIX,
   type ClientMessage,
-  FINAL_STATES,
   type RequestSnapshot,
   type RequestState,
   SESSION_PATH,
@@ -969,5 +968,3 @@ function code(error: unknown): string | undefined {
   }
   return undefined;
 }
-
-export { FINAL_STATES };

@@ -1,34 +1,36 @@
 import { getEventListeners } from "node:events";
 import { describe, expect, it } from "vitest";
-import { linkSignals, sleep } from "./signals.js";
+import { onAbort, sleep } from "./signals.js";
 
-describe("linkSignals", () => {
-  it("aborts with the source's reason and removes its listeners on dispose", () => {
+describe("onAbort", () => {
+  it("puts one listener on a signal however many watch it, and removes it with the last", () => {
     const a = new AbortController();
-    const b = new AbortController();
-    const link = linkSignals([a.signal, b.signal, undefined]);
+    const stops = Array.from({ length: 1_000 }, () => onAbort(a.signal, () => {}));
     expect(getEventListeners(a.signal, "abort")).toHaveLength(1);
-    b.abort(new Error("b"));
-    expect(link.signal.reason).toEqual(new Error("b"));
+    for (const stop of stops.slice(1)) stop();
+    expect(getEventListeners(a.signal, "abort")).toHaveLength(1);
+    stops[0]!();
     expect(getEventListeners(a.signal, "abort")).toHaveLength(0);
+    stops[0]!(); // stopping twice is harmless
   });
 
-  it("removes every listener when disposed without an abort", () => {
+  it("calls every watcher still watching when the signal aborts, then holds no listener", () => {
     const a = new AbortController();
-    for (let i = 0; i < 100; i++) linkSignals([a.signal], 1_000).dispose();
+    const calls: string[] = [];
+    onAbort(a.signal, () => calls.push("one"));
+    const stopTwo = onAbort(a.signal, () => calls.push("two"));
+    onAbort(a.signal, () => calls.push("three"));
+    stopTwo();
+    a.abort();
+    expect(calls).toEqual(["one", "three"]);
     expect(getEventListeners(a.signal, "abort")).toHaveLength(0);
-  });
-
-  it("aborts after its timeout with the given reason", async () => {
-    const link = linkSignals([], 10, () => new Error("late"));
-    await new Promise((r) => link.signal.addEventListener("abort", r));
-    expect(link.signal.reason).toEqual(new Error("late"));
-  });
-
-  it("is aborted at once by an already aborted source", () => {
-    const link = linkSignals([AbortSignal.abort("why")]);
-    expect(link.signal.aborted).toBe(true);
-    expect(link.signal.reason).toBe("why");
+    // A signal watched again after use gets a fresh listener.
+    const b = new AbortController();
+    const stop = onAbort(b.signal, () => {});
+    stop();
+    onAbort(b.signal, () => calls.push("again"));
+    b.abort();
+    expect(calls).toEqual(["one", "three", "again"]);
   });
 });
 
