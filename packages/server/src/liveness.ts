@@ -63,8 +63,12 @@ export class Session implements Timed {
 
   /** A live request of this session (the engine keeps the list). */
   add(req: Request): void {
-    if (this.id === undefined) this.one = req;
-    else (this.many ??= new Set()).add(req);
+    if (this.id === undefined) {
+      this.one = req;
+      return;
+    }
+    this.many ??= new Set();
+    this.many.add(req);
   }
 
   /** It ended. */
