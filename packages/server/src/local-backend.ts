@@ -272,9 +272,10 @@ export class LocalBackend implements Backend, SessionBackend {
     if (known === undefined) return this.engine.snapshot(req);
     this.unwatch(req);
     if (req.state !== known || poll.wait <= 0 || this.closed || poll.signal.aborted) {
-      // An answered poll still proves the client alive: restart its repoll grace.
+      // An answered poll still proves the client alive: restart its repoll grace. While another
+      // poll is open, that poll's connection is the one that tells whether the client went.
       this.engine.answered(req);
-      this.watch(req, poll.connection);
+      if (req.session.pollers === 0) this.watch(req, poll.connection);
       this.settle();
       return this.engine.snapshot(req);
     }
@@ -311,6 +312,7 @@ export class LocalBackend implements Backend, SessionBackend {
 
   /** Until its next poll, a live request is hastened if the connection of its last answer closes. */
   private watch(req: Request, connection: AbortSignal | undefined): void {
+    this.unwatch(req); // only the connection of the latest answer counts
     if (connection === undefined || req.resource === undefined || this.closed) return;
     if (connection.aborted) {
       this.engine.hasten(req);

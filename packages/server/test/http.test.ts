@@ -177,6 +177,26 @@ describe("HTTP: liveness without heartbeats", () => {
     expect((await api.poll("a")).body.state).toBe("dropped");
   });
 
+  it("watches only the connection of the last answer: closing an older one drops nothing", async () => {
+    // repro 11-stale-watch: a status check answered at once on a second connection, while a
+    // poll was open on the first, left a watcher on the second that outlived later answers.
+    await using server = await startTestServer({ grace: 100, repollGrace: 4_000 });
+    const one = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const two = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const on = (agent: http.Agent, method: string, path: string, body?: unknown) =>
+      rawCall(server.url, agent, method, path, body);
+    expect((await on(one, "PUT", "/v1/requests/a?wait=0", { resource: "r" })).state).toBe(
+      "active",
+    );
+    const open = on(one, "GET", "/v1/requests/a?state=active&wait=300");
+    expect((await on(two, "GET", "/v1/requests/a?state=queued&wait=0")).state).toBe("active");
+    expect((await open).state).toBe("active"); // the last answer came over connection one
+    two.destroy(); // the client closes its idle second connection
+    await new Promise((resolve) => setTimeout(resolve, 400)); // well past grace, inside repollGrace
+    expect((await on(one, "GET", "/v1/requests/a?state=active&wait=0")).state).toBe("active");
+    one.destroy();
+  });
+
   it("passes over a waiter whose poll socket closes, then drops it after waitGrace", async () => {
     await using server = await startTestServer({ grace: 100, waitGrace: 300 });
     const api = client(server);
@@ -267,3 +287,32 @@ describe("HTTP: guarantees under contention", () => {
     expect(order).toEqual(["urgent", "first", "second", "third", "low"]);
   });
 });
+
+/** One request over a given keep-alive agent (so that a test controls which connection carries it). */
+function rawCall(
+  base: string,
+  agent: http.Agent,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ state?: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base}${path}`, {
+      method,
+      agent,
+      headers: {
+        authorization: "Bearer test-token",
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+      },
+    });
+    req.on("error", reject);
+    req.on("response", (res) => {
+      let text = "";
+      res.setEncoding("utf8").on("data", (c: string) => {
+        text += c;
+      });
+      res.on("end", () => resolve(JSON.parse(text)));
+    });
+    req.end(body === undefined ? undefined : JSON.stringify(body));
+  });
+}
