@@ -327,6 +327,51 @@ describe("Engine: every request ends", () => {
     });
   });
 
+  it("keeps a quota of ended requests per namespace: one key's ends never make another's forgotten", () => {
+    // repro 04: key B's 10,001 try-locks evicted key A's just-ended request; A's retried create
+    // then made a second grant.
+    const { engine, acquire } = setup({ maxRetained: 100 });
+    const a = acquire("a-1", { resource: "invoice" }, "A");
+    engine.release("A", "a-1");
+    acquire("b-holder", { resource: "x" }, "B");
+    for (let i = 0; i < 1_000; i++) acquire(`b-${i}`, { resource: "x", timeout: 0 }, "B");
+    engine.release("B", "b-holder");
+    expect(engine.get("A", "a-1")?.state).toBe("released");
+    const retried = engine.acquire("A", "a-1", { resource: "invoice" });
+    expect(retried.ok && retried.request).toBe(a); // resumed, not granted twice
+    // B's own oldest are forgotten past its quota, B's newest kept.
+    expect(engine.get("B", "b-0")).toBeUndefined();
+    expect(engine.get("B", "b-999")?.state).toBe("timed_out");
+    expect(engine.stats().retained).toBe(101);
+  });
+
+  it("enforces the quota on try-locks that end at once", () => {
+    // repro 05: the try-lock path once skipped the cap (100,000 ends kept, +89 MB).
+    const { engine, acquire } = setup({ maxRetained: 50 });
+    acquire("holder", { resource: "x" });
+    for (let i = 0; i < 5_000; i++) acquire(`try-${i}`, { resource: "x", timeout: 0 });
+    expect(engine.stats().retained).toBe(50);
+    expect(engine.get("k", "try-4949")).toBeUndefined();
+    expect(engine.get("k", "try-4950")?.state).toBe("timed_out");
+  });
+
+  it("forgets each namespace's ends `retention` after they ended", () => {
+    const { engine, acquire, tick } = setup();
+    acquire("a", {}, "A");
+    engine.release("A", "a");
+    tick(4_000);
+    acquire("b", {}, "B");
+    engine.release("B", "b");
+    expect(engine.nextDeadline()).toBe(1_000 + CONFIG.retention);
+    tick(CONFIG.retention - 4_000);
+    expect(engine.get("A", "a")).toBeUndefined();
+    expect(engine.get("B", "b")?.state).toBe("released");
+    expect(engine.nextDeadline()).toBe(5_000 + CONFIG.retention);
+    tick(4_000);
+    expect(engine.get("B", "b")).toBeUndefined();
+    expect(engine.stats()).toMatchObject({ namespaces: 0, retained: 0 });
+  });
+
   it("keeps memory flat over a million one-off lock names", () => {
     const { engine } = setup({ maxRetained: 1_000 });
     for (let i = 0; i < 1_000_000; i++) {

@@ -27,7 +27,7 @@ export interface EngineConfig extends LivenessConfig {
   maxQueue: number;
   /** How long an ended request is remembered, so that a retried create or release sees its end (ms). */
   retention: number;
-  /** Most ended requests remembered at once; the oldest are forgotten first. */
+  /** Most ended requests remembered per namespace; its oldest are forgotten first. */
   maxRetained: number;
 }
 
@@ -100,7 +100,7 @@ export class Request {
   /** Owned by the deadline heap. */
   deadline = 0;
   heapIndex = -1;
-  /** Link in the engine's list of ended requests, oldest first. */
+  /** Link in its namespace's list of ended requests, oldest first. */
   retainedNext: Request | undefined = undefined;
   /** Undefined once ended, so the resource can be forgotten. */
   resource: Resource | undefined;
@@ -154,6 +154,16 @@ export class Namespace {
   readonly requests = new Map<string, Request>();
   readonly resources = new Map<string, Resource>();
   readonly sessions = new Map<string, Session>();
+  /**
+   * Its ended requests, oldest first, remembered for `retention` — at most `maxRetained` of
+   * them: a quota per namespace, so that one key's traffic never makes another's forgotten.
+   */
+  retainedHead: Request | undefined = undefined;
+  retainedTail: Request | undefined = undefined;
+  retainedCount = 0;
+  /** When its oldest end is forgotten; owned by the engine's retention heap. */
+  deadline = 0;
+  heapIndex = -1;
   constructor(readonly key: string) {}
 
   get empty(): boolean {
@@ -186,10 +196,10 @@ export class Engine {
   /** Liveness deadlines of sessions. */
   private readonly sessionHeap = new DeadlineHeap<Session>();
   private readonly sessionNs = new Map<Session, Namespace>();
+  /** Namespaces with ended requests, by when their oldest is forgotten. */
+  private readonly retentionHeap = new DeadlineHeap<Namespace>();
   private token: number;
   private seq = 0;
-  private retainedHead: Request | undefined = undefined;
-  private retainedTail: Request | undefined = undefined;
   private retainedCount = 0;
   private liveCount = 0;
   private resourceCount = 0;
@@ -308,7 +318,7 @@ export class Engine {
         this.record(space, req);
         this.end(req, "timed_out", now);
         this.forgetIfIdle(space, resource);
-        this.forgetEnded(now);
+        this.forgetEnded(now, space);
         return { ok: true, request: req, created: true };
       }
     }
@@ -480,12 +490,10 @@ export class Engine {
   /** Clock time of the next deadline, if any: call `advance()` then. */
   nextDeadline(): number | undefined {
     let due = this.heap.peek()?.deadline;
-    const s = this.sessionHeap.peek()?.deadline;
-    if (s !== undefined && (due === undefined || s < due)) due = s;
-    const head = this.retainedHead;
-    if (head === undefined) return due;
-    const forget = head.endedAt + this.config.retention;
-    return due === undefined ? forget : Math.min(due, forget);
+    for (const at of [this.sessionHeap.peek()?.deadline, this.retentionHeap.peek()?.deadline]) {
+      if (at !== undefined && (due === undefined || at < due)) due = at;
+    }
+    return due;
   }
 
   /** Ends every request whose deadline has come (expiry, timeout, liveness) and forgets old ends. */
@@ -662,7 +670,7 @@ export class Engine {
     }
     this.pump(resource, now);
     this.forgetIfIdle(req.ns, resource);
-    this.forgetEnded(now);
+    this.forgetEnded(now, req.ns);
     this.onChange(req);
   }
 
@@ -687,9 +695,14 @@ export class Engine {
     req.resource = undefined;
     this.heap.delete(req);
     this.liveCount--;
-    if (this.retainedTail) this.retainedTail.retainedNext = req;
-    else this.retainedHead = req;
-    this.retainedTail = req;
+    const space = req.ns;
+    if (space.retainedTail) space.retainedTail.retainedNext = req;
+    else {
+      space.retainedHead = req;
+      this.retentionHeap.set(space, now + this.config.retention);
+    }
+    space.retainedTail = req;
+    space.retainedCount++;
     this.retainedCount++;
     if (!this.forgetSessionIfIdle(session, now)) this.scheduleSession(session);
   }
@@ -737,17 +750,43 @@ export class Engine {
     }
   }
 
-  private forgetEnded(now: number): void {
+  /**
+   * Forgets ended requests past `retention`, and those past a namespace's quota (`space`: the
+   * namespace that just ended one).
+   */
+  private forgetEnded(now: number, space?: Namespace): void {
+    if (space !== undefined && space.retainedCount > this.config.maxRetained)
+      this.forgetOldest(space, now);
+    for (
+      let due = this.retentionHeap.peek();
+      due !== undefined && due.deadline <= now;
+      due = this.retentionHeap.peek()
+    ) {
+      this.forgetOldest(due, now);
+    }
+  }
+
+  /** Forgets the namespace's oldest ends while they are past retention or over its quota. */
+  private forgetOldest(space: Namespace, now: number): void {
     const horizon = now - this.config.retention;
-    for (let r = this.retainedHead; r !== undefined; r = this.retainedHead) {
-      if (this.retainedCount <= this.config.maxRetained && r.endedAt > horizon) return;
-      this.retainedHead = r.retainedNext;
-      if (this.retainedHead === undefined) this.retainedTail = undefined;
+    let r = space.retainedHead;
+    while (
+      r !== undefined &&
+      (space.retainedCount > this.config.maxRetained || r.endedAt <= horizon)
+    ) {
+      space.retainedHead = r.retainedNext;
       r.retainedNext = undefined;
+      space.retainedCount--;
       this.retainedCount--;
-      const space = r.ns;
       if (space.requests.get(r.id) === r) space.requests.delete(r.id);
+      r = space.retainedHead;
+    }
+    if (r === undefined) {
+      space.retainedTail = undefined;
+      this.retentionHeap.delete(space);
       if (space.empty) this.namespaces.delete(space.key);
+    } else {
+      this.retentionHeap.set(space, r.endedAt + this.config.retention);
     }
   }
 

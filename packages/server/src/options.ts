@@ -64,9 +64,10 @@ export interface ServerOptions {
   /** How long an ended request is remembered (for retried creates and releases), in ms. Default `60_000`. */
   retention?: number;
   /**
-   * Most ended requests remembered at once; past it the oldest are forgotten before `retention`.
-   * Default `10_000`. Forgetting is safe (a create retried after it makes a new request, granted
-   * in turn), but remembering costs memory and garbage-collection time on every grant.
+   * Most ended requests remembered per API key; past it the key's oldest are forgotten before
+   * `retention` (never another key's). Default `10_000`. Forgetting is safe for exclusion (a
+   * create retried after it makes a new request, granted in turn), but remembering costs memory
+   * and garbage-collection time on every grant.
    */
   maxRetained?: number;
   /** Largest request body, in bytes. Default `16_384`. */
