@@ -161,6 +161,8 @@ export class Namespace {
   retainedHead: Request | undefined = undefined;
   retainedTail: Request | undefined = undefined;
   retainedCount = 0;
+  /** The last fencing token it handed out: tokens count per namespace (see `Engine`). */
+  token = 0;
   /** When its oldest end is forgotten; owned by the engine's retention heap. */
   deadline = 0;
   heapIndex = -1;
@@ -183,8 +185,12 @@ export class Namespace {
  *   as its load fits, and nothing behind it may pass it (so large requests never starve) — except
  *   a waiter whose session is away (its connection closed): it keeps its place, but is passed
  *   over until its client comes back;
- * - every grant takes the next fencing token, a counter shared by all resources, so tokens
- *   strictly increase per resource even after the resource is forgotten and recreated;
+ * - every grant takes the next fencing token of its namespace: a counter shared by the
+ *   namespace's resources, so tokens strictly increase per resource even after the resource is
+ *   forgotten and recreated, and one per namespace, so a key learns nothing of another's
+ *   traffic from its own tokens. A namespace's counter outlives the namespace (one number per
+ *   key), and starts from the clock in µs, so that tokens keep growing across restarts of a
+ *   server without a store as long as the wall clock does not step back;
  * - a request lives by its session's liveness (see `liveness.ts`);
  * - a hold ends as `expired` after `expiresIn`; a queued request with a `timeout` ends as
  *   `timed_out` when it elapses (`timeout: 0` never joins the line).
@@ -198,7 +204,10 @@ export class Engine {
   private readonly sessionNs = new Map<Session, Namespace>();
   /** Namespaces with ended requests, by when their oldest is forgotten. */
   private readonly retentionHeap = new DeadlineHeap<Namespace>();
-  private token: number;
+  /** Last tokens of namespaces that were forgotten, to go on from if they come back. */
+  private readonly tokens = new Map<string, number>();
+  /** No namespace's tokens start below this. */
+  private tokenFloor = 0;
   private seq = 0;
   private retainedCount = 0;
   private liveCount = 0;
@@ -211,10 +220,7 @@ export class Engine {
     private readonly onChange: (req: Request) => void = () => {},
     /** Called when a session is forgotten (nothing open, nothing live, its time is up). */
     private readonly onSessionGone: (session: Session) => void = () => {},
-  ) {
-    // Seeded from the clock in µs, so tokens keep growing across restarts even without a store.
-    this.token = Math.floor(clock.now() * 1000);
-  }
+  ) {}
 
   /**
    * Creates request `id` in namespace `ns`, or resumes it if it exists (a retried create).
@@ -334,9 +340,17 @@ export class Engine {
    * each has `recoveryWindow` ms to come back before its requests are dropped. Call it once, on
    * an empty engine.
    */
-  restore(saved: readonly SavedRequest[], tokenFloor: number, recoveryWindow: number): void {
+  restore(
+    saved: readonly SavedRequest[],
+    recoveryWindow: number,
+    /** Per namespace, the highest token it handed out before the restart. */
+    tokens: ReadonlyMap<string, number> = new Map(),
+    /** A floor under every namespace's tokens. */
+    tokenFloor = 0,
+  ): void {
     const now = this.clock.now();
-    this.token = Math.max(this.token, tokenFloor);
+    this.tokenFloor = tokenFloor;
+    for (const [ns, token] of tokens) this.tokens.set(ns, Math.max(token, tokenFloor));
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
       const resource =
@@ -368,7 +382,7 @@ export class Engine {
         session.active++;
         req.fencingToken = r.fencingToken;
         req.expiresAt = r.expiresAt;
-        this.token = Math.max(this.token, r.fencingToken);
+        space.token = Math.max(space.token, r.fencingToken);
       } else {
         resource.line.push(req);
         session.queued++;
@@ -596,9 +610,19 @@ export class Engine {
     let space = this.namespaces.get(key);
     if (space === undefined) {
       space = new Namespace(key);
+      const last = this.tokens.get(key);
+      this.tokens.delete(key);
+      space.token = last ?? Math.max(this.tokenFloor, Math.floor(this.clock.now() * 1000));
       this.namespaces.set(key, space);
     }
     return space;
+  }
+
+  /** Forgets a namespace with nothing left in it, keeping its last token. */
+  private forgetNamespaceIfEmpty(space: Namespace): void {
+    if (!space.empty || this.namespaces.get(space.key) !== space) return;
+    this.namespaces.delete(space.key);
+    this.tokens.set(space.key, space.token);
   }
 
   private createResource(space: Namespace, name: string, capacity: number): Resource {
@@ -646,7 +670,7 @@ export class Engine {
     resource.used += req.load;
     req.state = "active";
     req.session.active++;
-    req.fencingToken = ++this.token;
+    req.fencingToken = ++req.ns.token;
     req.expiresAt = now + req.expiresIn;
   }
 
@@ -732,7 +756,7 @@ export class Engine {
     if (space !== undefined && session.id !== undefined) {
       this.sessionNs.delete(session);
       if (space.sessions.get(session.id) === session) space.sessions.delete(session.id);
-      if (space.empty) this.namespaces.delete(space.key);
+      this.forgetNamespaceIfEmpty(space);
       this.onSessionGone(session);
     }
     return true;
@@ -746,7 +770,7 @@ export class Engine {
     ) {
       space.resources.delete(resource.name);
       this.resourceCount--;
-      if (space.empty) this.namespaces.delete(space.key);
+      this.forgetNamespaceIfEmpty(space);
     }
   }
 
@@ -784,7 +808,7 @@ export class Engine {
     if (r === undefined) {
       space.retainedTail = undefined;
       this.retentionHeap.delete(space);
-      if (space.empty) this.namespaces.delete(space.key);
+      this.forgetNamespaceIfEmpty(space);
     } else {
       this.retentionHeap.set(space, r.endedAt + this.config.retention);
     }

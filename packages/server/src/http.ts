@@ -9,6 +9,7 @@ import {
 } from "@ratequeue/core";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
+import { NamespaceIds } from "./keys.js";
 import type { ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem } from "./problem.js";
 import { type Authenticate, attachWebSockets, sessionRoute } from "./session.js";
@@ -32,6 +33,8 @@ export function buildApp(
   options: ResolvedServerOptions,
   backend: Backend & SessionBackend,
   state: { closing: boolean },
+  /** The secret API keys are hashed with into namespace ids (see `keys.ts`). */
+  secret: Buffer,
 ): FastifyInstance {
   const app = Fastify({
     bodyLimit: options.bodyLimit,
@@ -44,8 +47,9 @@ export function buildApp(
   });
   const keys = new Set(options.apiKeys);
   const open = keys.size === 0;
+  const ids = new NamespaceIds(secret, options.apiKeys);
   const authenticate: Authenticate = (token) => {
-    if (token !== "" && (open || keys.has(token))) return { ns: token };
+    if (token !== "" && (open || keys.has(token))) return { ns: ids.of(token) };
     const detail =
       token === ""
         ? open
@@ -81,8 +85,7 @@ export function buildApp(
       reply.header("www-authenticate", 'Bearer realm="ratequeue"');
       return sendProblem(reply, problem(401, "unauthorized", who.detail));
     }
-    const token = who.ns;
-    req.namespace = token;
+    req.namespace = who.ns;
   });
 
   app.setNotFoundHandler((req, reply) =>

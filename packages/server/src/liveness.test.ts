@@ -420,7 +420,7 @@ describe("Engine liveness: restore", () => {
   it("gives restored sessions the recovery window, then drops what did not come back", () => {
     const { engine, clock, tick } = setup();
     const restoredAt = clock.t;
-    engine.restore(saved, 0, recovery);
+    engine.restore(saved, recovery);
     const [h, w, x] = ["h", "w", "x"].map((id) => engine.get("k", id)!);
     expect([h!.state, w!.state, x!.state]).toEqual(["active", "queued", "queued"]);
     expect(engine.stats()).toMatchObject({ live: 3, sessions: 2 });
@@ -437,7 +437,7 @@ describe("Engine liveness: restore", () => {
 
   it("keeps what a returning client claims, and serves the line in its old order", () => {
     const { engine, clock, tick } = setup();
-    engine.restore(saved, 0, recovery);
+    engine.restore(saved, recovery);
     const [h, w, x] = ["h", "w", "x"].map((id) => engine.get("k", id)!);
     tick(recovery - 100);
     engine.attachSession(engine.session("k", "s"));

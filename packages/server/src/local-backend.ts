@@ -94,8 +94,8 @@ export class LocalBackend implements Backend, SessionBackend {
       (session) => this.logs.delete(session),
     );
     if (store) {
-      const { requests, tokenFloor } = store.load();
-      this.engine.restore(requests, tokenFloor, recoveryWindow);
+      const { requests, tokens, tokenFloor } = store.load();
+      this.engine.restore(requests, recoveryWindow, tokens, tokenFloor);
       this.settle();
     }
   }

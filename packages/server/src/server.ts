@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { buildApp } from "./http.js";
 import { LocalBackend } from "./local-backend.js";
 import { isLoopback, resolveServerOptions, type ServerOptions } from "./options.js";
@@ -32,7 +33,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     resolved.behindProxy,
   );
   const state = { closing: false };
-  const app = buildApp(resolved, backend, state);
+  // Without a store nothing is kept, so a secret of this process's own will do.
+  const app = buildApp(resolved, backend, state, store?.secret ?? randomBytes(32));
   try {
     await app.listen({ host: resolved.host, port: resolved.port });
   } catch (error) {

@@ -24,24 +24,21 @@ describe("SqliteStore", () => {
 
     const store = new SqliteStore(dir);
     try {
-      const { requests, tokenFloor } = store.load();
+      const { requests, tokens } = store.load();
       const byId = Object.fromEntries(requests.map((r) => [r.id, r]));
-      expect(Object.keys(byId).sort()).toEqual(["holder", "waiter"]); // "released" stays gone
+      expect(Object.keys(byId).sort()).toEqual(["holder", "waiter"]); // the ended stay gone
       expect(byId.holder).toMatchObject({ state: "active", fencingToken: 102, session: "s1" });
       expect(byId.waiter).toMatchObject({ state: "queued", waitUntil: Number.POSITIVE_INFINITY });
-      expect(tokenFloor).toBe(102);
+      expect(tokens.get("k")).toBe(104); // "gone" ended, but its token is not given again
     } finally {
       store.close();
     }
     // Folded into SQLite and closed cleanly: a third opening reads the same from the database.
     const again = new SqliteStore(dir);
     try {
-      expect(
-        again
-          .load()
-          .requests.map((r) => r.id)
-          .sort(),
-      ).toEqual(["holder", "waiter"]);
+      const loaded = again.load();
+      expect(loaded.requests.map((r) => r.id).sort()).toEqual(["holder", "waiter"]);
+      expect(loaded.tokens.get("k")).toBe(104);
     } finally {
       again.close();
     }

@@ -1,13 +1,27 @@
 import type { SavedRequest } from "./engine.js";
 
+/** What a store hands back at start: the live requests and the fencing tokens to continue from. */
+export interface StoredState {
+  requests: SavedRequest[];
+  /** Per namespace, the highest fencing token it has handed out. */
+  tokens: Map<string, number>;
+  /** A floor under every namespace's tokens (from stores written before tokens were per namespace). */
+  tokenFloor: number;
+}
+
 /**
  * Where a server keeps its live requests so that they survive a restart (`--data-dir`).
  * Writes happen inside the operation that causes them and are committed before its reply is
  * sent, so no client is told of a grant the store could forget.
  */
 export interface Store {
-  /** Everything saved by the previous run, and the highest fencing token it handed out. */
-  load(): { requests: SavedRequest[]; tokenFloor: number };
+  /**
+   * The secret API keys are hashed with (`keys.ts`): namespaces are stored as keyed hashes, never
+   * as the keys themselves. Created with the store, and kept as long as it.
+   */
+  readonly secret: Buffer;
+  /** Everything saved by the previous run. */
+  load(): StoredState;
   /** Creates or updates a live request. */
   save(request: SavedRequest): void;
   /** Forgets an ended request. */

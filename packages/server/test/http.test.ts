@@ -185,9 +185,7 @@ describe("HTTP: liveness without heartbeats", () => {
     const two = new http.Agent({ keepAlive: true, maxSockets: 1 });
     const on = (agent: http.Agent, method: string, path: string, body?: unknown) =>
       rawCall(server.url, agent, method, path, body);
-    expect((await on(one, "PUT", "/v1/requests/a?wait=0", { resource: "r" })).state).toBe(
-      "active",
-    );
+    expect((await on(one, "PUT", "/v1/requests/a?wait=0", { resource: "r" })).state).toBe("active");
     const open = on(one, "GET", "/v1/requests/a?state=active&wait=300");
     expect((await on(two, "GET", "/v1/requests/a?state=queued&wait=0")).state).toBe("active");
     expect((await open).state).toBe("active"); // the last answer came over connection one

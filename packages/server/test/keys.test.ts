@@ -22,6 +22,25 @@ describe("HTTP: API keys are namespaces", () => {
     expect((await one.poll("a")).body.state).toBe("active");
   });
 
+  it("counts fencing tokens per key: one key learns nothing of another's grants from its own", async () => {
+    // repro 16: with one counter for all keys, B's tokens before and after told it how many
+    // grants A had made in between.
+    await using server = await startTestServer({ apiKeys: ["key-a", "key-b"] });
+    const a = client(server, "key-a");
+    const b = client(server, "key-b");
+    const token = async (api: typeof a, id: string) => {
+      const snap = (await api.acquire(id, { resource: "r" }, 0)).body;
+      await api.release(id);
+      return snap.fencingToken!;
+    };
+    const before = await token(b, "b1");
+    const aTokens: number[] = [];
+    for (let i = 0; i < 25; i++) aTokens.push(await token(a, `a${i}`));
+    const after = await token(b, "b2");
+    expect(after - before).toBe(1); // B's next token, whatever A did
+    expect(aTokens.every((t, i) => i === 0 || t > aTokens[i - 1]!)).toBe(true);
+  });
+
   it("refuses an unknown key with 401 and a WWW-Authenticate challenge", async () => {
     await using server = await startTestServer({ apiKeys: ["key-one"] });
     const res = await fetch(`${server.url}/v1/requests/a`, {

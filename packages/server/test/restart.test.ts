@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -94,6 +94,45 @@ describe("a server with a data directory", () => {
     const dataDir = tempDir();
     await using _first = await startTestServer({ dataDir });
     await expect(startServer({ port: 0, dataDir })).rejects.toThrow(/another ratequeue-server/);
+  });
+
+  it("restarts on its data directory when the pid left there is alive (as PID 1 in a container)", async () => {
+    // repro 06: a restarted container's server has the killed one's pid (1), so a pid file
+    // named a live process — itself — and the server refused its own directory.
+    const dataDir = tempDir();
+    for (const file of ["server.pid", "server.lock"])
+      writeFileSync(join(dataDir, file), String(process.pid));
+    await using server = await startTestServer({ dataDir });
+    expect((await client(server).acquire("a", { resource: "r" }, 0)).body.state).toBe("active");
+  });
+
+  it("is held by a lock the kernel drops when the server is killed", async () => {
+    const dataDir = tempDir();
+    const first = await spawnServer(["--port", "0", "--data-dir", dataDir]);
+    try {
+      await expect(startServer({ port: 0, dataDir })).rejects.toThrow(
+        /another ratequeue-server \(pid \d+\) is using it/,
+      );
+    } finally {
+      await killHard(first.child);
+    }
+    await using second = await startTestServer({ dataDir });
+    expect((await client(second).acquire("a", { resource: "r" }, 0)).body.state).toBe("active");
+  });
+
+  it("stores namespaces as keyed hashes, never the API keys themselves", async () => {
+    const dataDir = tempDir();
+    const key = "sk_live_the-key-itself";
+    const first = await startTestServer({ dataDir, apiKeys: [key] });
+    await client(first, key).acquire("a", { resource: "r" }, 0);
+    await first.close();
+    for (const file of readdirSync(dataDir)) {
+      if (file === "secret.key") continue;
+      expect(readFileSync(join(dataDir, file)).includes(key), file).toBe(false);
+    }
+    // ...and the same key finds its lease again after the restart.
+    await using second = await startTestServer({ dataDir, apiKeys: [key] });
+    expect((await client(second, key).poll("a")).body.state).toBe("active");
   });
 
   it("survives kill -9: the holder keeps its lease, the waiter its place", async () => {
