@@ -142,6 +142,9 @@ export type ProblemCode =
   | "capacity_mismatch"
   | "queue_full"
   | "payload_too_large"
+  | "uri_too_long"
+  | "headers_too_large"
+  | "request_timeout"
   | "unsupported_media_type"
   | "shutting_down"
   | "internal";

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
-import type { ServerOptions } from "./options.js";
+import { resolveServerOptions, type ServerOptions } from "./options.js";
 import { startServer } from "./server.js";
 
 const USAGE = `Usage: ratequeue-server [options]
@@ -22,6 +22,10 @@ const USAGE = `Usage: ratequeue-server [options]
   --default-expires-in MS     hold bound when a request sets none (default 900000 = 15 min)
   --max-expires-in MS         largest expiresIn accepted (default 86400000 = 24 h)
   --max-queue N               most waiters on one resource (default 100000)
+  --max-connections N         most open connections; at the limit the oldest that has not
+                              authenticated is closed (default: the fd limit less 128)
+  --headers-timeout MS        time to send a request's headers (default 10000)
+  --request-timeout MS        time to send a whole request (default 30000)
   -h, --help                  show this help
 `;
 
@@ -35,11 +39,23 @@ const NUMERIC = {
   "max-expires-in": "maxExpiresIn",
   "max-queue": "maxQueue",
   "recovery-window": "recoveryWindow",
+  "max-connections": "maxConnections",
+  "headers-timeout": "headersTimeout",
+  "request-timeout": "requestTimeout",
 } as const;
 
+/** A mistake in the command line: the message, the usage, exit code 2. */
 function fail(message: string): never {
   process.stderr.write(`ratequeue-server: ${message}\n\n${USAGE}`);
   process.exit(2);
+}
+
+/** The options' names in a message, as the flags that set them. */
+function asFlags(message: string): string {
+  let out = message;
+  for (const [flag, key] of Object.entries(NUMERIC))
+    out = out.replace(new RegExp(`\\b${key}\\b`, "g"), `--${flag}`);
+  return out.replace(/\bapiKeys\b/g, "--api-key").replace(/\bdataDir\b/g, "--data-dir");
 }
 
 async function main(): Promise<void> {
@@ -75,11 +91,18 @@ async function main(): Promise<void> {
     options[key] = Number(raw);
   }
 
+  try {
+    resolveServerOptions(options);
+  } catch (error) {
+    fail(asFlags((error as Error).message));
+  }
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(options);
   } catch (error) {
-    fail((error as Error).message);
+    // Not a usage mistake (a port in use, a data directory held by another server): no usage.
+    process.stderr.write(`ratequeue-server: ${(error as Error).message}\n`);
+    process.exit(1);
   }
   process.stdout.write(`RateQueue server ready at ${server.url}\n`);
 
@@ -98,7 +121,10 @@ async function main(): Promise<void> {
 }
 
 function parse() {
+  // `pnpm start -- --help` and the like pass the `--` on: it separates nothing here.
+  const args = process.argv.slice(2);
   return parseArgs({
+    args: args[0] === "--" ? args.slice(1) : args,
     strict: true,
     allowPositionals: false,
     options: {
@@ -116,6 +142,9 @@ function parse() {
       "max-expires-in": { type: "string" },
       "max-queue": { type: "string" },
       "recovery-window": { type: "string" },
+      "max-connections": { type: "string" },
+      "headers-timeout": { type: "string" },
+      "request-timeout": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });

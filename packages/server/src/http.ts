@@ -9,9 +9,10 @@ import {
 } from "@ratequeue/core";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
+import { ConnectionGuard } from "./connections.js";
 import { NamespaceIds } from "./keys.js";
 import type { ResolvedServerOptions } from "./options.js";
-import { problem, sendProblem } from "./problem.js";
+import { problem, sendProblem, sendProblemOnSocket } from "./problem.js";
 import { type Authenticate, attachWebSockets, sessionRoute } from "./session.js";
 
 declare module "fastify" {
@@ -39,7 +40,39 @@ export function buildApp(
   const app = Fastify({
     bodyLimit: options.bodyLimit,
     // Request ids are up to 128 characters; find-my-way's default limit is 100.
-    routerOptions: { maxParamLength: 1024 },
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // Slow or stalled clients (docs/protocol.md, "Limits"): headers must arrive within
+    // headersTimeout and a whole request within requestTimeout; a socket silent for longer than
+    // the longest poll is closed (WebSockets watch their own silence).
+    http: { headersTimeout: options.headersTimeout, connectionsCheckingInterval: 1_000 },
+    requestTimeout: options.requestTimeout,
+    connectionTimeout: options.pollWindow + IDLE_MARGIN,
+    frameworkErrors: (error, _req, reply) => {
+      if (error.code === "FST_ERR_MAX_PARAM_LENGTH") {
+        return sendProblem(
+          reply,
+          problem(
+            414,
+            "uri_too_long",
+            `a path segment is longer than ${MAX_PARAM_LENGTH} characters: request ids are at most 128 characters and resource names at most 256 UTF-8 bytes`,
+            "path",
+          ),
+        );
+      }
+      return sendProblem(
+        reply,
+        problem(
+          400,
+          "invalid_request",
+          "the path is not valid percent-encoding: encode each name or id with encodeURIComponent",
+          "path",
+        ),
+      );
+    },
+    clientErrorHandler: (error: NodeJS.ErrnoException, socket) => {
+      if (error.code === "ECONNRESET") return socket.destroy();
+      sendProblemOnSocket(socket, parserProblem(error.code, options));
+    },
     // Polls are answered before close(); then drop keep-alive sockets at once.
     forceCloseConnections: true,
     return503OnClosing: false,
@@ -60,6 +93,7 @@ export function buildApp(
   };
 
   app.decorateRequest("namespace", "");
+  const guard = new ConnectionGuard(app.server, options.maxConnections);
   // Only JSON bodies: anything else is a 415 that says so, not a confusing 400.
   app.removeContentTypeParser("text/plain");
   // Many clients send `Content-Type: application/json` on every request, DELETE and GET
@@ -86,6 +120,7 @@ export function buildApp(
       return sendProblem(reply, problem(401, "unauthorized", who.detail));
     }
     req.namespace = who.ns;
+    guard.proven(req.raw.socket);
   });
 
   app.setNotFoundHandler((req, reply) =>
@@ -137,7 +172,7 @@ export function buildApp(
 
   app.get(`${API_PREFIX}/health`, async () => ({ status: "ok", mode: open ? "open" : "keys" }));
 
-  attachWebSockets(app, options, backend, authenticate, state);
+  attachWebSockets(app, options, backend, authenticate, state, (socket) => guard.proven(socket));
   sessionRoute(app, options, backend);
 
   app.put<{ Params: { id: string }; Querystring: Record<string, string> }>(
@@ -203,6 +238,32 @@ export function buildApp(
   });
 
   return app;
+}
+
+/** Longest path segment routed (longer ones get 414 before any handler runs). */
+const MAX_PARAM_LENGTH = 1024;
+/** How much longer than the longest poll a silent keep-alive socket is kept, ms. */
+const IDLE_MARGIN = 10_000;
+
+/** The problem for an error Node's HTTP parser met before any route ran. */
+function parserProblem(code: string | undefined, options: ResolvedServerOptions) {
+  if (code === "HPE_HEADER_OVERFLOW")
+    return problem(
+      431,
+      "headers_too_large",
+      "the request's headers are larger than 16 KiB: send only Authorization and Content-Type",
+    );
+  if (code === "ERR_HTTP_REQUEST_TIMEOUT")
+    return problem(
+      408,
+      "request_timeout",
+      `the request did not arrive within ${options.requestTimeout} ms (headers within ${options.headersTimeout} ms): send it whole, at once`,
+    );
+  return problem(
+    400,
+    "invalid_request",
+    `the request is not valid HTTP/1.1 (${code ?? "parse error"}): check the request line, the headers and Content-Length`,
+  );
 }
 
 function invalid(reply: FastifyReply, field: string, detail: string) {

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { LIVENESS_DEFAULTS } from "@ratequeue/core";
 import type { Clock, EngineConfig } from "./engine.js";
 
@@ -72,6 +73,17 @@ export interface ServerOptions {
   maxRetained?: number;
   /** Largest request body, in bytes. Default `16_384`. */
   bodyLimit?: number;
+  /**
+   * Most connections open at once. At the limit, the oldest connection that has not yet made an
+   * authenticated request is closed to make room (so idle, unauthenticated sockets cannot lock
+   * clients out); only if there is none is the new one refused. Default: the process's file
+   * descriptor limit less 128 (kept for the data directory), at most 100,000.
+   */
+  maxConnections?: number;
+  /** Time a client has to send a request's headers, in ms. Default `10_000`. */
+  headersTimeout?: number;
+  /** Time a client has to send a whole request, body included, in ms. Default `30_000`. */
+  requestTimeout?: number;
   /** Where the server's own lines go (the URL when ready, warnings). Default: none for `startServer`; stderr for the CLI. */
   log?: (line: string) => void;
   /** The clock, for tests. Default `Date`. */
@@ -91,6 +103,9 @@ export interface ResolvedServerOptions extends EngineConfig {
   pollWindow: number;
   maxExpiresIn: number;
   bodyLimit: number;
+  maxConnections: number;
+  headersTimeout: number;
+  requestTimeout: number;
   log: (line: string) => void;
   clock: Clock;
 }
@@ -110,6 +125,9 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     retention: options.retention ?? 60_000,
     maxRetained: options.maxRetained ?? 10_000,
     bodyLimit: options.bodyLimit ?? 16_384,
+    maxConnections: options.maxConnections ?? defaultMaxConnections(),
+    headersTimeout: options.headersTimeout ?? 10_000,
+    requestTimeout: options.requestTimeout ?? 30_000,
     log: options.log ?? (() => {}),
     clock: options.clock ?? Date,
     dataDir: options.dataDir,
@@ -123,11 +141,11 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
   ) {
     throw new TypeError("dataDir must be a directory path");
   }
-  integer("recoveryWindow", resolved.recoveryWindow, 0, 3_600_000);
   integer("port", resolved.port, 0, 65_535);
   integer("pollWindow", resolved.pollWindow, 1, MAX_POLL_WINDOW);
   integer("grace", resolved.grace, 0, 60_000);
   integer("repollGrace", resolved.repollGrace, 1, 60_000);
+  integer("recoveryWindow", resolved.recoveryWindow, 0, 3_600_000);
   integer("waitGrace", resolved.waitGrace, resolved.grace, 600_000);
   if (resolved.repollGrace < resolved.grace)
     throw new TypeError(
@@ -139,6 +157,9 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
   integer("retention", resolved.retention, 0, 86_400_000);
   integer("maxRetained", resolved.maxRetained, 0, 100_000_000);
   integer("bodyLimit", resolved.bodyLimit, 1024, 1_048_576);
+  integer("maxConnections", resolved.maxConnections, 1, 1_000_000);
+  integer("requestTimeout", resolved.requestTimeout, 1_000, 600_000);
+  integer("headersTimeout", resolved.headersTimeout, 1_000, resolved.requestTimeout);
   for (const key of resolved.apiKeys) {
     if (typeof key !== "string" || key.length === 0 || /[\s,]/.test(key)) {
       throw new TypeError("apiKeys: each key must be a non-empty string without spaces or commas");
@@ -151,6 +172,21 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
   }
   return resolved;
 }
+
+/** The file descriptor limit less what the data directory and the process need, when it can be read. */
+function defaultMaxConnections(): number {
+  try {
+    const limits = readFileSync("/proc/self/limits", "utf8");
+    const soft = Number(/^Max open files\s+(\d+)/m.exec(limits)?.[1]);
+    if (Number.isFinite(soft)) return Math.max(64, Math.min(100_000, soft - FD_RESERVE));
+  } catch {
+    // not Linux: no way to read the limit without a native module
+  }
+  return 10_000;
+}
+
+/** File descriptors kept for the data directory, the log and the process itself. */
+const FD_RESERVE = 128;
 
 function integer(name: string, value: number, min: number, max: number): void {
   if (!Number.isInteger(value) || value < min || value > max) {

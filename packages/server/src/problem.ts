@@ -1,3 +1,5 @@
+import { STATUS_CODES } from "node:http";
+import type { Socket } from "node:net";
 import type { Problem, ProblemCode } from "@ratequeue/core";
 import type { FastifyReply } from "fastify";
 
@@ -9,6 +11,9 @@ const TITLES: Record<ProblemCode, string> = {
   capacity_mismatch: "Capacity mismatch",
   queue_full: "Queue full",
   payload_too_large: "Payload too large",
+  uri_too_long: "URI too long",
+  headers_too_large: "Request header fields too large",
+  request_timeout: "Request timeout",
   unsupported_media_type: "Unsupported media type",
   shutting_down: "Shutting down",
   internal: "Internal error",
@@ -34,4 +39,19 @@ export function problem(
 
 export function sendProblem(reply: FastifyReply, p: Problem): FastifyReply {
   return reply.code(p.status).type("application/problem+json").send(p);
+}
+
+/**
+ * Answers on a raw socket, for errors Node's HTTP parser meets before any route runs (a bad
+ * request line, oversized headers, a request that takes too long to arrive), then closes it.
+ */
+export function sendProblemOnSocket(socket: Socket, p: Problem): void {
+  if (socket.destroyed) return;
+  const body = JSON.stringify(p);
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${p.status} ${STATUS_CODES[p.status]}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
 }

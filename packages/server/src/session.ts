@@ -122,6 +122,8 @@ export function attachWebSockets(
   backend: SessionBackend,
   authenticate: Authenticate,
   state: { closing: boolean },
+  /** Called with a connection whose client has authenticated. */
+  proven: (socket: Duplex) => void,
 ): void {
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME });
   const path = API_PREFIX + SESSION_PATH;
@@ -135,7 +137,7 @@ export function attachWebSockets(
     if (url.split("?")[0] !== path) return refuse(404, "Not Found");
     if (state.closing) return refuse(503, "Service Unavailable");
     wss.handleUpgrade(req, socket, head, (ws) =>
-      serveWebSocket(ws, options, backend, authenticate),
+      serveWebSocket(ws, options, backend, authenticate, () => proven(socket)),
     );
   });
   // Before the HTTP server closes (it waits for every socket, and upgraded ones are not its own):
@@ -155,6 +157,7 @@ function serveWebSocket(
   options: ResolvedServerOptions,
   backend: SessionBackend,
   authenticate: Authenticate,
+  proven: () => void,
 ): void {
   let ns = "";
   let sid: string | undefined;
@@ -230,6 +233,7 @@ function serveWebSocket(
       }
       ns = who.ns;
       sid = hello.session as string;
+      proven();
       // The welcome goes first, then any unacknowledged events, then the answers.
       push({ t: "welcome", session: sid, resumed: false, ...backend.terms });
       const welcome = out[out.length - 1] as { resumed: boolean };

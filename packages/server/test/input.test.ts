@@ -1,3 +1,4 @@
+import net from "node:net";
 import { describe, expect, it } from "vitest";
 import { startTestServer } from "./helpers.js";
 
@@ -362,6 +363,59 @@ describe("HTTP: bad input", () => {
     expect(health.status).toBe(200);
   });
 
+  // repro 07: errors met before any route ran answered Fastify's own JSON, echoing the path.
+  const A = "Authorization: Bearer t\r\n";
+  const raw: Array<{ what: string; request: string; status: number; code: string }> = [
+    {
+      what: "bad percent-encoding in a request id",
+      request: `GET /v1/requests/%E0%A4%A HTTP/1.1\r\nHost: x\r\n${A}\r\n`,
+      status: 400,
+      code: "invalid_request",
+    },
+    {
+      what: "bad percent-encoding in a resource name",
+      request: `GET /v1/resources/%ZZ HTTP/1.1\r\nHost: x\r\n${A}\r\n`,
+      status: 400,
+      code: "invalid_request",
+    },
+    {
+      what: "an over-long path segment",
+      request: `GET /v1/requests/${"a".repeat(1100)} HTTP/1.1\r\nHost: x\r\n${A}\r\n`,
+      status: 414,
+      code: "uri_too_long",
+    },
+    {
+      what: "a request line that is not HTTP",
+      request: "GARBAGE\r\n\r\n",
+      status: 400,
+      code: "invalid_request",
+    },
+    {
+      what: "headers over 16 KiB",
+      request: `GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`,
+      status: 431,
+      code: "headers_too_large",
+    },
+    {
+      what: "Content-Length with Transfer-Encoding",
+      request: `PUT /v1/requests/a HTTP/1.1\r\nHost: x\r\n${A}Content-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
+      status: 400,
+      code: "invalid_request",
+    },
+  ];
+
+  it.each(raw)("answers $what with $status $code, as problem+json", async (c) => {
+    await using server = await startTestServer();
+    const reply = await rawRequest(server.url, c.request);
+    const [head = "", body = ""] = reply.split("\r\n\r\n");
+    expect(head.split("\r\n")[0]).toMatch(new RegExp(`^HTTP/1.1 ${c.status} `));
+    expect(head).toMatch(/content-type: application\/problem\+json/i);
+    const problem = JSON.parse(body);
+    expect(problem).toMatchObject({ status: c.status, code: c.code });
+    expect(problem.detail.length).toBeLessThan(300); // says what to fix, echoes no path
+    expect((await fetch(`${server.url}/v1/health`)).status).toBe(200);
+  });
+
   it("accepts any printable name up to 256 bytes, slashes, spaces and emoji included", async () => {
     await using server = await startTestServer();
     const names = ["a", "tenant/42/invoice 7", "🔒 ünïcödé", "é".repeat(128), " padded "];
@@ -397,3 +451,19 @@ describe("HTTP: lenient where it costs nothing", () => {
     expect(get.status).toBe(200);
   });
 });
+
+/** Sends bytes as they are on a new connection and returns all the server wrote back. */
+function rawRequest(url: string, request: string): Promise<string> {
+  const { port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = net.connect(Number(port), "127.0.0.1");
+    let out = "";
+    socket.setEncoding("utf8").on("data", (d: string) => {
+      out += d;
+      if (/\r\n\r\n[\s\S]*\}$/.test(out)) socket.destroy(); // a whole JSON reply
+    });
+    socket.on("close", () => resolve(out));
+    socket.on("error", () => resolve(out));
+    socket.write(request);
+  });
+}

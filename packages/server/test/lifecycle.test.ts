@@ -61,6 +61,46 @@ describe("server lifecycle", () => {
   });
 });
 
+/** Runs the command with `args` until it exits; its exit code, stdout and stderr. */
+async function run(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout.setEncoding("utf8").on("data", (c: string) => {
+    out += c;
+  });
+  child.stderr.setEncoding("utf8").on("data", (c: string) => {
+    err += c;
+  });
+  const [code] = await once(child, "exit");
+  return { code, out, err };
+}
+
+describe("the command line", () => {
+  it("takes a leading `--`, as `pnpm start -- --help` passes it", async () => {
+    const { code, out } = await run(["--", "--help"]);
+    expect(code).toBe(0);
+    expect(out).toMatch(/Usage: ratequeue-server/);
+  });
+
+  it("names the flag, not the option, when a value is out of range", async () => {
+    const { code, err } = await run(["--memory", "--poll-window", "99999999"]);
+    expect(code).toBe(2);
+    expect(err).toMatch(/--poll-window must be/);
+    expect(err).not.toMatch(/pollWindow/);
+  });
+
+  it("prints a runtime error (a port in use) on its own, exit 1, without the usage", async () => {
+    await using server = await startTestServer();
+    const { code, err } = await run(["--memory", "--port", new URL(server.url).port]);
+    expect(code).toBe(1);
+    expect(err).toMatch(/EADDRINUSE/);
+    expect(err).not.toMatch(/Usage:/);
+  });
+});
+
 describe("fencing across restarts", () => {
   it("grants a larger token after the server restarts with its state forgotten", async () => {
     const first = await startTestServer();
