@@ -22,6 +22,9 @@ const USAGE = `Usage: ratequeue-server [options]
   --default-expires-in MS     hold bound when a request sets none (default 900000 = 15 min)
   --max-expires-in MS         largest expiresIn accepted (default 86400000 = 24 h)
   --max-queue N               most waiters on one resource (default 100000)
+  --cors-origin ORIGIN        let web pages of ORIGIN call the server (repeat for several; "*"
+                              for any); also RATEQUEUE_CORS_ORIGINS=o1,o2. Read docs/protocol.md,
+                              "Browsers", before putting an API key in a web page.
   --max-connections N         most open connections; at the limit the oldest that has not
                               authenticated is closed (default: the fd limit less 128)
   --headers-timeout MS        time to send a request's headers (default 10000)
@@ -55,7 +58,10 @@ function asFlags(message: string): string {
   let out = message;
   for (const [flag, key] of Object.entries(NUMERIC))
     out = out.replace(new RegExp(`\\b${key}\\b`, "g"), `--${flag}`);
-  return out.replace(/\bapiKeys\b/g, "--api-key").replace(/\bdataDir\b/g, "--data-dir");
+  return out
+    .replace(/\bapiKeys\b/g, "--api-key")
+    .replace(/\bdataDir\b/g, "--data-dir")
+    .replace(/\bcorsOrigins\b/g, "--cors-origin");
 }
 
 async function main(): Promise<void> {
@@ -80,6 +86,13 @@ async function main(): Promise<void> {
       ...(process.env.RATEQUEUE_API_KEYS ?? "")
         .split(",")
         .map((k) => k.trim())
+        .filter(Boolean),
+    ],
+    corsOrigins: [
+      ...(values["cors-origin"] ?? []),
+      ...(process.env.RATEQUEUE_CORS_ORIGINS ?? "")
+        .split(",")
+        .map((o) => o.trim())
         .filter(Boolean),
     ],
     log: (line) => process.stderr.write(`${line}\n`),
@@ -143,6 +156,7 @@ function parse() {
       "max-queue": { type: "string" },
       "recovery-window": { type: "string" },
       "max-connections": { type: "string" },
+      "cors-origin": { type: "string", multiple: true },
       "headers-timeout": { type: "string" },
       "request-timeout": { type: "string" },
       help: { type: "boolean", short: "h" },

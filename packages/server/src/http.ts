@@ -1,4 +1,5 @@
 import type { Socket } from "node:net";
+import cors from "@fastify/cors";
 import {
   API_PREFIX,
   checkAcquireBody,
@@ -93,6 +94,16 @@ export function buildApp(
   };
 
   app.decorateRequest("namespace", "");
+  if (options.corsOrigins.length > 0) {
+    // Answers preflights and adds the CORS headers for the allowed origins (docs: "Browsers").
+    app.register(cors, {
+      origin: options.corsOrigins.includes("*") ? "*" : [...options.corsOrigins],
+      methods: ["GET", "PUT", "POST", "DELETE"],
+      allowedHeaders: ["authorization", "content-type"],
+      exposedHeaders: ["retry-after", "www-authenticate"],
+      maxAge: 600,
+    });
+  }
   const guard = new ConnectionGuard(app.server, options.maxConnections);
   // Only JSON bodies: anything else is a 415 that says so, not a confusing 400.
   app.removeContentTypeParser("text/plain");
@@ -112,7 +123,8 @@ export function buildApp(
         problem(503, "shutting_down", "the server is shutting down: retry shortly"),
       );
     }
-    if (req.url === `${API_PREFIX}/health`) return;
+    // Health needs no key, and a CORS preflight carries none (the CORS plugin answers it).
+    if (req.url === `${API_PREFIX}/health` || req.method === "OPTIONS") return;
     const header = req.headers.authorization;
     const who = authenticate(header?.startsWith("Bearer ") ? header.slice(7).trim() : "");
     if ("status" in who) {

@@ -80,6 +80,13 @@ export interface ServerOptions {
    * descriptor limit less 128 (kept for the data directory), at most 100,000.
    */
   maxConnections?: number;
+  /**
+   * Web origins (`https://app.example.com`) whose pages may call the server from a browser:
+   * CORS answers for them, and WebSocket sessions opened by their pages are accepted. `"*"`
+   * allows any origin. Default: none (browsers may only call from the server's own origin).
+   * Read docs/protocol.md, "Browsers", before putting an API key in a web page.
+   */
+  corsOrigins?: readonly string[];
   /** Time a client has to send a request's headers, in ms. Default `10_000`. */
   headersTimeout?: number;
   /** Time a client has to send a whole request, body included, in ms. Default `30_000`. */
@@ -104,6 +111,7 @@ export interface ResolvedServerOptions extends EngineConfig {
   maxExpiresIn: number;
   bodyLimit: number;
   maxConnections: number;
+  corsOrigins: readonly string[];
   headersTimeout: number;
   requestTimeout: number;
   log: (line: string) => void;
@@ -126,6 +134,7 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     maxRetained: options.maxRetained ?? 10_000,
     bodyLimit: options.bodyLimit ?? 16_384,
     maxConnections: options.maxConnections ?? defaultMaxConnections(),
+    corsOrigins: options.corsOrigins ?? [],
     headersTimeout: options.headersTimeout ?? 10_000,
     requestTimeout: options.requestTimeout ?? 30_000,
     log: options.log ?? (() => {}),
@@ -160,6 +169,13 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
   integer("maxConnections", resolved.maxConnections, 1, 1_000_000);
   integer("requestTimeout", resolved.requestTimeout, 1_000, 600_000);
   integer("headersTimeout", resolved.headersTimeout, 1_000, resolved.requestTimeout);
+  for (const origin of resolved.corsOrigins) {
+    if (origin !== "*" && !/^https?:\/\/[^/\s]+$/.test(origin)) {
+      throw new TypeError(
+        `corsOrigins: ${JSON.stringify(origin)} is not an origin: give scheme, host and port only, e.g. https://app.example.com`,
+      );
+    }
+  }
   for (const key of resolved.apiKeys) {
     if (typeof key !== "string" || key.length === 0 || /[\s,]/.test(key)) {
       throw new TypeError("apiKeys: each key must be a non-empty string without spaces or commas");

@@ -135,6 +135,10 @@ export function attachWebSockets(
       );
     };
     if (url.split("?")[0] !== path) return refuse(404, "Not Found");
+    // A page may open a session only from an allowed origin (non-browser clients send none).
+    const origin = req.headers.origin;
+    if (origin !== undefined && !originAllowed(origin, req.headers.host, options.corsOrigins))
+      return refuse(403, "Forbidden");
     if (state.closing) return refuse(503, "Service Unavailable");
     wss.handleUpgrade(req, socket, head, (ws) =>
       serveWebSocket(ws, options, backend, authenticate, () => proven(socket)),
@@ -387,4 +391,14 @@ function intParam(value: string | undefined, name: string): number | undefined |
 
 function invalid(reply: FastifyReply, field: string, detail: string) {
   return sendProblem(reply, problem(400, "invalid_request", detail, field));
+}
+
+/** A browser page's origin may open a session: the server's own, or one of `--cors-origin`. */
+function originAllowed(origin: string, host: string | undefined, allowed: readonly string[]) {
+  if (allowed.includes("*") || allowed.includes(origin)) return true;
+  try {
+    return new URL(origin).host === host;
+  } catch {
+    return false;
+  }
 }
