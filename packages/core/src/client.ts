@@ -1,8 +1,13 @@
 import { LeaseLostError } from "./errors.js";
 import { checkAcquireParams, checkClientConfig } from "./options.js";
-import type { AcquireBody, RequestState } from "./protocol.js";
+import type { RequestState } from "./protocol.js";
 import type { RetryOptions } from "./retry.js";
-import { ClientSession, type SessionMode, type WebSocketFactory } from "./session.js";
+import {
+  ClientSession,
+  type LeaseHandle,
+  type SessionMode,
+  type WebSocketFactory,
+} from "./session.js";
 import type { Transport } from "./transport.js";
 
 /** Everything the protocol client needs to reach a server. */
@@ -36,19 +41,15 @@ export interface AcquireParams {
   signal?: AbortSignal;
 }
 
-/** A granted request: what a lease is made of. */
-export interface Grant {
-  id: string;
-  name: string;
-  fencingToken: number;
-  /** Aborts (with `LeaseLostError`) the moment the lease may no longer be this client's. */
-  lost: AbortSignal;
-}
+/**
+ * A granted request: what a lease is made of. `lost` aborts (with `LeaseLostError`) the moment
+ * the lease may no longer be this client's; `lostError` is that error, read without making the
+ * signal.
+ */
+export type Grant = LeaseHandle;
 
 /** How a hold ended: by `release` (`released`) or not (the lease was lost). */
 export type HoldEnd = { state: "released" } | { state: "lost"; error: LeaseLostError };
-
-const BODY_KEYS = ["capacity", "load", "priority", "expiresIn", "timeout", "lockDelay"] as const;
 
 /**
  * The protocol client: acquire and release over one session (a WebSocket, or HTTP polls), which
@@ -76,12 +77,9 @@ export class ProtocolClient {
    * it is cancelled on the server, and a grant that raced the abort is released.
    */
   async acquire(params: AcquireParams): Promise<Grant> {
-    checkAcquireParams(params);
+    const body = checkAcquireParams(params);
     params.signal?.throwIfAborted();
-    const body: AcquireBody = { resource: params.name };
-    for (const key of BODY_KEYS) if (params[key] !== undefined) body[key] = params[key];
-    const lease = await this.session.acquire(body, params.signal);
-    return { id: lease.id, name: lease.name, fencingToken: lease.fencingToken, lost: lease.lost };
+    return this.session.acquire(body, params.signal);
   }
 
   /**
@@ -100,10 +98,7 @@ export class ProtocolClient {
 
 /** How a hold ended, from the state the server reports (undefined: it does not know the id). */
 function holdEnd(grant: Grant, state: RequestState | undefined): HoldEnd {
-  if (grant.lost.aborted) {
-    const reason = grant.lost.reason;
-    if (reason instanceof LeaseLostError) return { state: "lost", error: reason };
-  }
+  if (grant.lostError !== undefined) return { state: "lost", error: grant.lostError };
   if (state === "released") return { state: "released" };
   const why =
     state === undefined

@@ -1,5 +1,5 @@
 import { ValidationError } from "./errors.js";
-import { MAX_TIMEOUT } from "./protocol.js";
+import { type AcquireBody, MAX_TIMEOUT } from "./protocol.js";
 import { checkAcquireBody, describe } from "./validate.js";
 
 /**
@@ -49,9 +49,9 @@ export function checkClientConfig(config: {
 }
 
 /**
- * Checks acquire's name and options; throws ValidationError naming the option at fault. The
- * wire body's own checker does the work, so the SDK and the server accept exactly the same
- * values (the server alone knows its maximum `expiresIn`).
+ * Checks acquire's name and options and returns the wire body they make; throws ValidationError
+ * naming the option at fault. The wire body's own checker does the work, so the SDK and the
+ * server accept exactly the same values (the server alone knows its maximum `expiresIn`).
  */
 const ACQUIRE_OPTIONS = [
   "capacity",
@@ -62,7 +62,7 @@ const ACQUIRE_OPTIONS = [
   "lockDelay",
 ] as const;
 
-export function checkAcquireParams(input: object): void {
+export function checkAcquireParams(input: object): AcquireBody {
   const params = input as Record<string, unknown>;
   const body: Record<string, unknown> = { resource: params.name };
   for (const key of ACQUIRE_OPTIONS) if (params[key] !== undefined) body[key] = params[key];
@@ -89,4 +89,5 @@ export function checkAcquireParams(input: object): void {
       field: "signal",
     });
   }
+  return checked.value;
 }

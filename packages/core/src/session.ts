@@ -72,11 +72,42 @@ export interface SessionConfig {
 
 /** A granted request, as the session keeps it. */
 export interface LeaseHandle {
-  id: string;
-  name: string;
-  fencingToken: number;
+  readonly id: string;
+  readonly name: string;
+  readonly fencingToken: number;
   /** Aborts with `LeaseLostError` the moment the lease may no longer be this client's. */
-  lost: AbortSignal;
+  readonly lost: AbortSignal;
+  /** Why the lease was lost (the reason `lost` aborts with), readable without making `lost`; `undefined` while held. */
+  readonly lostError: LeaseLostError | undefined;
+}
+
+/**
+ * A lease as the session hands it out. Its `lost` signal is made when first read, already
+ * aborted if the lease was lost before: an AbortController costs microseconds, and most leases
+ * are released without anyone watching theirs.
+ */
+class Held implements LeaseHandle {
+  lostError: LeaseLostError | undefined;
+  #lost: AbortController | undefined;
+
+  constructor(
+    readonly id: string,
+    readonly name: string,
+    readonly fencingToken: number,
+  ) {}
+
+  get lost(): AbortSignal {
+    if (this.#lost === undefined) {
+      this.#lost = new AbortController();
+      if (this.lostError) this.#lost.abort(this.lostError);
+    }
+    return this.#lost.signal;
+  }
+
+  lose(error: LeaseLostError): void {
+    this.lostError = error;
+    this.#lost?.abort(error);
+  }
 }
 
 /** After `timeout`, how long to wait for the server's own `timed_out` before giving up, ms. */
@@ -100,7 +131,9 @@ interface Entry {
   inflight: Array<{ message: ClientMessage; sentAt: number }>;
   acquire?: { resolve(lease: LeaseHandle): void; reject(error: unknown): void };
   release?: { resolve(state: RequestState | undefined): void; reject(error: unknown): void };
-  lease?: { handle: LeaseHandle; lost: AbortController; expiry?: ReturnType<typeof setTimeout> };
+  lease?: Held;
+  /** Loses the lease when its `expiresIn` has elapsed. */
+  expiry?: ReturnType<typeof setTimeout>;
   /** The client gave up on it (abort, timeout, lost): release it whatever the server says next. */
   abandoned: boolean;
   /** Counted in `held` (granted, handed out, not yet released or lost). */
@@ -186,27 +219,16 @@ export class ClientSession {
           body.timeout + TIMEOUT_SLACK,
         );
       }
-      const entry: Entry = {
-        id,
-        body,
-        phase: "sending",
-        outstanding: { t: "acquire", id, ...body },
-        inflight: [],
-        abandoned: false,
-        holding: false,
-        acquire: {
-          resolve: (lease) => {
-            cleanup();
-            resolve(lease);
-          },
-          reject: (error) => {
-            cleanup();
-            reject(error);
-          },
+      this.track(id, body, {
+        resolve: (lease) => {
+          cleanup();
+          resolve(lease);
         },
-      };
-      this.entries.set(id, entry);
-      this.enqueue(entry.outstanding!);
+        reject: (error) => {
+          cleanup();
+          reject(error);
+        },
+      });
     });
   }
 
@@ -219,16 +241,17 @@ export class ClientSession {
     const entry = this.entries.get(id);
     if (entry === undefined || entry.phase === "ended") return Promise.resolve(undefined);
     entry.released ??= new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        if (entry.release === undefined) return;
-        entry.release = undefined;
-        reject(
-          new ServiceUnavailableError(
-            `releasing ${JSON.stringify(entry.body.resource)}: no answer from the server within ${RELEASE_BUDGET} ms; the release is sent as soon as it is reachable`,
-          ),
-        );
-      }, RELEASE_BUDGET);
-      (timer as { unref?: () => void }).unref?.();
+      const timer = unref(
+        setTimeout(() => {
+          if (entry.release === undefined) return;
+          entry.release = undefined;
+          reject(
+            new ServiceUnavailableError(
+              `releasing ${JSON.stringify(entry.body.resource)}: no answer from the server within ${RELEASE_BUDGET} ms; the release is sent as soon as it is reachable`,
+            ),
+          );
+        }, RELEASE_BUDGET),
+      );
       entry.release = {
         resolve: (state) => {
           clearTimeout(timer);
@@ -476,22 +499,32 @@ export class ClientSession {
       },
       idle: () => {},
     };
+    const headers = {
+      authorization: `Bearer ${this.config.apiKey}`,
+      "content-type": "application/json",
+    };
+    // The link's exchanges share one signal: an AbortSignal.timeout each costs more than the
+    // rest of the exchange's client-side work (a signal, and the transport's listener on it). One
+    // that outlives its time aborts them all, which ends the link as any failed exchange does;
+    // what they carried is resent on the next link.
+    const timeout = new AbortController();
     /** One POST: the outbox out (none for a poll), answers and events back. */
     const exchange = async (wait = 0): Promise<boolean> => {
       const messages = wait > 0 || !this.connected ? [] : this.outbox.splice(0);
       if (wait === 0) sending = true;
       const sent = performance.now();
       this.sending(messages, sent);
+      const timer = setTimeout(
+        () => timeout.abort(new DOMException("no answer in time", "TimeoutError")),
+        wait + (this.config.requestTimeout ?? 10_000),
+      );
       try {
         const res = await this.config.transport({
           method: "POST",
           url: `${this.base}${API_PREFIX}/sessions/${this.id}?after=${this.ack}&wait=${wait}`,
-          headers: {
-            authorization: `Bearer ${this.config.apiKey}`,
-            "content-type": "application/json",
-          },
+          headers,
           body: JSON.stringify(messages),
-          signal: AbortSignal.timeout(wait + (this.config.requestTimeout ?? 10_000)),
+          signal: timeout.signal,
         });
         const text = await res.text();
         if (closed || this.link !== link) return false;
@@ -523,6 +556,7 @@ export class ClientSession {
         else void this.failedAttempt(link, error);
         return false;
       } finally {
+        clearTimeout(timer);
         if (wait === 0) {
           sending = false;
           if (!closed && this.connected && this.outbox.length > 0) void exchange();
@@ -676,12 +710,9 @@ export class ClientSession {
     const entry = this.entries.get(snap.id);
     if (entry === undefined) return;
     if (seq === undefined) {
-      // The answer to our oldest unanswered message for this request.
-      const sent = entry.inflight.shift();
-      if (sent === undefined) return;
-      this.answered(sent.sentAt);
-      if (sent.message === entry.outstanding) entry.outstanding = undefined;
-      if (sent.message.t === "release") {
+      const answered = this.answerTo(entry);
+      if (answered === undefined) return;
+      if (answered.t === "release") {
         const final = snap.state !== "queued" && snap.state !== "active";
         if (!final) return; // cannot be: a release always ends the request
         entry.release?.resolve(snap.state);
@@ -707,14 +738,8 @@ export class ClientSession {
         this.sendRelease(entry);
         return;
       }
-      const lost = new AbortController();
-      const handle: LeaseHandle = {
-        id: entry.id,
-        name: entry.body.resource,
-        fencingToken: snap.fencingToken!,
-        lost: lost.signal,
-      };
-      entry.lease = { handle, lost };
+      const lease = new Held(entry.id, entry.body.resource, snap.fencingToken!);
+      entry.lease = lease;
       entry.holding = true;
       this.held++;
       // The server cannot have granted before it read our last answered message: counting
@@ -723,16 +748,14 @@ export class ClientSession {
       const expiresAt = (ref ?? this.lastAnsweredSentAt) + expiresIn;
       const delay = expiresAt - performance.now();
       if (Number.isFinite(delay) && delay < 2_147_483_647) {
-        entry.lease.expiry = setTimeout(
-          () => this.lose(entry, "it expired (expiresIn elapsed)"),
-          Math.max(0, delay),
+        entry.expiry = unref(
+          setTimeout(() => this.lose(entry, "it expired (expiresIn elapsed)"), Math.max(0, delay)),
         );
-        (entry.lease.expiry as { unref?: () => void }).unref?.();
       }
       const acquire = entry.acquire;
       entry.acquire = undefined;
       this.armBudget();
-      acquire.resolve(handle);
+      acquire.resolve(lease);
       return;
     }
     // Final.
@@ -744,7 +767,7 @@ export class ClientSession {
       } else if (snap.state === "dropped" && !entry.abandoned) {
         // Our place was lost (the session was away too long): queue again, as a new request.
         this.entries.delete(entry.id);
-        this.requeue(entry, acquire);
+        this.track(crypto.randomUUID(), entry.body, acquire);
         return;
       } else {
         acquire.reject(
@@ -757,7 +780,7 @@ export class ClientSession {
       this.end(entry);
       return;
     }
-    if (entry.phase === "active" && entry.lease && !entry.lease.lost.signal.aborted) {
+    if (entry.phase === "active" && entry.lease && entry.lease.lostError === undefined) {
       if (snap.state !== "released") {
         this.lose(
           entry,
@@ -770,23 +793,29 @@ export class ClientSession {
     if (entry.release === undefined) this.end(entry);
   }
 
-  private requeue(
-    old: Entry,
-    acquire: { resolve(lease: LeaseHandle): void; reject(error: unknown): void },
-  ): void {
-    const id = crypto.randomUUID();
-    const entry: Entry = {
+  /** A new request `id` for `acquire`: its `acquire` message goes out. */
+  private track(id: string, body: AcquireBody, acquire: Entry["acquire"]): void {
+    const outstanding: ClientMessage = { t: "acquire", id, ...body };
+    this.entries.set(id, {
       id,
-      body: old.body,
+      body,
       phase: "sending",
-      outstanding: { t: "acquire", id, ...old.body },
+      outstanding,
       inflight: [],
       abandoned: false,
       holding: false,
       acquire,
-    };
-    this.entries.set(id, entry);
-    this.enqueue(entry.outstanding!);
+    });
+    this.enqueue(outstanding);
+  }
+
+  /** An answer about `entry` came: to its oldest unanswered message (answers come in order). */
+  private answerTo(entry: Entry): ClientMessage | undefined {
+    const sent = entry.inflight.shift();
+    if (sent === undefined) return undefined;
+    this.answered(sent.sentAt);
+    if (sent.message === entry.outstanding) entry.outstanding = undefined;
+    return sent.message;
   }
 
   private refused(m: Extract<ServerMessage, { t: "error" }>): void {
@@ -804,9 +833,7 @@ export class ClientSession {
           : m.status === 404
             ? undefined
             : new RateQueueError(m.detail, { status: m.status, resource, code: m.code });
-    const sent = entry.inflight.shift();
-    if (sent !== undefined) this.answered(sent.sentAt);
-    if (sent?.message === entry.outstanding) entry.outstanding = undefined;
+    this.answerTo(entry);
     if (entry.release) {
       entry.release.resolve(undefined); // 404: the server no longer knows it
       entry.release = undefined;
@@ -823,9 +850,10 @@ export class ClientSession {
   private armBudget(): void {
     if (this.held === 0 || this.budgetTimer !== undefined) return;
     const delay = this.budget.safeUntil - performance.now();
-    this.budgetTimer = setTimeout(this.checkBudget, Math.max(0, Math.min(delay, 2_147_483_647)));
     // The pings keep a process with live requests alive; this timer alone must not.
-    (this.budgetTimer as { unref?: () => void }).unref?.();
+    this.budgetTimer = unref(
+      setTimeout(this.checkBudget, Math.max(0, Math.min(delay, 2_147_483_647))),
+    );
   }
 
   private readonly checkBudget = (): void => {
@@ -864,11 +892,11 @@ export class ClientSession {
   /** The lease may no longer be ours: say so, and make sure the server ends it too. */
   private lose(entry: Entry, why: string): void {
     const lease = entry.lease;
-    if (lease === undefined || lease.lost.signal.aborted) return;
-    lease.lost.abort(
+    if (lease === undefined || lease.lostError !== undefined) return;
+    lease.lose(
       new LeaseLostError(
-        `the lease on ${JSON.stringify(lease.handle.name)} (fencing token ${lease.handle.fencingToken}) was lost: ${why}`,
-        { resource: lease.handle.name },
+        `the lease on ${JSON.stringify(lease.name)} (fencing token ${lease.fencingToken}) was lost: ${why}`,
+        { resource: lease.name },
       ),
     );
     this.stopHolding(entry);
@@ -877,7 +905,7 @@ export class ClientSession {
 
   /** No longer counted as held: released by the holder, lost, or ended. */
   private stopHolding(entry: Entry): void {
-    if (entry.lease?.expiry !== undefined) clearTimeout(entry.lease.expiry);
+    clearTimeout(entry.expiry);
     if (!entry.holding) return;
     entry.holding = false;
     this.held--;
@@ -930,11 +958,12 @@ export class ClientSession {
       return;
     }
     if (this.idleTimer !== undefined || this.link === undefined) return;
-    this.idleTimer = setTimeout(() => {
-      this.idleTimer = undefined;
-      if (!this.live()) this.close();
-    }, IDLE_CLOSE);
-    (this.idleTimer as { unref?: () => void }).unref?.();
+    this.idleTimer = unref(
+      setTimeout(() => {
+        this.idleTimer = undefined;
+        if (!this.live()) this.close();
+      }, IDLE_CLOSE),
+    );
   }
 
   private cancelTimers(): void {
@@ -942,6 +971,12 @@ export class ClientSession {
       clearTimeout(t);
     this.pingTimer = this.budgetTimer = this.idleTimer = this.pollStart = undefined;
   }
+}
+
+/** A timer that does not keep the process alive (where the runtime has `unref`: Node, Bun). */
+function unref(timer: ReturnType<typeof setTimeout>): ReturnType<typeof setTimeout> {
+  (timer as { unref?: () => void }).unref?.();
+  return timer;
 }
 
 function timeoutError(name: string, timeout: number): AcquireTimeoutError {

@@ -1,6 +1,12 @@
 import type { Grant, LeaseLostError, ProtocolClient } from "@ratequeue/core";
 
 /**
+ * The error `lease.signal` aborts (or would abort) with, if the lease was lost while held, read
+ * without making the signal: for the callback form of `acquire`, once it has released the lease.
+ */
+export let lostWhileHeld: (lease: Lease) => LeaseLostError | undefined;
+
+/**
  * A held slot of a resource. Release it when done — `await using` and the callback form of
  * `acquire` do it for you, on return and on throw.
  *
@@ -22,13 +28,19 @@ export class Lease implements AsyncDisposable {
   readonly id: string;
   /** Strictly greater than every earlier grant's on this resource: pass it to the store you protect. */
   readonly fencingToken: number;
-  /** Aborts (with `LeaseLostError`) if the lease is lost while held. Not aborted by `release()`. */
-  readonly signal: AbortSignal;
 
   readonly #client: ProtocolClient;
   readonly #grant: Grant;
-  readonly #lost = new AbortController();
+  /** Made when `signal` is first read: most leases are released without anyone watching. */
+  #lost: AbortController | undefined;
+  #lostError: LeaseLostError | undefined;
   #released: Promise<void> | undefined;
+
+  // A friend of the class: the callback form of `acquire` (rate-queue.ts) reads the loss without
+  // making the signal; `#lostError` stays private to everyone else.
+  static {
+    lostWhileHeld = (lease) => lease.#lostError;
+  }
 
   /** Made by `acquire()`. */
   constructor(client: ProtocolClient, grant: Grant) {
@@ -37,14 +49,30 @@ export class Lease implements AsyncDisposable {
     this.fencingToken = grant.fencingToken;
     this.#grant = grant;
     this.#client = client;
-    this.signal = this.#lost.signal;
-    // The session's signal also aborts when a release is refused for a lost lease; this one
-    // stops following it once released, so a release never reads as a loss.
+  }
+
+  /** Aborts (with `LeaseLostError`) if the lease is lost while held. Not aborted by `release()`. */
+  get signal(): AbortSignal {
+    if (this.#lost === undefined) {
+      this.#lost = new AbortController();
+      if (this.#lostError !== undefined) this.#lost.abort(this.#lostError);
+      else if (this.#released === undefined) this.#followGrant();
+    }
+    return this.#lost.signal;
+  }
+
+  /**
+   * Until released, the lease is lost when the session's grant is. The grant's signal also
+   * aborts when a release is refused for a lost lease; the lease stops following it once
+   * released, so a release never reads as a loss.
+   */
+  #followGrant(): void {
+    const lost = this.#grant.lost;
     const onLost = () => {
-      if (this.#released === undefined) this.#lose(grant.lost.reason as LeaseLostError);
+      if (this.#released === undefined) this.#lose(lost.reason as LeaseLostError);
     };
-    if (grant.lost.aborted) onLost();
-    else grant.lost.addEventListener("abort", onLost, { once: true });
+    if (lost.aborted) onLost();
+    else lost.addEventListener("abort", onLost, { once: true });
   }
 
   /**
@@ -53,20 +81,26 @@ export class Lease implements AsyncDisposable {
    * (it is told as soon as it can be reached).
    */
   release(): Promise<void> {
-    if (this.#released === undefined && this.signal.aborted) {
+    if (this.#released !== undefined) return this.#released;
+    const lost = this.#lostError ?? this.#grant.lostError;
+    if (lost !== undefined) {
       // Already lost: nothing to wait for. The session still tells the server when it can.
+      this.#lose(lost);
       this.#released = Promise.resolve();
       this.#client.releaseLease(this.#grant).catch(() => {});
+    } else {
+      this.#released = this.#client.releaseLease(this.#grant).then((end) => {
+        // Lost before this release, unnoticed so far: say so.
+        if (end.state === "lost") this.#lose(end.error);
+      });
     }
-    this.#released ??= this.#client.releaseLease(this.#grant).then((end) => {
-      // Lost before this release, unnoticed so far: say so.
-      if (end.state === "lost") this.#lose(end.error);
-    });
     return this.#released;
   }
 
   #lose(error: LeaseLostError): void {
-    if (!this.#lost.signal.aborted) this.#lost.abort(error);
+    if (this.#lostError !== undefined) return;
+    this.#lostError = error;
+    this.#lost?.abort(error);
   }
 
   /** `await using lease = ...` releases at the end of the block. */

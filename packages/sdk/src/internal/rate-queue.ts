@@ -5,7 +5,7 @@ import {
   ValidationError,
   type WebSocketFactory,
 } from "@ratequeue/core";
-import { Lease } from "../lease.js";
+import { Lease, lostWhileHeld } from "../lease.js";
 import {
   ACQUIRE_OPTION_KEYS,
   type AcquireOptions,
@@ -90,10 +90,15 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
     if (fn !== undefined && typeof fn !== "function") {
       throw new ValidationError(`fn must be a function, got ${describe(fn)}`, { field: "fn" });
     }
-    const env = defaults.env();
     transport ??= defaults.transport();
-    const apiKey = opts?.apiKey ?? options.apiKey ?? env.apiKey ?? "";
-    const baseUrl = opts?.baseUrl ?? options.baseUrl ?? env.baseUrl ?? DEFAULT_BASE_URL;
+    let apiKey = opts?.apiKey ?? options.apiKey;
+    let baseUrl = opts?.baseUrl ?? options.baseUrl;
+    if (apiKey === undefined || baseUrl === undefined) {
+      // Read at each call that needs it (process.env is slow to read: not when options say it all).
+      const env = defaults.env();
+      apiKey ??= env.apiKey ?? "";
+      baseUrl ??= env.baseUrl ?? DEFAULT_BASE_URL;
+    }
     const key = `${baseUrl}\n${apiKey}`;
     let client = clients.get(key);
     if (client === undefined) {
@@ -108,16 +113,9 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
       });
       clients.set(key, client);
     }
-    const grant = await client.acquire({
-      name,
-      signal: opts?.signal,
-      timeout: opts?.timeout,
-      capacity: opts?.capacity,
-      load: opts?.load,
-      priority: opts?.priority,
-      expiresIn: opts?.expiresIn,
-      lockDelay: opts?.lockDelay,
-    });
+    // The options checked above: the protocol client takes those it knows (apiKey and baseUrl
+    // chose the client).
+    const grant = await client.acquire({ ...opts, name });
     const lease = new Lease(client, grant);
     return fn === undefined ? lease : run(lease, fn);
   }
@@ -146,6 +144,7 @@ async function run<T>(lease: Lease, fn: (lease: Lease) => T | Promise<T>): Promi
     throw error;
   }
   await lease.release();
-  if (lease.signal.aborted) throw lease.signal.reason;
+  const lost = lostWhileHeld(lease);
+  if (lost !== undefined) throw lost;
   return result;
 }
