@@ -1,0 +1,26 @@
+// Deno: the SDK as Deno resolves it (node_modules, `deno` export condition), every case over
+// both transports. Usage: deno run --allow-net=127.0.0.1 runner.mjs <baseUrl> <apiKey> <controlUrl>
+import { createRateQueue } from "@ratequeue/sdk";
+import { runAll } from "../conformance/cases.mjs";
+
+const [baseUrl, apiKey, control, only] = Deno.args;
+console.log(`# deno ${Deno.version.deno}; @ratequeue/sdk resolved to ${import.meta.resolve("@ratequeue/sdk")}`);
+const resolved = import.meta.resolve("@ratequeue/sdk");
+if (!/\/packages\/sdk\/dist\/index\.js$/.test(resolved)) {
+  console.log(`FAIL deno resolve: @ratequeue/sdk resolved to ${resolved}, not the built dist/index.js`);
+  Deno.exit(1);
+}
+const loadUsingCase = async () => {
+  try {
+    return (await import("../conformance/using-case.mjs")).default;
+  } catch (error) {
+    if (error instanceof SyntaxError) return undefined;
+    throw error;
+  }
+};
+const { failed } = await runAll(
+  { createRateQueue, baseUrl, apiKey, control, runtime: "deno", loadUsingCase },
+  { print: (line) => console.log(line), names: only ? only.split(",") : undefined },
+);
+// Sessions stay open for 30 s after their last lease: exit now.
+Deno.exit(failed === 0 ? 0 : 1);
