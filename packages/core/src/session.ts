@@ -129,7 +129,12 @@ interface Entry {
   outstanding: ClientMessage | undefined;
   /** Messages sent on the current connection and not answered yet, oldest first (answers come in order). */
   inflight: Array<{ message: ClientMessage; sentAt: number }>;
-  acquire?: { resolve(lease: LeaseHandle): void; reject(error: unknown): void };
+  acquire?: {
+    resolve(lease: LeaseHandle): void;
+    reject(error: unknown): void;
+    /** The caller's wait goes on under a new request id (its first place was lost). */
+    moved(id: string): void;
+  };
   release?: { resolve(state: RequestState | undefined): void; reject(error: unknown): void };
   lease?: Held;
   /** Loses the lease when its `expiresIn` has elapsed. */
@@ -198,7 +203,7 @@ export class ClientSession {
   acquire(body: AcquireBody, signal?: AbortSignal): Promise<LeaseHandle> {
     signal?.throwIfAborted();
     return new Promise<LeaseHandle>((resolve, reject) => {
-      const id = crypto.randomUUID();
+      let id: string = crypto.randomUUID();
       let timer: ReturnType<typeof setTimeout> | undefined;
       const cleanup = () => {
         clearTimeout(timer);
@@ -227,6 +232,9 @@ export class ClientSession {
         reject: (error) => {
           cleanup();
           reject(error);
+        },
+        moved: (next) => {
+          id = next; // abort and timeout give up the request as it is now
         },
       });
     });
@@ -767,7 +775,9 @@ export class ClientSession {
       } else if (snap.state === "dropped" && !entry.abandoned) {
         // Our place was lost (the session was away too long): queue again, as a new request.
         this.entries.delete(entry.id);
-        this.track(crypto.randomUUID(), entry.body, acquire);
+        const id = crypto.randomUUID();
+        acquire.moved(id);
+        this.track(id, entry.body, acquire);
         return;
       } else {
         acquire.reject(

@@ -178,6 +178,27 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
       expect(order).toEqual(["W1", "W2"]);
     });
 
+    // Found in review: a waiter away longer than waitGrace is dropped, and its client queues it
+    // again under a new id; abort and timeout then looked for the old id and did nothing: the
+    // caller could not give up, and its request stayed in line (a ghost, against guarantee 7).
+    it("a waiter queued again after losing its place can still be aborted, and leaves no ghost", async () => {
+      await using server = await startTestServer({ grace: 200, waitGrace: 400 });
+      await using proxy = await startProxy(server.url);
+      const holder = await connect(server.url).acquire("lock");
+      const controller = new AbortController();
+      const waiter = connect(proxy.url)
+        .acquire("lock", { signal: controller.signal })
+        .catch((e: unknown) => e);
+      await queued(server, "lock", 1);
+      proxy.blip(1_500); // away for longer than waitGrace: the server drops its place
+      await eventually(async () => (await resourceState(server, "lock")).queued === 0);
+      await queued(server, "lock", 1, 10_000); // through again: queued anew
+      controller.abort(new Error("caller gave up"));
+      expect(((await waiter) as Error).message).toBe("caller gave up");
+      await queued(server, "lock", 0);
+      await holder.release();
+    });
+
     // 02c. Old: A's connections were reset and new SYNs silently dropped (a NAT/LB failover).
     // The server granted B 150 ms after the reset; A's jeopardy abort was not acted on while its
     // retry sat in undici's connect phase, so A's lease.signal aborted only at undici's 10 s
