@@ -26,6 +26,8 @@ export interface RateQueueErrorOptions {
   resource?: string;
   /** The HTTP status the server answered, if any. */
   status?: number;
+  /** The input at fault, if the server or the SDK named one (`load`, `capacity`, ...). */
+  field?: string;
 }
 
 /** The root of every error RateQueue throws. `code` is stable; `message` is for people. */
@@ -40,6 +42,8 @@ export class RateQueueError extends Error {
   readonly resource: string | undefined;
   /** The HTTP status the server answered, if any. */
   readonly status: number | undefined;
+  /** The input at fault, if one was named (`load`, `capacity`, `timeout`, ...). */
+  readonly field: string | undefined;
   declare readonly [KINDS]: readonly string[];
 
   constructor(message: string, options: RateQueueErrorOptions = {}) {
@@ -49,6 +53,7 @@ export class RateQueueError extends Error {
     this.code = options.code ?? ctor.defaultCode;
     this.resource = options.resource;
     this.status = options.status;
+    this.field = options.field;
     const kinds: string[] = [];
     for (
       let c: unknown = ctor;
@@ -72,12 +77,6 @@ export class RateQueueError extends Error {
 export class ValidationError extends RateQueueError {
   static override readonly kind: string = "ValidationError";
   static override readonly defaultCode: string = "invalid_request";
-  /** The option at fault (`name`, `load`, `timeout`, ...). */
-  readonly field: string | undefined;
-  constructor(message: string, options: RateQueueErrorOptions & { field?: string } = {}) {
-    super(message, options);
-    this.field = options.field;
-  }
 }
 
 /** The server refused the API key (HTTP 401 or 403). Not retried. */

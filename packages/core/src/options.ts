@@ -14,7 +14,7 @@ export function checkClientConfig(config: {
 }): void {
   if (typeof config.apiKey !== "string" || config.apiKey.trim() === "") {
     throw new ValidationError(
-      "apiKey is missing: pass { apiKey } or set RATEQUEUE_API_KEY (any non-empty token works against a server in open development mode)",
+      "apiKey is missing: pass createRateQueue({ apiKey }) — in a Cloudflare Worker, from its bindings: createRateQueue({ apiKey: env.RATEQUEUE_API_KEY }) — or set RATEQUEUE_API_KEY where the runtime has process.env",
       { field: "apiKey" },
     );
   }

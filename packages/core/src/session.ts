@@ -592,7 +592,7 @@ export class ClientSession {
 
   /** The server refused the session itself (bad key, bad request): fail everything waiting. */
   private fatal(status: number, text: string): void {
-    let problem: { detail?: string; code?: string } = {};
+    let problem: { detail?: string; code?: string; field?: string } = {};
     try {
       problem = JSON.parse(text);
     } catch {}
@@ -602,7 +602,11 @@ export class ClientSession {
         ? new AuthenticationError(`the server refused the API key (HTTP ${status}): ${detail}`, {
             status,
           })
-        : new RateQueueError(detail, { status, code: problem.code ?? `http_${status}` });
+        : new RateQueueError(detail, {
+            status,
+            code: problem.code ?? `http_${status}`,
+            field: problem.field,
+          });
     const waiter = this.welcomeWaiter;
     this.welcomeWaiter = undefined;
     this.close();
@@ -842,7 +846,12 @@ export class ClientSession {
           ? new ValidationError(m.detail, { status: 400, resource, field: m.field })
           : m.status === 404
             ? undefined
-            : new RateQueueError(m.detail, { status: m.status, resource, code: m.code });
+            : new RateQueueError(m.detail, {
+                status: m.status,
+                resource,
+                code: m.code,
+                field: m.field,
+              });
     this.answerTo(entry);
     if (entry.release) {
       entry.release.resolve(undefined); // 404: the server no longer knows it

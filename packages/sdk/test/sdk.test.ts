@@ -337,9 +337,52 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk, session }) => {
       expect(error.message).toMatch(message);
       expect(calls).toBe(0);
     });
+
+    it("does not offer lane, which it refuses, among the options it expects", async () => {
+      const rq = createRateQueue({ apiKey: "k", baseUrl: "http://127.0.0.1:9", session });
+      const error = await rq.acquire("r", { timout: 5 } as never).catch((e) => e);
+      expect(error.message).toMatch(/expected some of: .*timeout/);
+      expect(error.message).not.toMatch(/lane/);
+    });
+  });
+
+  describe("configuration", () => {
+    it("needs no API key against a server on loopback in open development mode", async () => {
+      await using server = await startTestServer();
+      const saved = process.env.RATEQUEUE_API_KEY;
+      delete process.env.RATEQUEUE_API_KEY;
+      try {
+        const rq = createRateQueue({ baseUrl: server.url, session });
+        expect(await rq.acquire("r", {}, (lease) => lease.fencingToken)).toBeGreaterThan(0);
+      } finally {
+        if (saved !== undefined) process.env.RATEQUEUE_API_KEY = saved;
+      }
+    });
+
+    it("without a key against another host, says how to pass one, a Worker's bindings included", async () => {
+      const saved = process.env.RATEQUEUE_API_KEY;
+      delete process.env.RATEQUEUE_API_KEY;
+      try {
+        const rq = createRateQueue({ baseUrl: "https://locks.example.com", session });
+        const error = await rq.acquire("r").catch((e) => e);
+        expect(error).toBeInstanceOf(ValidationError);
+        expect(error.message).toMatch(/env\.RATEQUEUE_API_KEY/);
+      } finally {
+        if (saved !== undefined) process.env.RATEQUEUE_API_KEY = saved;
+      }
+    });
   });
 
   describe("errors", () => {
+    it("keeps the field the server names when it refuses an acquire", async () => {
+      await using t = await setup();
+      await using _held = await t.rq.acquire("r", { capacity: 1 });
+      const error = await t.rq.acquire("r", { load: 2 }).catch((e) => e);
+      expect(error).toBeInstanceOf(RateQueueError);
+      expect(error).toMatchObject({ code: "capacity_mismatch", field: "load", status: 409 });
+      expect(error.message).toMatch(/load 2 exceeds the capacity/);
+    });
+
     it("rejects an unknown key with AuthenticationError", async () => {
       await using t = await setup({ apiKeys: ["right"] });
       const rq = createRateQueue({ apiKey: "wrong", baseUrl: t.server.url, session });

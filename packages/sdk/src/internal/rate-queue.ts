@@ -74,7 +74,7 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
     for (const key of Object.keys(opts ?? {})) {
       if (!ACQUIRE_OPTION_KEYS.has(key)) {
         throw new ValidationError(
-          `${key} is not an acquire option; expected some of: ${[...ACQUIRE_OPTION_KEYS].join(", ")}`,
+          `${key} is not an acquire option; expected some of: ${[...ACQUIRE_OPTION_KEYS].filter((k) => k !== "lane").join(", ")}`,
           {
             field: key,
           },
@@ -96,8 +96,9 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
     if (apiKey === undefined || baseUrl === undefined) {
       // Read at each call that needs it (process.env is slow to read: not when options say it all).
       const env = defaults.env();
-      apiKey ??= env.apiKey ?? "";
       baseUrl ??= env.baseUrl ?? DEFAULT_BASE_URL;
+      // A server on loopback without keys (open development mode) takes any token: no key needed.
+      apiKey ??= env.apiKey ?? (LOOPBACK.test(baseUrl) ? DEV_API_KEY : "");
     }
     const key = `${baseUrl}\n${apiKey}`;
     let client = clients.get(key);
@@ -122,6 +123,10 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
 
   return { acquire } as RateQueue;
 }
+
+/** The key used against a server on this machine when none is given (see `acquire`). */
+const DEV_API_KEY = "dev";
+const LOOPBACK = /^https?:\/\/(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?(\/|$)/;
 
 /** Runs `fn` while holding `lease`, and releases it in `finally`. */
 async function run<T>(lease: Lease, fn: (lease: Lease) => T | Promise<T>): Promise<Awaited<T>> {
