@@ -6,6 +6,17 @@ import type { Grant, LeaseLostError, ProtocolClient } from "@ratequeue/core";
  */
 export let lostWhileHeld: (lease: Lease) => LeaseLostError | undefined;
 
+declare global {
+  // What `await using` needs, declared as @types/node does (identical declarations merge), so
+  // that apps whose `lib` lacks `esnext.disposable` (edge and browser setups) still compile.
+  interface SymbolConstructor {
+    readonly asyncDispose: unique symbol;
+  }
+  interface AsyncDisposable {
+    [Symbol.asyncDispose](): PromiseLike<void>;
+  }
+}
+
 /**
  * A held slot of a resource. Release it when done — `await using` and the callback form of
  * `acquire` do it for you, on return and on throw.
