@@ -140,7 +140,7 @@ async function runRuntime(runtime, only) {
   let passed = 0;
   let failed = 0;
   const [cmd, ...args] = spec.runner;
-  const child = spawn(cmd, [...args, server.url, `key-${runtime}`, control.url, names.join(",")], {
+  const child = spawn(cmd, [...args, server.url, `key-${runtime}`, control.url, ...(only ? [only.join(",")] : [])], {
     cwd: here,
     stdio: ["ignore", "pipe", "pipe"],
   });
