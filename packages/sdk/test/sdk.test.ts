@@ -509,6 +509,28 @@ describe.each([
     }
   }, 40_000);
 
+  it("a holder frozen mid-hold (a suspended serverless invocation, SIGSTOP) is handed on, and on thaw learns its lease is lost", async () => {
+    const { createRateQueue } = ENTRIES[0].sdk;
+    // A frozen process keeps its connection open but says nothing: the server ends its session
+    // after repollGrace of silence, and its lease grace later.
+    await using server = await startTestServer({ repollGrace: 1_000 });
+    using holder = await spawnHolder(server.url, "r");
+    let said = "";
+    holder.child.stdout.on("data", (d: string) => {
+      said += d;
+    });
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url, session });
+    const next = rq.acquire("r", { timeout: 15_000 }, (lease) => lease.fencingToken);
+    await eventually(async () => (await resourceState(server, "r")).queued === 1);
+    holder.child.kill("SIGSTOP");
+    try {
+      expect(await next).toBeGreaterThan(holder.token);
+    } finally {
+      holder.child.kill("SIGCONT");
+    }
+    await eventually(() => said.includes("lost"));
+  });
+
   it("lockDelay holds a killed holder's slot back that long before the next grant", async () => {
     const { createRateQueue } = ENTRIES[0].sdk;
     await using server = await startTestServer();
