@@ -269,7 +269,10 @@ export const cases = {
       clients.slice(0, 3).map((rq) => deadline(rq.acquire(name, { capacity: 3 }), 2_000, "3 holders")),
     );
     const snap = await resource(ctx, name);
-    assert(snap.capacity === 3 && snap.active === 3, `three hold at once: ${describe(snap)}`);
+    assert(
+      snap.capacity === 3 && snap.active === 3,
+      `three hold at once: leases ${describe(leases.map((l) => ({ id: l.id, token: l.fencingToken, lost: l.signal.aborted ? describe(l.signal.reason) : false })))}, resource ${describe(snap)}`,
+    );
     const p4 = clients[3].acquire(name, { capacity: 3 });
     assert(await stillPending(p4, 300), "the fourth waits");
     await until(ctx, name, (s) => s.queued === 1, "the fourth queued");
