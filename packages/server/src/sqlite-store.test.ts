@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -8,19 +8,25 @@ import { SqliteStore } from "./sqlite-store.js";
 
 const WRITER = fileURLToPath(new URL("../test/fixtures/journal-writer.ts", import.meta.url));
 
+/** Runs the writer fixture on a new directory, kills it with SIGKILL once it says "done". */
+async function writeAndKill(...args: string[]): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
+  const child = spawn(process.execPath, ["--import", "tsx", WRITER, dir, ...args], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.setEncoding("utf8").on("data", (d: string) => d.includes("done") && resolve());
+    child.once("exit", (code) => reject(new Error(`writer exited with ${code}`)));
+  });
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGKILL");
+  await exited;
+  return dir;
+}
+
 describe("SqliteStore", () => {
   it("keeps every committed write across kill -9, from its journal, before any checkpoint", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
-    const child = spawn(process.execPath, ["--import", "tsx", WRITER, dir], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.setEncoding("utf8").on("data", (d: string) => d.includes("done") && resolve());
-      child.once("exit", (code) => reject(new Error(`writer exited with ${code}`)));
-    });
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill("SIGKILL");
-    await exited;
+    const dir = await writeAndKill();
 
     const store = new SqliteStore(dir);
     try {
@@ -42,5 +48,24 @@ describe("SqliteStore", () => {
     } finally {
       again.close();
     }
+  });
+});
+
+describe("SqliteStore checkpoints", () => {
+  it("keeps every committed write across kill -9 in the middle of a checkpoint", async () => {
+    const dir = await writeAndKill("mid-checkpoint");
+    expect(existsSync(join(dir, "journal.1.log"))).toBe(true); // it was set aside, not done
+    const store = new SqliteStore(dir);
+    try {
+      const { requests, tokens } = store.load();
+      const ids = new Set(requests.map((r) => r.id));
+      expect(ids.size).toBe(502);
+      for (let i = 0; i < 500; i++) expect(ids.has(`bulk-${i}`)).toBe(true);
+      expect(ids.has("holder") && ids.has("waiter")).toBe(true);
+      expect(tokens.get("k")).toBe(104);
+    } finally {
+      store.close();
+    }
+    expect(existsSync(join(dir, "journal.1.log"))).toBe(false);
   });
 });
