@@ -27,6 +27,15 @@ export default defineConfig({
         },
       })),
       { resolve: { alias }, test: { name: "chaos", root: "./chaos", include: ["*.test.ts"] } },
+      {
+        resolve: { alias },
+        test: {
+          name: "examples",
+          root: "./examples",
+          include: ["*/test/**/*.test.ts"],
+          testTimeout: 10_000,
+        },
+      },
     ],
   },
 });
