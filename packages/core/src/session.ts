@@ -187,6 +187,12 @@ export class ClientSession {
     this.base = config.baseUrl.replace(/\/+$/, "");
     this.retry = { ...DEFAULT_RETRY, ...config.retry };
     const mode = config.mode ?? "auto";
+    if (mode === "websocket" && config.webSocket === undefined) {
+      throw new ValidationError(
+        'session "websocket" needs a WebSocket, and this runtime has no global one: pass webSocket, or use session "auto" (HTTP polls where there is none)',
+        { field: "session" },
+      );
+    }
     this.mode = mode === "http" || config.webSocket === undefined ? "http" : "websocket";
   }
 
@@ -440,7 +446,16 @@ export class ClientSession {
     const link: Link = {
       send: (messages) => {
         this.sending(messages, performance.now());
-        ws.send(JSON.stringify(messages.length === 1 ? messages[0] : messages));
+        try {
+          ws.send(JSON.stringify(messages.length === 1 ? messages[0] : messages));
+        } catch (error) {
+          // The socket cannot be used from here (in a Worker: a socket of another request; or
+          // it closed under us): the session goes on over a new connection, which resends.
+          queueMicrotask(() => this.disconnected(link, error));
+          try {
+            ws.close(1000);
+          } catch {}
+        }
       },
       close: () => ws.close(1000),
       idle: (idle) => this.config.webSocket!.idle?.(ws, idle),

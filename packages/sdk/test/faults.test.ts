@@ -559,6 +559,60 @@ function watchedWebSocket() {
   return { log, factory, welcomes, hellos, acquireIds: () => acquireIds([log.sent]) };
 }
 
+describe("WebSocket session (node build): a socket that cannot send", () => {
+  // Found in workerd: a lease kept past the request that acquired it, released from a later
+  // request, sent on a socket of the first request; `send` threw, nothing caught it, and the
+  // release hung for its 10 s budget while the server kept the lease.
+  it("a release whose send throws goes out on a new connection at once", async () => {
+    await using server = await startTestServer(STEADY);
+    const base = nodeWebSocket();
+    let poisoned = false;
+    let opened = 0;
+    const factory: WebSocketFactory = {
+      open(url) {
+        opened++;
+        const ws = base.open(url);
+        const send = ws.send.bind(ws);
+        ws.send = (data: string) => {
+          if (poisoned && opened === 1)
+            throw new Error("Cannot perform I/O on behalf of a different request");
+          send(data);
+        };
+        return ws;
+      },
+      idle: base.idle,
+    };
+    const rq = createRateQueue({
+      apiKey: KEY,
+      baseUrl: server.url,
+      webSocket: factory,
+      retry: FAST,
+    });
+    const lease = await rq.acquire("r");
+    poisoned = true;
+    const released = await Promise.race([
+      lease.release().then(() => "released"),
+      new Promise((resolve) => setTimeout(resolve, 3_000, "still pending")),
+    ]);
+    expect(released).toBe("released");
+    expect(opened).toBe(2);
+    expect(await resourceState(server, "r")).toMatchObject({ used: 0 });
+  });
+
+  it('refuses session "websocket" where there is no WebSocket, rather than polling silently', async () => {
+    const fetchBuild = createFetchRateQueue;
+    const saved = (globalThis as { WebSocket?: unknown }).WebSocket;
+    (globalThis as { WebSocket?: unknown }).WebSocket = undefined;
+    try {
+      const rq = fetchBuild({ apiKey: KEY, baseUrl: "http://127.0.0.1:9", session: "websocket" });
+      const error = await rq.acquire("r").catch((e: unknown) => e);
+      expect(error).toMatchObject({ name: "ValidationError", field: "session" });
+    } finally {
+      (globalThis as { WebSocket?: unknown }).WebSocket = saved;
+    }
+  });
+});
+
 describe("WebSocket session (node build): faults from a proxy", () => {
   const direct = (server: { url: string }) => createRateQueue({ apiKey: KEY, baseUrl: server.url });
 
