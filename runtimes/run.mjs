@@ -68,10 +68,14 @@ function startControl(runtime, baseUrl) {
         const q = url.searchParams;
         const id = String(++next);
         const [cmd, ...args] = spec.holder;
-        const child = spawn(cmd, [...args, baseUrl, q.get("apiKey"), q.get("name"), q.get("transport")], {
-          cwd: here,
-          stdio: ["pipe", "pipe", "pipe"],
-        });
+        const child = spawn(
+          cmd,
+          [...args, baseUrl, q.get("apiKey"), q.get("name"), q.get("transport")],
+          {
+            cwd: here,
+            stdio: ["pipe", "pipe", "pipe"],
+          },
+        );
         holders.set(id, child);
         let stderr = "";
         child.stderr.on("data", (d) => {
@@ -80,7 +84,10 @@ function startControl(runtime, baseUrl) {
         const exited = new Promise((resolve) => child.on("exit", resolve));
         child.exited = exited;
         const token = await new Promise((resolve, reject) => {
-          const timer = setTimeout(() => reject(new Error(`holder not holding within 10 s; stderr: ${stderr}`)), 10_000);
+          const timer = setTimeout(
+            () => reject(new Error(`holder not holding within 10 s; stderr: ${stderr}`)),
+            10_000,
+          );
           createInterface({ input: child.stdout }).on("line", (line) => {
             const m = /^held (\d+)/.exec(line);
             if (m) {
@@ -140,10 +147,14 @@ async function runRuntime(runtime, only) {
   let passed = 0;
   let failed = 0;
   const [cmd, ...args] = spec.runner;
-  const child = spawn(cmd, [...args, server.url, `key-${runtime}`, control.url, ...(only ? [only.join(",")] : [])], {
-    cwd: here,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    cmd,
+    [...args, server.url, `key-${runtime}`, control.url, ...(only ? [only.join(",")] : [])],
+    {
+      cwd: here,
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   let killedForTime = false;
   const timer = setTimeout(() => {
     killedForTime = true;
@@ -158,8 +169,12 @@ async function runRuntime(runtime, only) {
     }
     log(line);
   });
-  createInterface({ input: child.stderr }).on("line", (line) => log(`  [${runtime} stderr] ${line}`));
-  const code = await new Promise((resolve) => child.on("close", (c, signal) => resolve(c ?? signal)));
+  createInterface({ input: child.stderr }).on("line", (line) =>
+    log(`  [${runtime} stderr] ${line}`),
+  );
+  const code = await new Promise((resolve) =>
+    child.on("close", (c, signal) => resolve(c ?? signal)),
+  );
   clearTimeout(timer);
   // A case that printed nothing (the runner crashed or hung) is a failure too.
   for (const transport of TRANSPORTS) {

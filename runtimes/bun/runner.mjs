@@ -4,10 +4,14 @@ import { createRateQueue } from "@ratequeue/sdk";
 import { runAll } from "../conformance/cases.mjs";
 
 const [baseUrl, apiKey, control, only] = process.argv.slice(2);
-console.log(`# bun ${Bun.version}; @ratequeue/sdk resolved to ${import.meta.resolve("@ratequeue/sdk")}`);
+console.log(
+  `# bun ${Bun.version}; @ratequeue/sdk resolved to ${import.meta.resolve("@ratequeue/sdk")}`,
+);
 const resolved = import.meta.resolve("@ratequeue/sdk");
 if (!/\/packages\/sdk\/dist\/index\.js$/.test(resolved)) {
-  console.log(`FAIL bun resolve: @ratequeue/sdk resolved to ${resolved}, not the built dist/index.js`);
+  console.log(
+    `FAIL bun resolve: @ratequeue/sdk resolved to ${resolved}, not the built dist/index.js`,
+  );
   process.exit(1);
 }
 const loadUsingCase = async () => {

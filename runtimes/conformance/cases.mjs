@@ -254,7 +254,10 @@ export const cases = {
       "timeout: 200 rejects",
     );
     const took = Date.now() - start;
-    assert(err?.name === "AcquireTimeoutError", `error name AcquireTimeoutError, got ${describe(err)}`);
+    assert(
+      err?.name === "AcquireTimeoutError",
+      `error name AcquireTimeoutError, got ${describe(err)}`,
+    );
     assert(took >= 150, `rejected after the 200 ms wait, not before (${took} ms)`);
     await until(ctx, name, (s) => s.queued === 0, "queued back to 0 after timeout");
     await leaseA.release();
@@ -266,7 +269,9 @@ export const cases = {
     const name = resourceName(ctx, "capacity");
     const clients = [client(ctx), client(ctx), client(ctx), client(ctx)];
     const leases = await Promise.all(
-      clients.slice(0, 3).map((rq) => deadline(rq.acquire(name, { capacity: 3 }), 2_000, "3 holders")),
+      clients
+        .slice(0, 3)
+        .map((rq) => deadline(rq.acquire(name, { capacity: 3 }), 2_000, "3 holders")),
     );
     const snap = await resource(ctx, name);
     assert(
@@ -314,7 +319,10 @@ export const cases = {
       signalReason?.name === "LeaseLostError",
       `lease.signal's reason is LeaseLostError, got ${describe(signalReason)}`,
     );
-    assert(err?.name === "LeaseLostError", `the call rejects with LeaseLostError, got ${describe(err)}`);
+    assert(
+      err?.name === "LeaseLostError",
+      `the call rejects with LeaseLostError, got ${describe(err)}`,
+    );
     assert(fnSettled, "the call rejected only after fn settled");
     return `signal aborted after ${abortedAfter} ms`;
   },

@@ -4,10 +4,14 @@ import { createRateQueue } from "@ratequeue/sdk";
 import { runAll } from "../conformance/cases.mjs";
 
 const [baseUrl, apiKey, control, only] = Deno.args;
-console.log(`# deno ${Deno.version.deno}; @ratequeue/sdk resolved to ${import.meta.resolve("@ratequeue/sdk")}`);
+console.log(
+  `# deno ${Deno.version.deno}; @ratequeue/sdk resolved to ${import.meta.resolve("@ratequeue/sdk")}`,
+);
 const resolved = import.meta.resolve("@ratequeue/sdk");
 if (!/\/packages\/sdk\/dist\/index\.js$/.test(resolved)) {
-  console.log(`FAIL deno resolve: @ratequeue/sdk resolved to ${resolved}, not the built dist/index.js`);
+  console.log(
+    `FAIL deno resolve: @ratequeue/sdk resolved to ${resolved}, not the built dist/index.js`,
+  );
   Deno.exit(1);
 }
 const loadUsingCase = async () => {

@@ -3,8 +3,8 @@
 import { readFile } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import { build } from "esbuild";
 import { EdgeRuntime } from "edge-runtime";
+import { build } from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
 

@@ -6,10 +6,17 @@ import { loadEdgeRuntime } from "./load.mjs";
 const [baseUrl, apiKey, control, only] = process.argv.slice(2);
 const version = createRequire(import.meta.url)("edge-runtime/package.json").version;
 const { runtime, sdkFiles, usingError } = await loadEdgeRuntime();
-console.log(`# edge-runtime ${version} on Node ${process.versions.node}; bundled ${sdkFiles.join(", ")}`);
+console.log(
+  `# edge-runtime ${version} on Node ${process.versions.node}; bundled ${sdkFiles.join(", ")}`,
+);
 if (usingError) console.log(`# await using does not parse here: ${usingError}`);
-if (!sdkFiles.some((f) => /packages\/sdk\/dist\/index\.js$/.test(f)) || sdkFiles.some((f) => /node\.js$/.test(f))) {
-  console.log(`FAIL edge-runtime resolve: the edge-light bundle took ${sdkFiles.join(", ")}, not dist/index.js`);
+if (
+  !sdkFiles.some((f) => /packages\/sdk\/dist\/index\.js$/.test(f)) ||
+  sdkFiles.some((f) => /node\.js$/.test(f))
+) {
+  console.log(
+    `FAIL edge-runtime resolve: the edge-light bundle took ${sdkFiles.join(", ")}, not dist/index.js`,
+  );
   process.exit(1);
 }
 const { failed } = await runtime.context.__conformance.run(

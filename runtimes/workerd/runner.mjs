@@ -13,8 +13,13 @@ const { sdkFiles } = await bundleWorker();
 console.log(
   `# miniflare ${require("miniflare/package.json").version}, workerd ${createRequire(require.resolve("miniflare"))("workerd/package.json").version}, compatibility date ${COMPATIBILITY_DATE}; bundled ${sdkFiles.join(", ")}`,
 );
-if (!sdkFiles.some((f) => /packages\/sdk\/dist\/index\.js$/.test(f)) || sdkFiles.some((f) => /node\.js$/.test(f))) {
-  console.log(`FAIL workerd resolve: the workerd bundle took ${sdkFiles.join(", ")}, not dist/index.js`);
+if (
+  !sdkFiles.some((f) => /packages\/sdk\/dist\/index\.js$/.test(f)) ||
+  sdkFiles.some((f) => /node\.js$/.test(f))
+) {
+  console.log(
+    `FAIL workerd resolve: the workerd bundle took ${sdkFiles.join(", ")}, not dist/index.js`,
+  );
   process.exit(1);
 }
 
@@ -24,7 +29,9 @@ async function get(mf, path, ms = 15_000) {
 }
 
 let failed = 0;
-const mf = await startWorker({ bindings: { RATEQUEUE_URL: baseUrl, RATEQUEUE_API_KEY: `${apiKey}-env` } });
+const mf = await startWorker({
+  bindings: { RATEQUEUE_URL: baseUrl, RATEQUEUE_API_KEY: `${apiKey}-env` },
+});
 try {
   for (const transport of ["websocket", "http"]) {
     for (const name of only ? only.split(",") : Object.keys(cases)) {
@@ -35,7 +42,9 @@ try {
         failed += out.failed;
       } catch (error) {
         failed++;
-        console.log(`FAIL workerd ${transport} ${name}: the request failed: ${error?.message ?? error}`);
+        console.log(
+          `FAIL workerd ${transport} ${name}: the request failed: ${error?.message ?? error}`,
+        );
       }
     }
   }
@@ -55,29 +64,49 @@ if (!only) {
     const w = await startWorker({ nodejsCompat, bindings });
     try {
       const explicit = await get(w, `/explicit?name=env-explicit-${flag}`);
-      check(`explicit-options-${flag}`, explicit.ok, explicit.ok ? "createRateQueue({ apiKey: env.RATEQUEUE_API_KEY, baseUrl: env.RATEQUEUE_URL }) works" : explicit.error);
+      check(
+        `explicit-options-${flag}`,
+        explicit.ok,
+        explicit.ok
+          ? "createRateQueue({ apiKey: env.RATEQUEUE_API_KEY, baseUrl: env.RATEQUEUE_URL }) works"
+          : explicit.error,
+      );
       const byDefault = await get(w, `/default-instance?name=env-default-${flag}`);
       // Without nodejs_compat there is no process.env: the default instance cannot see the
       // bindings (it falls back to its built-in default server, or says the key is missing),
       // so it must not work here. With it (and a compatibility date from 2025-04-01),
       // process.env holds the string bindings, and it works.
-      if (nodejsCompat) check(`default-instance-${flag}`, byDefault.ok, byDefault.ok ? "ratequeue.acquire() reads the bindings through process.env" : byDefault.error);
-      else check(`default-instance-${flag}`, !byDefault.ok, `ratequeue.acquire() does not see the bindings -> ${byDefault.error ?? "ok"}`);
+      if (nodejsCompat)
+        check(
+          `default-instance-${flag}`,
+          byDefault.ok,
+          byDefault.ok
+            ? "ratequeue.acquire() reads the bindings through process.env"
+            : byDefault.error,
+        );
+      else
+        check(
+          `default-instance-${flag}`,
+          !byDefault.ok,
+          `ratequeue.acquire() does not see the bindings -> ${byDefault.error ?? "ok"}`,
+        );
     } finally {
       await w.dispose();
     }
   }
-  // A lease cannot outlive the request that acquired it: once that request has answered, the
-  // lease must end on the server (its session's I/O belongs to that request), and a later
-  // request that still has the Lease object must get an answer from release(), not a hang.
+  // A lease should not outlive the request that acquired it. Kept past the response anyway, it
+  // ends on the server by its expiresIn at the latest (over HTTP, sooner: the finished request's
+  // polls stop; over a WebSocket, workerd keeps the socket and its pings going), and a later
+  // request that still has the Lease object gets an answer from release(), not a hang.
+  const KEPT_EXPIRES_IN = 1_000;
   for (const transport of ["websocket", "http"]) {
     const w = await startWorker({ bindings });
     try {
       const name = `kept-${transport}-${Date.now()}`;
-      await get(w, `/keep?name=${name}&transport=${transport}`);
+      await get(w, `/keep?name=${name}&transport=${transport}&expiresIn=${KEPT_EXPIRES_IN}`);
       const answered = Date.now();
       let snapshot;
-      while (Date.now() - answered < 3_000) {
+      while (Date.now() - answered < KEPT_EXPIRES_IN + 2_000) {
         const res = await fetch(`${baseUrl}/v1/resources/${name}`, {
           headers: { authorization: `Bearer ${apiKey}-env` },
         });
@@ -90,7 +119,7 @@ if (!only) {
         `lease-ends-with-its-request-${transport}`,
         snapshot.active === 0,
         snapshot.active === 0
-          ? `the server ended the lease ${endedAfter} ms after the request that took it answered`
+          ? `the server ended the lease ${endedAfter} ms after the request that took it answered (expiresIn ${KEPT_EXPIRES_IN} ms)`
           : `the server still shows the lease held (active=${snapshot.active}) ${endedAfter} ms after the request that took it answered`,
       );
       const used = await get(w, `/use-kept?name=${name}`);

@@ -6,7 +6,8 @@ import usingCase from "../conformance/using-case.mjs";
 
 const json = (body, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
-const describe = (error) => (error instanceof Error ? `${error.name}: ${error.message}` : String(error));
+const describe = (error) =>
+  error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 
 /** A lease kept in module scope by one request, for the next request to look at. */
 let kept;
@@ -76,7 +77,8 @@ export default {
           baseUrl: env.RATEQUEUE_URL,
           session: q.get("transport"),
         });
-        kept = { rq, lease: await rq.acquire(q.get("name")) };
+        const expiresIn = Number(q.get("expiresIn") ?? 900_000);
+        kept = { rq, lease: await rq.acquire(q.get("name"), { expiresIn }) };
         return json({ fencingToken: kept.lease.fencingToken });
       }
       // ...and used by the next request.
@@ -87,7 +89,12 @@ export default {
         try {
           await Promise.race([
             kept.lease.release(),
-            new Promise((_, reject) => setTimeout(() => reject(new Error(`release: no answer in ${RELEASE_WAIT} ms`)), RELEASE_WAIT)),
+            new Promise((_, reject) =>
+              setTimeout(
+                () => reject(new Error(`release: no answer in ${RELEASE_WAIT} ms`)),
+                RELEASE_WAIT,
+              ),
+            ),
           ]);
           out.release = "ok";
         } catch (error) {
