@@ -90,9 +90,12 @@ export class ProtocolClient {
     return holdEnd(grant, await this.session.release(grant.id));
   }
 
-  /** Closes the session's connection (its live requests end on the server after `grace`). */
-  close(): void {
-    this.session.close();
+  /**
+   * Ends the session: waiting acquires reject (`client_closed`), held leases are released, and
+   * the connection closes once the server has answered (at most 2 s).
+   */
+  close(): Promise<void> {
+    return this.session.shutdown();
   }
 }
 

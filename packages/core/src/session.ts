@@ -114,6 +114,8 @@ class Held implements LeaseHandle {
 const TIMEOUT_SLACK = 500;
 /** A release that no server has answered after this long rejects with ServiceUnavailableError (it stays queued). */
 const RELEASE_BUDGET = 10_000;
+/** How long `shutdown` waits for the server to answer its releases and cancels, ms. */
+const SHUTDOWN_BUDGET = 2_000;
 /** An idle session (no live requests) closes its connection after this long, ms. */
 const IDLE_CLOSE = 30_000;
 /** A WebSocket not welcomed within this long is closed and tried again, ms. */
@@ -178,6 +180,10 @@ export class ClientSession {
   private budgetTimer: ReturnType<typeof setTimeout> | undefined;
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
   private held = 0;
+  /** Closed for good (`shutdown`): no new acquires. */
+  private shutDown = false;
+  /** While shutting down: called once nothing is live any more. */
+  private drained: (() => void) | undefined;
   /** Send time of the latest message whose answer has arrived on this connection. */
   private lastAnsweredSentAt = Number.NEGATIVE_INFINITY;
   private readonly base: string;
@@ -208,6 +214,14 @@ export class ClientSession {
    */
   acquire(body: AcquireBody, signal?: AbortSignal): Promise<LeaseHandle> {
     signal?.throwIfAborted();
+    if (this.shutDown) {
+      return Promise.reject(
+        new RateQueueError("this RateQueue client was closed: create a new one to acquire", {
+          code: "client_closed",
+          resource: body.resource,
+        }),
+      );
+    }
     return new Promise<LeaseHandle>((resolve, reject) => {
       let id: string = crypto.randomUUID();
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -288,6 +302,43 @@ export class ClientSession {
     this.link?.close();
     this.link = undefined;
     this.connected = false;
+  }
+
+  /**
+   * Ends the session for good: waiting acquires reject with `client_closed` and leave the line,
+   * held leases are released (their holders' `release()` resolves as usual), and once the server
+   * has answered — or after `within` ms — the connection closes. Later acquires reject.
+   */
+  async shutdown(within = SHUTDOWN_BUDGET): Promise<void> {
+    if (this.shutDown) return;
+    this.shutDown = true;
+    for (const entry of [...this.entries.values()]) {
+      if (entry.acquire !== undefined) {
+        const acquire = entry.acquire;
+        entry.acquire = undefined;
+        this.abandon(entry);
+        acquire.reject(
+          new RateQueueError(
+            `this RateQueue client was closed while ${JSON.stringify(entry.body.resource)} was awaited`,
+            { code: "client_closed", resource: entry.body.resource },
+          ),
+        );
+      } else if (entry.phase === "active") {
+        // Its holder hears of it through lease.signal, and the server is told to release it.
+        this.lose(entry, "its RateQueue client was closed");
+      }
+    }
+    if (this.live()) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, within);
+        this.drained = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.drained = undefined;
+    }
+    this.close();
   }
 
   // --- outgoing ------------------------------------------------------------------------------
@@ -972,6 +1023,7 @@ export class ClientSession {
   /** Idle (nothing live): the connection may not keep the process alive, and closes after a while. */
   private setIdle(): void {
     const idle = !this.live();
+    if (idle) this.drained?.();
     if (idle !== this.idle) {
       this.idle = idle;
       this.link?.idle(idle);

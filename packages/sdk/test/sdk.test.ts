@@ -544,3 +544,43 @@ describe.each([
     expect((await next) - killedAt).toBeGreaterThanOrEqual(800);
   });
 });
+
+describe("closing a client", () => {
+  const { createRateQueue, LeaseLostError, RateQueueError } = ENTRIES[0].sdk;
+
+  it("rejects its waiters, releases its leases (their signal aborts), and can acquire again later", async () => {
+    await using server = await startTestServer();
+    const other = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const held = await other.acquire("busy");
+    const rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+    const lease = await rq.acquire("mine");
+    const waiting = rq.acquire("busy").catch((e: unknown) => e);
+    await eventually(async () => (await resourceState(server, "busy")).queued === 1);
+
+    await rq.close();
+    const error = await waiting;
+    expect(error).toBeInstanceOf(RateQueueError);
+    expect(error).toMatchObject({ code: "client_closed" });
+    expect(lease.signal.aborted).toBe(true);
+    expect(lease.signal.reason).toBeInstanceOf(LeaseLostError);
+    // Nothing left on the server: the lease released at once, the waiter out of the line.
+    expect(await resourceState(server, "mine")).toMatchObject({ used: 0 });
+    expect(await resourceState(server, "busy")).toMatchObject({ used: 1, queued: 0 });
+    // The instance stays usable: a new session.
+    expect(await rq.acquire("mine", {}, (l) => l.fencingToken)).toBeGreaterThan(lease.fencingToken);
+    await held.release();
+    await rq.close();
+    await other.close();
+  });
+
+  it("is what `await using` on a client does", async () => {
+    await using server = await startTestServer();
+    let lease: Awaited<ReturnType<ReturnType<typeof createRateQueue>["acquire"]>> | undefined;
+    {
+      await using rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
+      lease = await rq.acquire("r");
+    }
+    expect(lease?.signal.aborted).toBe(true);
+    expect(await resourceState(server, "r")).toMatchObject({ used: 0 });
+  });
+});

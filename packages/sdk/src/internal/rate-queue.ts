@@ -41,6 +41,15 @@ export interface RateQueue {
     options: AcquireOptions | undefined,
     fn: (lease: Lease) => T | Promise<T>,
   ): Promise<Awaited<T>>;
+  /**
+   * Ends this instance's sessions — for a graceful shutdown, or a test: acquires still waiting
+   * reject with a `RateQueueError` of code `client_closed` and leave the line, held leases are
+   * released (their `signal` aborts with `LeaseLostError`, so running work can stop), and the
+   * connections close once the server has answered (at most 2 s). The instance stays usable: a
+   * later `acquire` opens a new session. `await using rq = createRateQueue(...)` calls it.
+   */
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 /** Where an instance's unset options come from: the entry point decides (environment, transport). */
@@ -121,7 +130,13 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
     return fn === undefined ? lease : run(lease, fn);
   }
 
-  return { acquire } as RateQueue;
+  async function close(): Promise<void> {
+    const closing = [...clients.values()];
+    clients.clear();
+    await Promise.all(closing.map((client) => client.close()));
+  }
+
+  return { acquire, close, [Symbol.asyncDispose]: close } as RateQueue;
 }
 
 /** The key used against a server on this machine when none is given (see `acquire`). */
