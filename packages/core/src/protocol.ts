@@ -137,6 +137,7 @@ export interface Problem {
 export type ProblemCode =
   | "invalid_request"
   | "unauthorized"
+  | "forbidden_host"
   | "not_found"
   | "request_conflict"
   | "capacity_mismatch"

@@ -575,12 +575,12 @@ describe("closing a client", () => {
 
   it("is what `await using` on a client does", async () => {
     await using server = await startTestServer();
-    let lease: Awaited<ReturnType<ReturnType<typeof createRateQueue>["acquire"]>> | undefined;
+    let signal: AbortSignal | undefined;
     {
       await using rq = createRateQueue({ apiKey: "test-key", baseUrl: server.url });
-      lease = await rq.acquire("r");
+      signal = (await rq.acquire("r")).signal;
     }
-    expect(lease?.signal.aborted).toBe(true);
+    expect(signal?.aborted).toBe(true);
     expect(await resourceState(server, "r")).toMatchObject({ used: 0 });
   });
 });

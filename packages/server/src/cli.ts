@@ -53,15 +53,22 @@ function fail(message: string): never {
   process.exit(2);
 }
 
-/** The options' names in a message, as the flags that set them. */
+/**
+ * The options' names in a message, as the flags that set them: camelCase names wherever they
+ * appear, one-word names (`port`, `grace`) only as the message's subject, so that prose is left
+ * alone ("give scheme, host and port only").
+ */
 function asFlags(message: string): string {
-  let out = message;
-  for (const [flag, key] of Object.entries(NUMERIC))
-    out = out.replace(new RegExp(`\\b${key}\\b`, "g"), `--${flag}`);
-  return out
-    .replace(/\bapiKeys\b/g, "--api-key")
-    .replace(/\bdataDir\b/g, "--data-dir")
-    .replace(/\bcorsOrigins\b/g, "--cors-origin");
+  const flags: Record<string, string> = {
+    ...Object.fromEntries(Object.entries(NUMERIC).map(([flag, key]) => [key, `--${flag}`])),
+    apiKeys: "--api-key",
+    dataDir: "--data-dir",
+    corsOrigins: "--cors-origin",
+  };
+  let out = message.replace(/^(\w+)\b/, (word) => flags[word] ?? word);
+  for (const [key, flag] of Object.entries(flags))
+    if (/[A-Z]/.test(key)) out = out.replace(new RegExp(`\\b${key}\\b`, "g"), flag);
+  return out;
 }
 
 async function main(): Promise<void> {

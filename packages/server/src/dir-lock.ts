@@ -1,4 +1,4 @@
-import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, ftruncateSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 
@@ -32,12 +32,47 @@ export function lockDirectory(dir: string): () => void {
       `cannot open the data directory ${dir}: another ratequeue-server${owner(file)} is using it`,
     );
   }
-  ftruncateSync(fd, 0);
-  writeSync(fd, String(process.pid)); // for people: which process holds it
-  return () => {
+  const release = () => {
     locks.unlock(fd);
     closeSync(fd);
   };
+  try {
+    refuseLegacyOwner(dir);
+  } catch (error) {
+    release();
+    throw error;
+  }
+  ftruncateSync(fd, 0);
+  writeSync(fd, String(process.pid)); // for people: which process holds it
+  return release;
+}
+
+/**
+ * Servers of earlier versions held the directory with `server.pid` only, and know nothing of
+ * the lock: while one still runs (an upgrade that starts the new server before the old one has
+ * stopped), its pid is there and alive. Taken as stale if that process is gone — or is this one
+ * or its parent (a restarted container's server has the killed one's pid).
+ */
+function refuseLegacyOwner(dir: string): void {
+  const file = join(dir, "server.pid");
+  let pid: number;
+  try {
+    pid = Number(readFileSync(file, "utf8").trim());
+  } catch {
+    return; // none
+  }
+  if (
+    Number.isInteger(pid) &&
+    pid > 0 &&
+    pid !== process.pid &&
+    pid !== process.ppid &&
+    isAlive(pid)
+  ) {
+    throw new Error(
+      `cannot open the data directory ${dir}: a ratequeue-server of an earlier version (pid ${pid}) is using it: stop it first`,
+    );
+  }
+  rmSync(file, { force: true });
 }
 
 let loaded: FileLocks | null | undefined;

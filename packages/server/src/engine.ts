@@ -345,12 +345,12 @@ export class Engine {
     recoveryWindow: number,
     /** Per namespace, the highest token it handed out before the restart. */
     tokens: ReadonlyMap<string, number> = new Map(),
-    /** A floor under every namespace's tokens. */
+    /** Where a namespace not in `tokens` starts from (at least). */
     tokenFloor = 0,
   ): void {
     const now = this.clock.now();
     this.tokenFloor = tokenFloor;
-    for (const [ns, token] of tokens) this.tokens.set(ns, Math.max(token, tokenFloor));
+    for (const [ns, token] of tokens) this.tokens.set(ns, token);
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
       const resource =

@@ -12,7 +12,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
 import { ConnectionGuard } from "./connections.js";
 import { NamespaceIds } from "./keys.js";
-import type { ResolvedServerOptions } from "./options.js";
+import { loopbackHost, OPEN_MODE_HOSTS, type ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem, sendProblemOnSocket } from "./problem.js";
 import { type Authenticate, attachWebSockets, sessionRoute } from "./session.js";
 
@@ -48,6 +48,7 @@ export function buildApp(
     http: { headersTimeout: options.headersTimeout, connectionsCheckingInterval: 1_000 },
     requestTimeout: options.requestTimeout,
     connectionTimeout: options.pollWindow + IDLE_MARGIN,
+    keepAliveTimeout: options.pollWindow + IDLE_MARGIN,
     frameworkErrors: (error, _req, reply) => {
       if (error.code === "FST_ERR_MAX_PARAM_LENGTH") {
         return sendProblem(
@@ -123,8 +124,14 @@ export function buildApp(
         problem(503, "shutting_down", "the server is shutting down: retry shortly"),
       );
     }
+    if (open && !loopbackHost(req.headers.host)) {
+      // Open mode trusts anything that reaches it on loopback; a page of another site that
+      // rebinds its own DNS name to 127.0.0.1 reaches it too, under that name.
+      return sendProblem(reply, problem(403, "forbidden_host", OPEN_MODE_HOSTS));
+    }
     // Health needs no key, and a CORS preflight carries none (the CORS plugin answers it).
-    if (req.url === `${API_PREFIX}/health` || req.method === "OPTIONS") return;
+    if (req.url === `${API_PREFIX}/health`) return;
+    if (req.method === "OPTIONS" && options.corsOrigins.length > 0) return;
     const header = req.headers.authorization;
     const who = authenticate(header?.startsWith("Bearer ") ? header.slice(7).trim() : "");
     if ("status" in who) {

@@ -77,7 +77,8 @@ export interface ServerOptions {
    * Most connections open at once. At the limit, the oldest connection that has not yet made an
    * authenticated request is closed to make room (so idle, unauthenticated sockets cannot lock
    * clients out); only if there is none is the new one refused. Default: the process's file
-   * descriptor limit less 128 (kept for the data directory), at most 100,000.
+   * descriptor limit less 128 (kept for the data directory), from 64 to 100,000; 10,000 where
+   * the limit cannot be read (outside Linux).
    */
   maxConnections?: number;
   /**
@@ -212,4 +213,15 @@ function integer(name: string, value: number, min: number, max: number): void {
 
 export function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+/** Why open development mode refused a request. */
+export const OPEN_MODE_HOSTS =
+  "open development mode answers only requests addressed to a loopback name (127.0.0.1, localhost, [::1]): use that address, or start the server with --api-key";
+
+/** A `Host` header naming this machine's loopback (any port). */
+export function loopbackHost(host: string | undefined): boolean {
+  if (host === undefined) return false;
+  const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0]!;
+  return name === "localhost" || name === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name);
 }

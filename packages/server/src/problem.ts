@@ -6,6 +6,7 @@ import type { FastifyReply } from "fastify";
 const TITLES: Record<ProblemCode, string> = {
   invalid_request: "Invalid request",
   unauthorized: "Unauthorized",
+  forbidden_host: "Forbidden host",
   not_found: "Not found",
   request_conflict: "Request id already used",
   capacity_mismatch: "Capacity mismatch",

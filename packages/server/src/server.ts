@@ -25,13 +25,19 @@ export interface RunningServer extends AsyncDisposable {
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const resolved = resolveServerOptions(options);
   const store = resolved.dataDir === undefined ? undefined : new SqliteStore(resolved.dataDir);
-  const backend = new LocalBackend(
-    resolved,
-    resolved.clock,
-    store,
-    resolved.recoveryWindow,
-    resolved.behindProxy,
-  );
+  let backend: LocalBackend;
+  try {
+    backend = new LocalBackend(
+      resolved,
+      resolved.clock,
+      store,
+      resolved.recoveryWindow,
+      resolved.behindProxy,
+    );
+  } catch (error) {
+    store?.close(); // releases the data directory, so that a retry in this process can open it
+    throw error;
+  }
   const state = { closing: false };
   // Without a store nothing is kept, so a secret of this process's own will do.
   const app = buildApp(resolved, backend, state, store?.secret ?? randomBytes(32));

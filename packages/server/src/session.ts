@@ -12,7 +12,7 @@ import {
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { type WebSocket, WebSocketServer } from "ws";
 import type { SessionBackend, SessionLink } from "./backend.js";
-import type { ResolvedServerOptions } from "./options.js";
+import { loopbackHost, type ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem } from "./problem.js";
 
 /**
@@ -135,6 +135,8 @@ export function attachWebSockets(
       );
     };
     if (url.split("?")[0] !== path) return refuse(404, "Not Found");
+    if (options.apiKeys.length === 0 && !loopbackHost(req.headers.host))
+      return refuse(403, "Forbidden"); // open mode answers loopback names only (options.ts)
     // A page may open a session only from an allowed origin (non-browser clients send none).
     const origin = req.headers.origin;
     if (origin !== undefined && !originAllowed(origin, req.headers.host, options.corsOrigins))

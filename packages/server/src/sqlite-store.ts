@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import {
   closeSync,
   existsSync,
+  fsyncSync,
   ftruncateSync,
   mkdirSync,
   openSync,
@@ -38,13 +39,13 @@ import type { Store, StoredState } from "./store.js";
  * fsynced: an OS crash or power cut may lose the last commits.
  */
 export class SqliteStore implements Store {
-  readonly secret: Buffer;
-  private readonly db: Database;
-  private readonly upsert: Statement;
-  private readonly delete: Statement;
-  private readonly setToken: Statement;
-  private journal: number;
-  private readonly journalFile: string;
+  readonly secret!: Buffer;
+  private readonly db!: Database;
+  private readonly upsert!: Statement;
+  private readonly delete!: Statement;
+  private readonly setToken!: Statement;
+  private journal!: number;
+  private readonly journalFile!: string;
   private readonly unlock: () => void;
   /** The checkpoint under way, if any: what it still has to apply. */
   private applying: Array<[string, SavedRequest | null]> | undefined;
@@ -62,7 +63,6 @@ export class SqliteStore implements Store {
     mkdirSync(dir, { recursive: true });
     this.unlock = lockDirectory(dir);
     try {
-      this.secret = readSecret(join(dir, "secret.key"));
       const file = join(dir, "ratequeue.db");
       // node-sqlite3-wasm locks with a `<db>.lock` directory, which a killed server leaves
       // behind; the directory lock above is what keeps a second server out.
@@ -88,35 +88,54 @@ export class SqliteStore implements Store {
       const columns = this.db.all("PRAGMA table_info(requests)") as Array<{ name: string }>;
       if (!columns.some((c) => c.name === "session"))
         this.db.exec("ALTER TABLE requests ADD COLUMN session TEXT");
+      this.secret = readSecret(join(dir, "secret.key"), this.holdsData());
+      this.upsert = this.db.prepare(
+        `INSERT OR REPLACE INTO requests VALUES
+          (:ns, :id, :name, :load, :priority, :capacity, :asked, :expiresIn, :lockDelay, :seq, :state, :token, :expiresAt, :waitUntil, :session)`,
+      );
+      this.delete = this.db.prepare("DELETE FROM requests WHERE ns = ? AND id = ?");
+      this.setToken = this.db.prepare(
+        "INSERT INTO tokens VALUES (?, ?) ON CONFLICT (ns) DO UPDATE SET token = max(token, excluded.token)",
+      );
+      this.journalFile = join(dir, "journal.log");
+      this.replay(setAside(this.journalFile)); // a checkpoint the kill interrupted: older writes
+      this.replay(this.journalFile);
+      this.journal = openSync(this.journalFile, "a");
+      this.checkpointNow(); // the replayed records go to SQLite, and the journals are emptied
+      this.hashNamespaces();
     } catch (error) {
+      // Leave nothing open and nothing held: the caller may try again in this process.
+      if (this.journal !== undefined) closeSync(this.journal);
+      try {
+        this.db?.close();
+      } catch {}
       this.unlock();
       throw new Error(`cannot open the data directory ${dir}: ${(error as Error).message}`, {
         cause: error,
       });
     }
-    this.upsert = this.db.prepare(
-      `INSERT OR REPLACE INTO requests VALUES
-        (:ns, :id, :name, :load, :priority, :capacity, :asked, :expiresIn, :lockDelay, :seq, :state, :token, :expiresAt, :waitUntil, :session)`,
+  }
+
+  /** Whether the database holds anything a previous run stored. */
+  private holdsData(): boolean {
+    return (
+      this.db.get("SELECT 1 AS x FROM requests LIMIT 1") !== null ||
+      this.db.get("SELECT 1 AS x FROM tokens LIMIT 1") !== null ||
+      this.db.get("SELECT 1 AS x FROM meta LIMIT 1") !== null
     );
-    this.delete = this.db.prepare("DELETE FROM requests WHERE ns = ? AND id = ?");
-    this.setToken = this.db.prepare(
-      "INSERT INTO tokens VALUES (?, ?) ON CONFLICT (ns) DO UPDATE SET token = max(token, excluded.token)",
-    );
-    this.journalFile = join(dir, "journal.log");
-    this.replay(setAside(this.journalFile)); // a checkpoint the kill interrupted: older writes
-    this.replay(this.journalFile);
-    this.journal = openSync(this.journalFile, "a");
-    this.checkpointNow(); // the replayed records go to SQLite, and the journals are emptied
-    this.hashNamespaces();
   }
 
   load(): StoredState {
     const rows = this.db.all("SELECT * FROM requests") as Array<
       Record<string, number | string | null>
     >;
-    const legacy = this.db.get("SELECT value FROM meta WHERE key = 'token'") as {
-      value: number;
-    } | null;
+    const meta = (key: string) =>
+      Number(
+        (this.db.get("SELECT value FROM meta WHERE key = ?", [key]) as { value: number } | null)
+          ?.value ?? 0,
+      );
+    // Stores written before tokens were per namespace kept one counter for all: a floor for all.
+    const legacy = meta("token");
     for (const row of this.db.all("SELECT ns, token FROM tokens") as Array<{
       ns: string;
       token: number;
@@ -140,8 +159,13 @@ export class SqliteStore implements Store {
       waitUntil: r.wait_until === null ? Number.POSITIVE_INFINITY : Number(r.wait_until),
     }));
     for (const r of requests) this.raiseToken(r.ns, r.fencingToken);
+    if (legacy > 0) for (const ns of this.tokens.keys()) this.raiseToken(ns, legacy);
     this.dirtyTokens.clear();
-    return { requests, tokens: new Map(this.tokens), tokenFloor: Number(legacy?.value ?? 0) };
+    return {
+      requests,
+      tokens: new Map(this.tokens),
+      tokenFloor: Math.max(legacy, meta("token_hwm")),
+    };
   }
 
   save(r: SavedRequest): void {
@@ -201,9 +225,7 @@ export class SqliteStore implements Store {
     this.pending = new Map();
     const tokens = [...this.dirtyTokens].map((ns) => [ns, this.tokens.get(ns)!] as const);
     this.dirtyTokens = new Set();
-    this.db.exec("BEGIN");
-    for (const [ns, token] of tokens) this.setToken.run([ns, token]);
-    this.db.exec("COMMIT");
+    this.saveTokens(tokens);
     // A transaction per chunk: one big one takes tens of ms to commit. Until the last, a kill
     // leaves part of the batch in SQLite, and the set-aside journal, replayed, redoes it all.
     const step = () => {
@@ -223,10 +245,7 @@ export class SqliteStore implements Store {
       this.applyChunk(Number.POSITIVE_INFINITY);
       this.finishCheckpoint();
     }
-    this.db.exec("BEGIN");
-    for (const [ns, token] of this.tokens)
-      if (this.dirtyTokens.has(ns)) this.setToken.run([ns, token]);
-    this.db.exec("COMMIT");
+    this.saveTokens([...this.dirtyTokens].map((ns) => [ns, this.tokens.get(ns)!] as const));
     this.applying = [...this.pending];
     this.applyChunk(Number.POSITIVE_INFINITY);
     this.pending = new Map();
@@ -234,6 +253,25 @@ export class SqliteStore implements Store {
     this.finishCheckpoint();
     ftruncateSync(this.journal, 0); // all of it is in SQLite now
     this.journalBytes = 0;
+  }
+
+  /**
+   * Saves namespaces' token high-water marks, and the highest of all (a floor for namespaces
+   * the store has never seen: tokens never go back, whatever happens to a namespace's id).
+   */
+  private saveTokens(tokens: ReadonlyArray<readonly [string, number]>): void {
+    if (tokens.length === 0) return;
+    this.db.exec("BEGIN");
+    let highest = 0;
+    for (const [ns, token] of tokens) {
+      this.setToken.run([ns, token]);
+      highest = Math.max(highest, token);
+    }
+    this.db.run(
+      "INSERT INTO meta VALUES ('token_hwm', ?) ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+      [highest],
+    );
+    this.db.exec("COMMIT");
   }
 
   /** Applies up to `max` writes of the checkpoint under way, in a transaction of their own. */
@@ -355,11 +393,33 @@ function finite(n: number): number | null {
   return Number.isFinite(n) ? n : null;
 }
 
-/** The directory's secret (32 random bytes, readable by its owner only), made on first use. */
-function readSecret(file: string): Buffer {
-  if (!existsSync(file)) writeFileSync(file, randomBytes(32), { mode: 0o600, flag: "wx" });
+/**
+ * The directory's secret (32 random bytes, readable by its owner only), made on first use —
+ * only then: stored namespaces are hashes under it, so a directory that holds data and lost its
+ * secret cannot be served (keys would map to new namespaces, beside the old ones' live locks).
+ */
+function readSecret(file: string, holdsData: boolean): Buffer {
+  if (!existsSync(file)) {
+    if (holdsData) {
+      throw new Error(
+        `${file} is missing, but the directory holds stored requests hashed under it: restore the file (it is copied with the directory), or empty the directory to start afresh`,
+      );
+    }
+    const temporary = `${file}.${process.pid}.tmp`;
+    const fd = openSync(temporary, "w", 0o600);
+    try {
+      writeSync(fd, randomBytes(32));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temporary, file);
+  }
   const secret = readFileSync(file);
-  if (secret.length < 32)
-    throw new Error(`${file} is damaged: remove it (stored state is then lost)`);
+  if (secret.length !== 32) {
+    throw new Error(
+      `${file} is damaged (${secret.length} bytes, not 32): restore it from a copy of the directory`,
+    );
+  }
   return secret;
 }

@@ -5,7 +5,7 @@ export interface StoredState {
   requests: SavedRequest[];
   /** Per namespace, the highest fencing token it has handed out. */
   tokens: Map<string, number>;
-  /** A floor under every namespace's tokens (from stores written before tokens were per namespace). */
+  /** Where a namespace the store has never seen starts its tokens from (at least). */
   tokenFloor: number;
 }
 

@@ -1,3 +1,4 @@
+import http from "node:http";
 import { describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import { startTestServer } from "./helpers.js";
@@ -67,5 +68,45 @@ describe("browsers (CORS)", () => {
     await expect(startTestServer({ corsOrigins: ["app.example.com/path"] })).rejects.toThrow(
       /corsOrigins: "app.example.com\/path" is not an origin/,
     );
+  });
+
+  it("without --cors-origin, an OPTIONS request is not spared authentication", async () => {
+    await using server = await startTestServer({ apiKeys: ["k"] });
+    const res = await fetch(`${server.url}/v1/anything`, { method: "OPTIONS" });
+    expect(res.status).toBe(401);
+  });
+});
+
+describe("open development mode and DNS rebinding", () => {
+  it("answers only requests addressed to a loopback name", async () => {
+    await using server = await startTestServer();
+    const { port } = new URL(server.url);
+    const status = (host: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = http.get(
+          {
+            host: "127.0.0.1",
+            port,
+            path: "/v1/resources/r",
+            headers: { host, authorization: "Bearer dev" },
+          },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          },
+        );
+        req.on("error", reject);
+      });
+    expect(await status(`127.0.0.1:${port}`)).toBe(200);
+    expect(await status(`localhost:${port}`)).toBe(200);
+    expect(await status(`evil.example:${port}`)).toBe(403);
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/session`, {
+      headers: { host: `evil.example:${port}` },
+    });
+    ws.once("error", () => {});
+    const refused = await new Promise((resolve) =>
+      ws.once("unexpected-response", (_req, res) => resolve(res.statusCode)),
+    );
+    expect(refused).toBe(403);
   });
 });

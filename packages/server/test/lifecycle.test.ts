@@ -92,6 +92,12 @@ describe("the command line", () => {
     expect(err).not.toMatch(/pollWindow/);
   });
 
+  it("leaves prose alone when it names flags", async () => {
+    const { code, err } = await run(["--memory", "--cors-origin", "https://x.example/path"]);
+    expect(code).toBe(2);
+    expect(err).toMatch(/^ratequeue-server: --cors-origin: .*scheme, host and port only/);
+  });
+
   it("prints a runtime error (a port in use) on its own, exit 1, without the usage", async () => {
     await using server = await startTestServer();
     const { code, err } = await run(["--memory", "--port", new URL(server.url).port]);

@@ -64,7 +64,7 @@ describe("connection limits (repro 13, 13b)", () => {
     await using server = await startTestServer({ headersTimeout: 1_000, requestTimeout: 1_500 });
     const socket = await connect(
       server.url,
-      "PUT /v1/requests/x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+      "PUT /v1/requests/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
     );
     const drip = setInterval(() => socket.writable && socket.write(" "), 200);
     try {

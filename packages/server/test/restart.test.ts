@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { once } from "node:events";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -104,6 +105,45 @@ describe("a server with a data directory", () => {
       writeFileSync(join(dataDir, file), String(process.pid));
     await using server = await startTestServer({ dataDir });
     expect((await client(server).acquire("a", { resource: "r" }, 0)).body.state).toBe("active");
+  });
+
+  it("refuses a directory a server of an earlier version (server.pid, no lock) still uses", async () => {
+    const dataDir = tempDir();
+    const old = spawn("sleep", ["30"]); // a live process that is neither this one nor its parent
+    try {
+      writeFileSync(join(dataDir, "server.pid"), String(old.pid));
+      await expect(startServer({ port: 0, dataDir })).rejects.toThrow(
+        /an earlier version \(pid \d+\) is using it/,
+      );
+    } finally {
+      old.kill("SIGKILL");
+      await once(old, "exit");
+    }
+    // Gone: its pid file is stale, and the directory opens.
+    await using server = await startTestServer({ dataDir });
+    expect((await client(server).acquire("a", { resource: "r" }, 0)).body.state).toBe("active");
+  });
+
+  it("refuses to serve stored requests without the secret their namespaces are hashed with", async () => {
+    const dataDir = tempDir();
+    const first = await startTestServer({ dataDir });
+    await client(first).acquire("a", { resource: "r" }, 0);
+    await first.close();
+    rmSync(join(dataDir, "secret.key"));
+    await expect(startServer({ port: 0, dataDir })).rejects.toThrow(/secret.key is missing/);
+  });
+
+  it("lets go of the directory when it fails to open it, so that a retry in the process can", async () => {
+    const dataDir = tempDir();
+    const first = await startTestServer({ dataDir });
+    await first.close();
+    writeFileSync(join(dataDir, "journal.log"), `${JSON.stringify(["s", { ns: "k", id: {} }])}\n`);
+    await expect(startServer({ port: 0, dataDir })).rejects.toThrow(
+      /cannot open the data directory/,
+    );
+    writeFileSync(join(dataDir, "journal.log"), "");
+    await using second = await startTestServer({ dataDir });
+    expect((await client(second).acquire("a", { resource: "r" }, 0)).body.state).toBe("active");
   });
 
   it("is held by a lock the kernel drops when the server is killed", async () => {
