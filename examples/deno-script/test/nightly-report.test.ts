@@ -1,0 +1,83 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { isIdle, startTestServer } from "../../shared/testing.js";
+import {
+  DENO,
+  ensureSdkBuilt,
+  examplesDir,
+  killAll,
+  type ProcessResult,
+  runProcess,
+  runTwoAtOnce,
+  SDK_FETCH_BUILD,
+  startReportsService,
+} from "../harness.js";
+import { runNightlyReport } from "../run.js";
+
+const API_KEY = "deno-example";
+const DENO_VERSION = JSON.parse(
+  readFileSync(join(examplesDir, "node_modules", "deno", "package.json"), "utf8"),
+).version as string;
+
+const WROTE = /^nightly-report: report for \d{4}-\d\d-\d\d written: 3 orders, total 4725/m;
+const HELD = /^nightly-report: held elsewhere/m;
+
+/** A run that ended by itself, cleanly, in the real Deno, with the SDK's `deno` build. */
+function expectCleanRun(run: ProcessResult) {
+  expect(run, run.stderr).toMatchObject({ code: 0, timedOut: false, stderr: "" });
+  const banner = /^nightly-report: deno (\S+), @ratequeue\/sdk from (\S+)$/m.exec(run.stdout);
+  expect(banner?.[1]).toBe(DENO_VERSION);
+  // dist/index.js (the `deno` condition), never src/ nor the Node build (dist/node.js).
+  expect(banner?.[2]).toMatch(SDK_FETCH_BUILD);
+}
+
+beforeAll(() => ensureSdkBuilt(), 120_000);
+afterEach(() => killAll());
+
+describe("deno-script", () => {
+  it("resolves the SDK and core to their dist/ through the `deno` condition (Deno's own module graph)", async () => {
+    const info = await runProcess(DENO, ["info", "--json", "nightly-report.ts"], {
+      cwd: join(examplesDir, "deno-script"),
+      deadline: 10_000,
+    });
+    expect(info.code, info.stderr).toBe(0);
+    const { modules } = JSON.parse(info.stdout) as { modules: { specifier: string }[] };
+    const files = modules.map((m) => m.specifier).filter((s) => s.includes("/packages/"));
+    expect(files).toContainEqual(expect.stringMatching(SDK_FETCH_BUILD));
+    expect(files).toContainEqual(expect.stringMatching(/\/packages\/core\/dist\/index\.js$/));
+    // Nothing from src/, nor the Node builds (dist/node.js).
+    expect(
+      files.filter((f) => !/\/packages\/(sdk|core)\/dist\/[\w-]+\.(js|d\.ts)$/.test(f)),
+    ).toEqual([]);
+    expect(files.filter((f) => f.endsWith("/node.js"))).toEqual([]);
+  }, 15_000);
+
+  it("runs once at a time: of two copies started together one writes the report, the other exits; a later run writes again", async () => {
+    await using server = await startTestServer();
+    const reports = await startReportsService({ holdReads: true });
+    try {
+      const config = { rateQueueUrl: server.url, apiKey: API_KEY, reportsUrl: reports.url };
+      const runs = await runTwoAtOnce(() => runNightlyReport(config), reports);
+
+      for (const run of runs) expectCleanRun(run);
+      expect(runs.filter((r) => WROTE.test(r.stdout))).toHaveLength(1);
+      expect(runs.filter((r) => HELD.test(r.stdout))).toHaveLength(1);
+      expect(reports.reports).toHaveLength(1);
+      expect(reports.tracker.maxPerKey).toBe(1);
+      // Released when the run ended, not left to expire: free at once.
+      expect(await isIdle(server, "nightly-report", API_KEY)).toBe(true);
+
+      const again = await runNightlyReport(config);
+      expectCleanRun(again);
+      expect(again.stdout).toMatch(WROTE);
+      expect(reports.reports).toHaveLength(2);
+      expect(reports.reports[1]!.fencingToken).toBeGreaterThan(reports.reports[0]!.fencingToken);
+      expect(reports.tracker.inside).toBe(0);
+      expect(await isIdle(server, "nightly-report", API_KEY)).toBe(true);
+    } finally {
+      killAll();
+      await reports.close();
+    }
+  }, 20_000);
+});
