@@ -2,8 +2,12 @@
 // @ratequeue/server, state in memory), runs that runtime's runner as a child process with the
 // server's URL, and reports its lines. A control server lets the cases spawn a holder in a
 // separate process (or runtime instance) of the same runtime and kill it.
+// Chromium is run the other way round: its runner serves the page first and prints the page's
+// origin, then this driver starts the server with `corsOrigins: [origin]` (and one without, for
+// the check that a page is refused there) and passes both URLs on the runner's stdin; the runner
+// spawns and kills its holder pages itself.
 //
-// Usage: node run.mjs <deno|bun|edge-runtime|workerd|all> [case,case,...]
+// Usage: node run.mjs <deno|bun|edge-runtime|workerd|chromium|all> [case,case,...]
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
 import { dirname, join } from "node:path";
@@ -46,7 +50,14 @@ const RUNTIMES = {
     holder: [process.execPath, "workerd/holder.mjs"],
     kill: "dispose",
   },
+  chromium: {
+    // Prints `page-origin <origin>`, then reads `{ baseUrl, noCorsUrl }` from stdin.
+    runner: [process.execPath, "chromium/runner.mjs"],
+    pageOrigin: true,
+  },
 };
+/** How long a runner may take to print its page origin, ms. */
+const ORIGIN_DEADLINE = 20_000;
 
 function log(line) {
   process.stdout.write(`${line}\n`);
@@ -140,27 +151,41 @@ function startControl(runtime, baseUrl) {
 async function runRuntime(runtime, only) {
   const spec = RUNTIMES[runtime];
   const started = Date.now();
-  const server = await startServer({ port: 0 }); // no dataDir: state in memory
-  const control = await startControl(runtime, server.url);
   const names = only ?? Object.keys(cases);
   const seen = new Set();
   let passed = 0;
   let failed = 0;
   const [cmd, ...args] = spec.runner;
-  const child = spawn(
-    cmd,
-    [...args, server.url, `key-${runtime}`, control.url, ...(only ? [only.join(",")] : [])],
-    {
+  const onlyArg = only ? [only.join(",")] : [];
+  let server;
+  let noCorsServer;
+  let control;
+  let child;
+  if (spec.pageOrigin) {
+    child = spawn(cmd, [...args, `key-${runtime}`, ...onlyArg], {
+      cwd: here,
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+  } else {
+    server = await startServer({ port: 0 }); // no dataDir: state in memory
+    control = await startControl(runtime, server.url);
+    child = spawn(cmd, [...args, server.url, `key-${runtime}`, control.url, ...onlyArg], {
       cwd: here,
       stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
+    });
+  }
+  let gotOrigin;
+  const originLine = new Promise((resolve) => {
+    gotOrigin = resolve;
+  });
   let killedForTime = false;
   const timer = setTimeout(() => {
     killedForTime = true;
     child.kill("SIGKILL");
   }, RUNNER_DEADLINE);
   createInterface({ input: child.stdout }).on("line", (line) => {
+    const o = /^page-origin (\S+)$/.exec(line);
+    if (o) return gotOrigin(o[1]);
     const m = /^(ok|FAIL) \S+ (\S+) (\S+)/.exec(line);
     if (m) {
       seen.add(`${m[2]} ${m[3]}`);
@@ -172,9 +197,28 @@ async function runRuntime(runtime, only) {
   createInterface({ input: child.stderr }).on("line", (line) =>
     log(`  [${runtime} stderr] ${line}`),
   );
-  const code = await new Promise((resolve) =>
-    child.on("close", (c, signal) => resolve(c ?? signal)),
-  );
+  const closed = new Promise((resolve) => child.on("close", (c, signal) => resolve(c ?? signal)));
+  if (spec.pageOrigin) {
+    let originTimer;
+    const origin = await Promise.race([
+      originLine,
+      closed.then(() => undefined),
+      new Promise((resolve) => {
+        originTimer = setTimeout(resolve, ORIGIN_DEADLINE);
+      }),
+    ]);
+    clearTimeout(originTimer);
+    if (origin === undefined) {
+      log(`FAIL ${runtime}: the runner printed no page origin within ${ORIGIN_DEADLINE} ms`);
+      child.kill("SIGKILL");
+    } else {
+      // The page's origin only: the real cross-origin path (preflights, WebSocket Origin check).
+      server = await startServer({ port: 0, corsOrigins: [origin] });
+      noCorsServer = await startServer({ port: 0 });
+      child.stdin.end(`${JSON.stringify({ baseUrl: server.url, noCorsUrl: noCorsServer.url })}\n`);
+    }
+  }
+  const code = await closed;
   clearTimeout(timer);
   // A case that printed nothing (the runner crashed or hung) is a failure too.
   for (const transport of TRANSPORTS) {
@@ -191,8 +235,9 @@ async function runRuntime(runtime, only) {
     failed++;
     log(`FAIL ${runtime}: runner exited with ${code} although every case passed`);
   }
-  await control.close();
-  await server.close();
+  await control?.close();
+  await server?.close();
+  await noCorsServer?.close();
   return { runtime, passed, failed, ms: Date.now() - started };
 }
 
