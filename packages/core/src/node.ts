@@ -27,7 +27,7 @@ export function nodeWebSocket(): WebSocketFactory {
     open: (url) => {
       const ws = new WebSocket(url, { perMessageDeflate: false });
       // Small frames, sent at once: no Nagle delay.
-      ws.once("upgrade", (res) => res.socket.setNoDelay(true));
+      ws.once("upgrade", (res) => res.socket?.setNoDelay(true)); // no socket under Bun
       return ws as unknown as WebSocketLike;
     },
     idle: (ws, idle) => {

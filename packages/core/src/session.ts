@@ -614,13 +614,20 @@ export class ClientSession {
         }
         const body = JSON.parse(text) as SessionTerms & {
           known: boolean;
+          /** How long the server held this long-poll open before answering, ms. */
+          held?: number;
           messages: ServerMessage[];
         };
         // The first answer is the welcome. A later one that does not know the session means the
         // server lost it (restarted without its data): welcomed again, as a session it forgot.
         if (!this.connected || !body.known) {
           this.receive({ t: "welcome", session: this.id, resumed: body.known, ...body }, sent);
-        } else this.answered(sent);
+        } else {
+          // The server held the poll `held` ms after it arrived (no sooner than it was sent),
+          // with the session attached: it heard from the session that late at the earliest.
+          const held = typeof body.held === "number" ? Math.max(0, Math.min(body.held, wait)) : 0;
+          this.answered(sent, sent + held);
+        }
         for (const m of body.messages) this.receive(m, sent);
         return true;
       } catch (error) {
@@ -769,10 +776,13 @@ export class ClientSession {
   private idle = true;
   private helloSentAt = Number.NEGATIVE_INFINITY;
 
-  /** The server answered a message sent at `sentAt`. */
-  private answered(sentAt: number): void {
+  /**
+   * The server answered a message sent at `sentAt`; it had heard from the session at `heardAt`
+   * at the earliest (later than `sentAt` for a long-poll it held).
+   */
+  private answered(sentAt: number, heardAt = sentAt): void {
     if (sentAt > this.lastAnsweredSentAt) this.lastAnsweredSentAt = sentAt;
-    this.budget.confirm(sentAt);
+    this.budget.confirm(heardAt);
     this.armBudget();
   }
 

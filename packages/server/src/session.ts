@@ -360,6 +360,7 @@ export function sessionRoute(
       // A long-poll: the session is attached while it is open, and answered on the first event.
       return new Promise((resolve) => {
         let done = false;
+        const opened = performance.now();
         const finish = (how: "answered" | "closed") => {
           if (done) return;
           done = true;
@@ -368,7 +369,10 @@ export function sessionRoute(
           backend.detachSession(ns, sid, link, how);
           if (how === "closed") return resolve(reply);
           watch();
-          resolve({ ...head, messages: events() });
+          // How long the session was attached by this poll: the client may count on it (see
+          // "Liveness" in docs/protocol.md), as it knows the poll left it no sooner than it sent it.
+          const held = Math.floor(performance.now() - opened);
+          resolve({ ...head, held, messages: events() });
         };
         const link: SessionLink = {
           send: () => queueMicrotask(() => finish("answered")),

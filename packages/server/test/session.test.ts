@@ -248,6 +248,20 @@ describe("the HTTP session (POST /v1/sessions/{id})", () => {
     expect(res.body).toMatchObject({ code: "invalid_request", field });
   });
 
+  it("says how long it held a long-poll open: at least its wait, at most the client's round trip", async () => {
+    await using server = await startTestServer();
+    await post(server.url, "/v1/sessions/h2?wait=0", [{ t: "acquire", id: "a", resource: "r" }]);
+    const sent = performance.now();
+    const poll = await post(server.url, "/v1/sessions/h2?wait=120", []);
+    const roundTrip = performance.now() - sent;
+    expect(poll.body.messages).toEqual([]);
+    expect(poll.body.held).toBeGreaterThanOrEqual(119); // a timer fires no sooner than asked
+    expect(poll.body.held).toBeLessThanOrEqual(roundTrip);
+    // An answer at once holds nothing: no `held` to count on.
+    const now = await post(server.url, "/v1/sessions/h2?wait=0", []);
+    expect(now.body.held).toBeUndefined();
+  });
+
   it("needs a known key", async () => {
     await using server = await startTestServer({ apiKeys: ["right"] });
     const res = await post(server.url, "/v1/sessions/h1?wait=0", [], "wrong");
