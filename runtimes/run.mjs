@@ -213,7 +213,9 @@ async function runRuntime(runtime, only) {
       child.kill("SIGKILL");
     } else {
       // The page's origin only: the real cross-origin path (preflights, WebSocket Origin check).
-      server = await startServer({ port: 0, corsOrigins: [origin] });
+      // grace 1000, as the SDK's own tests: the browser, its renderer processes and the server
+      // share a loaded 2-core machine, and a lease survives only round trips shorter than grace.
+      server = await startServer({ port: 0, corsOrigins: [origin], grace: 1_000 });
       noCorsServer = await startServer({ port: 0 });
       child.stdin.end(`${JSON.stringify({ baseUrl: server.url, noCorsUrl: noCorsServer.url })}\n`);
     }

@@ -21,7 +21,9 @@ export async function loadEdgeRuntime() {
     metafile: true,
     logLevel: "silent",
   });
-  const sdkFiles = Object.keys(bundle.metafile.inputs).filter((f) => f.includes("packages/sdk/"));
+  const sdkFiles = Object.keys(bundle.metafile.inputs).filter((f) =>
+    /packages\/(sdk|core)\//.test(f),
+  );
   const runtime = new EdgeRuntime();
   runtime.evaluate(bundle.outputFiles[0].text);
   // `await using`, from the same source file as the other runtimes', as a script of its own:

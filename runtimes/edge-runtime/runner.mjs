@@ -12,10 +12,11 @@ console.log(
 if (usingError) console.log(`# await using does not parse here: ${usingError}`);
 if (
   !sdkFiles.some((f) => /packages\/sdk\/dist\/index\.js$/.test(f)) ||
-  sdkFiles.some((f) => /node\.js$/.test(f))
+  !sdkFiles.some((f) => /packages\/core\/dist\/index\.js$/.test(f)) ||
+  sdkFiles.some((f) => /node\.js$/.test(f) || /\/src\//.test(f))
 ) {
   console.log(
-    `FAIL edge-runtime resolve: the edge-light bundle took ${sdkFiles.join(", ")}, not dist/index.js`,
+    `FAIL edge-runtime resolve: the edge-light bundle took ${sdkFiles.join(", ")}, not the built sdk and core dist/index.js`,
   );
   process.exit(1);
 }

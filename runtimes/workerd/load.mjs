@@ -24,7 +24,7 @@ export async function bundleWorker() {
   }).then((result) => ({
     script: result.outputFiles[0].text,
     sdkFiles: Object.keys(result.metafile.inputs)
-      .filter((f) => f.includes("packages/sdk/"))
+      .filter((f) => /packages\/(sdk|core)\//.test(f))
       .map((f) => relative(join(here, ".."), join(process.cwd(), f))),
   }));
   return bundled;

@@ -15,10 +15,11 @@ console.log(
 );
 if (
   !sdkFiles.some((f) => /packages\/sdk\/dist\/index\.js$/.test(f)) ||
-  sdkFiles.some((f) => /node\.js$/.test(f))
+  !sdkFiles.some((f) => /packages\/core\/dist\/index\.js$/.test(f)) ||
+  sdkFiles.some((f) => /node\.js$/.test(f) || /\/src\//.test(f))
 ) {
   console.log(
-    `FAIL workerd resolve: the workerd bundle took ${sdkFiles.join(", ")}, not dist/index.js`,
+    `FAIL workerd resolve: the workerd bundle took ${sdkFiles.join(", ")}, not the built sdk and core dist/index.js`,
   );
   process.exit(1);
 }
