@@ -55,19 +55,8 @@ export function lockDirectory(dir: string): () => void {
  */
 function refuseLegacyOwner(dir: string): void {
   const file = join(dir, "server.pid");
-  let pid: number;
-  try {
-    pid = Number(readFileSync(file, "utf8").trim());
-  } catch {
-    return; // none
-  }
-  if (
-    Number.isInteger(pid) &&
-    pid > 0 &&
-    pid !== process.pid &&
-    pid !== process.ppid &&
-    isAlive(pid)
-  ) {
+  const pid = liveOwner(file);
+  if (pid !== undefined) {
     throw new Error(
       `cannot open the data directory ${dir}: a ratequeue-server of an earlier version (pid ${pid}) is using it: stop it first`,
     );
@@ -89,20 +78,14 @@ function fileLocks(): FileLocks | undefined {
   return loaded ?? undefined;
 }
 
-/**
- * Where no file lock can be had: the pid written in the file, taken as stale if that process is
- * gone — or is this process or its parent (a restarted container's server has the same pid as
- * the killed one), as PostgreSQL's postmaster.pid does.
- */
+/** Where no file lock can be had: the pid written in the file, unless it is stale (`liveOwner`). */
 function pidFileLock(file: string, fd: number): () => void {
-  const pid = Number(readFileSync(file, "utf8").trim());
-  if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && pid !== process.ppid) {
-    if (isAlive(pid)) {
-      closeSync(fd);
-      throw new Error(
-        `cannot open the data directory ${file.slice(0, -"/server.lock".length)}: another ratequeue-server (pid ${pid}) is using it`,
-      );
-    }
+  const pid = liveOwner(file);
+  if (pid !== undefined) {
+    closeSync(fd);
+    throw new Error(
+      `cannot open the data directory ${file.slice(0, -"/server.lock".length)}: another ratequeue-server (pid ${pid}) is using it`,
+    );
   }
   ftruncateSync(fd, 0);
   writeSync(fd, String(process.pid));
@@ -110,6 +93,22 @@ function pidFileLock(file: string, fd: number): () => void {
     ftruncateSync(fd, 0);
     closeSync(fd);
   };
+}
+
+/**
+ * The live process whose pid `file` holds, if any. A pid is stale if that process is gone — or
+ * is this process or its parent (a restarted container's server has the killed one's pid), as
+ * PostgreSQL's postmaster.pid rule has it.
+ */
+function liveOwner(file: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(file, "utf8").trim());
+  } catch {
+    return undefined; // no file
+  }
+  const other = Number.isInteger(pid) && pid > 0 && pid !== process.pid && pid !== process.ppid;
+  return other && isAlive(pid) ? pid : undefined;
 }
 
 function owner(file: string): string {

@@ -222,6 +222,7 @@ export const OPEN_MODE_HOSTS =
 /** A `Host` header naming this machine's loopback (any port). */
 export function loopbackHost(host: string | undefined): boolean {
   if (host === undefined) return false;
-  const name = host.startsWith("[") ? host.slice(0, host.indexOf("]") + 1) : host.split(":")[0]!;
-  return name === "localhost" || name === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(name);
+  // `name:port`, or `[v6]:port`: the name without port and brackets.
+  const name = host.startsWith("[") ? host.slice(1, host.indexOf("]")) : host.split(":")[0]!;
+  return isLoopback(name);
 }

@@ -215,16 +215,7 @@ export class SqliteStore implements Store {
       this.checkpointTimer.unref();
       return;
     }
-    if (this.pending.size === 0 && this.dirtyTokens.size === 0) return;
-    closeSync(this.journal);
-    renameSync(this.journalFile, setAside(this.journalFile));
-    this.journal = openSync(this.journalFile, "a");
-    this.journalBytes = 0;
-    this.applying = [...this.pending];
-    this.pending = new Map();
-    const tokens = [...this.dirtyTokens].map((ns) => [ns, this.tokens.get(ns)!] as const);
-    this.dirtyTokens = new Set();
-    this.saveTokens(tokens);
+    if (!this.startCheckpoint()) return;
     // A transaction per chunk: one big one takes tens of ms to commit. Until the last, a kill
     // leaves part of the batch in SQLite, and the set-aside journal, replayed, redoes it all.
     const step = () => {
@@ -244,14 +235,35 @@ export class SqliteStore implements Store {
       this.applyChunk(Number.POSITIVE_INFINITY);
       this.finishCheckpoint();
     }
-    this.saveTokens([...this.dirtyTokens].map((ns) => [ns, this.tokens.get(ns)!] as const));
-    this.applying = [...this.pending];
-    this.applyChunk(Number.POSITIVE_INFINITY);
-    this.pending = new Map();
-    this.dirtyTokens = new Set();
-    this.finishCheckpoint();
-    ftruncateSync(this.journal, 0); // all of it is in SQLite now
+    // All at once, so the journal need not be set aside: it is emptied below.
+    if (this.startCheckpoint({ setAside: false })) {
+      this.applyChunk(Number.POSITIVE_INFINITY);
+      this.finishCheckpoint();
+    }
+    // Everything is in SQLite: a torn line (a write a kill interrupted) must not stay ahead of
+    // the appends to come, which replay would then never reach.
+    ftruncateSync(this.journal, 0);
     this.journalBytes = 0;
+  }
+
+  /**
+   * Takes what the journal holds to apply: tokens at once, requests in `applying`; first sets
+   * the journal aside (new commits go to a new one) unless told not to. False if there was
+   * nothing to apply.
+   */
+  private startCheckpoint({ setAside: rotate } = { setAside: true }): boolean {
+    if (this.pending.size === 0 && this.dirtyTokens.size === 0) return false;
+    if (rotate) {
+      closeSync(this.journal);
+      renameSync(this.journalFile, setAside(this.journalFile));
+      this.journal = openSync(this.journalFile, "a");
+      this.journalBytes = 0;
+    }
+    this.applying = [...this.pending];
+    this.pending = new Map();
+    this.saveTokens([...this.dirtyTokens].map((ns) => [ns, this.tokens.get(ns)!] as const));
+    this.dirtyTokens = new Set();
+    return true;
   }
 
   /**
