@@ -323,6 +323,31 @@ describe("HTTP session over fetch (fetch build): faults from msw", () => {
     await nextLease.release();
   });
 
+  it("counts a long-poll's `held` only up to the wait it asked for: an overstated one stretches no lease", async () => {
+    await using server = await startTestServer(LOSABLE);
+    let overstated = 0;
+    let down = false;
+    msw.use(
+      http.post(`${server.url}/v1/sessions/:id`, async ({ request }) => {
+        if (down) return HttpResponse.error();
+        const res = await fetch(bypass(request));
+        if (res.status !== 200) return res;
+        const body = (await res.json()) as { held?: number };
+        if (typeof body.held === "number") {
+          body.held = 1e9; // a server (or proxy) that says it held the poll for 11 days
+          overstated++;
+        }
+        return HttpResponse.json(body);
+      }),
+    );
+    const lease = await client(server).acquire("r");
+    await eventually(() => overstated > 0);
+    const lost = once(lease.signal, "abort");
+    down = true;
+    await lost; // within grace of the last answer, as if `held` were at most the poll's wait
+    expect(lease.signal.reason).toBeInstanceOf(LeaseLostError);
+  });
+
   it("a network outage longer than grace: LeaseLostError, then the lease is handed on", async () => {
     await using server = await startTestServer(LOSABLE);
     using faults = sessionFaults(msw, server.url);
