@@ -4,7 +4,7 @@
  * then once more, which writes it again.
  */
 
-import { ensureSdkBuilt, runTwoAtOnce, startReportsService } from "../deno-script/harness.js";
+import { ensureSdkBuilt, runTwoAtOnce, startReportsService } from "../shared/runtimes.js";
 import { exampleServer } from "../shared/server.js";
 import { runNightlyReport } from "./run.js";
 

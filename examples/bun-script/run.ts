@@ -1,7 +1,7 @@
 /** Runs `nightly-report.ts` in Bun (the real binary from the `bun` npm package), as a cron would. */
 import { fileURLToPath } from "node:url";
-import { BUN, type ProcessResult, runProcess } from "../deno-script/harness.js";
 import type { JobConfig } from "../deno-script/run.js";
+import { BUN, type ProcessResult, runProcess } from "../shared/runtimes.js";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 

@@ -2,7 +2,7 @@
  * `pnpm -C examples cloudflare-worker`: bundles worker.ts, runs it in workerd (Miniflare), and
  * sends it 60 increments at once over 3 counters; every counter ends at 20.
  */
-import { ensureSdkBuilt } from "../deno-script/harness.js";
+import { ensureSdkBuilt } from "../shared/runtimes.js";
 import { exampleServer } from "../shared/server.js";
 import { startCountersStore } from "./counters.js";
 import { startWorker } from "./local.js";

@@ -3,8 +3,9 @@
  * crons firing together) — one writes the report, the other finds the lock held and exits —
  * then once more, which writes it again.
  */
+
+import { ensureSdkBuilt, runTwoAtOnce, startReportsService } from "../shared/runtimes.js";
 import { exampleServer } from "../shared/server.js";
-import { ensureSdkBuilt, runTwoAtOnce, startReportsService } from "./harness.js";
 import { runNightlyReport } from "./run.js";
 
 await ensureSdkBuilt(); // Deno loads the SDK's dist/ (its `deno` export condition)

@@ -4,7 +4,7 @@
  * the reports service only, and the two variables it reads.
  */
 import { fileURLToPath } from "node:url";
-import { DENO, type ProcessResult, runProcess } from "./harness.js";
+import { DENO, type ProcessResult, runProcess } from "../shared/runtimes.js";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 

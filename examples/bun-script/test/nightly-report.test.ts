@@ -9,7 +9,7 @@ import {
   runTwoAtOnce,
   SDK_FETCH_BUILD,
   startReportsService,
-} from "../../deno-script/harness.js";
+} from "../../shared/runtimes.js";
 import { isIdle, startTestServer } from "../../shared/testing.js";
 import { runNightlyReport } from "../run.js";
 

@@ -1,6 +1,6 @@
 import type { Miniflare } from "miniflare";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureSdkBuilt, SDK_FETCH_BUILD } from "../../deno-script/harness.js";
+import { ensureSdkBuilt, SDK_FETCH_BUILD } from "../../shared/runtimes.js";
 import { isIdle, startTestServer } from "../../shared/testing.js";
 import { startCountersStore } from "../counters.js";
 import { bundleWorker, startWorker } from "../local.js";

@@ -1,7 +1,6 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import { isIdle, startTestServer } from "../../shared/testing.js";
 import {
   DENO,
   ensureSdkBuilt,
@@ -12,7 +11,8 @@ import {
   runTwoAtOnce,
   SDK_FETCH_BUILD,
   startReportsService,
-} from "../harness.js";
+} from "../../shared/runtimes.js";
+import { isIdle, startTestServer } from "../../shared/testing.js";
 import { runNightlyReport } from "../run.js";
 
 const API_KEY = "deno-example";

@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ConcurrencyTracker, sleep } from "../shared/concurrency.js";
+import { ConcurrencyTracker, sleep } from "./concurrency.js";
 
 export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 export const examplesDir = fileURLToPath(new URL("../", import.meta.url));
