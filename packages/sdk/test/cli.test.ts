@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -58,13 +58,15 @@ describe("ratequeue run (flock across machines)", () => {
     await using server = await startServer({ port: 0 });
     const dir = mkdtempSync(join(tmpdir(), "ratequeue-run-"));
     const log = join(dir, "log");
+    const go = join(dir, "go");
+    // The first holds until the test says so, however slowly the others start.
     const first = ratequeue(server.url, [
       "run",
       "job",
       "--",
       "sh",
       "-c",
-      `echo a-start >> ${log}; sleep 1; echo a-end >> ${log}`,
+      `echo a-start >> ${log}; while [ ! -f ${go} ]; do sleep 0.05; done; echo a-end >> ${log}`,
     ]);
     await eventually(async () => (await resource(server.url, "job")).used === 1);
     const noWait = ratequeue(server.url, ["run", "job", "--no-wait", "--", "true"]);
@@ -73,6 +75,8 @@ describe("ratequeue run (flock across machines)", () => {
     const timedOut = ratequeue(server.url, ["run", "job", "--wait", "200", "--", "true"]);
     expect(await exitCode(timedOut)).toBe(1);
     const second = ratequeue(server.url, ["run", "job", "--", "sh", "-c", `echo b >> ${log}`]);
+    await eventually(async () => (await resource(server.url, "job")).queued === 1);
+    writeFileSync(go, "");
     expect(await exitCode(first)).toBe(0);
     expect(await exitCode(second)).toBe(0);
     expect(readFileSync(log, "utf8").split("\n").filter(Boolean)).toEqual([
