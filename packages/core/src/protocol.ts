@@ -172,12 +172,7 @@ export interface SessionTerms {
 
 /** Messages a server sends in a session. */
 export type ServerMessage =
-  /**
-   * `seq`: the number of the session's latest event on this server. Below what the client has
-   * acknowledged, the server is a new run (restarted on its data directory) whose events count
-   * from 1 again: the client must take them all.
-   */
-  | ({ t: "welcome"; session: string; resumed: boolean; seq?: number } & SessionTerms)
+  | ({ t: "welcome"; session: string; resumed: boolean } & SessionTerms)
   /**
    * A request's snapshot: the answer to an `acquire` or `release` (without `seq`), or an event
    * (with `seq`: a grant, or an end the client did not ask for) — events are replayed on resume

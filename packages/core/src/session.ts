@@ -735,7 +735,7 @@ export class ClientSession {
     }
   }
 
-  private welcome(m: SessionTerms & { resumed: boolean; seq?: number }, helloSentAt: number): void {
+  private welcome(m: SessionTerms & { resumed: boolean }, helloSentAt: number): void {
     const first = !this.everWelcomed;
     this.everWelcomed = true;
     this.welcomed = true;
@@ -745,9 +745,7 @@ export class ClientSession {
     this.welcomeWaiter = undefined;
     this.budget.terms = { grace: m.grace, ping: m.ping, recovery: m.recovery };
     this.answered(helloSentAt);
-    // A new session on the server, or a server restarted on its data directory (its events count
-    // from 1 again, below what this client acknowledged): take its events from the first.
-    if (!m.resumed || (m.seq !== undefined && m.seq < this.ack)) this.ack = 0;
+    if (!m.resumed) this.ack = 0; // a new session on the server: its events count from 1
     if (!m.resumed && !first) {
       // The server no longer knows this session (dropped, or restarted without its data): no
       // lease of it survived.

@@ -78,13 +78,13 @@ export interface SessionBackend {
     id: string,
     after: number | undefined,
     link: SessionLink,
-  ): { known: boolean; seq: number };
+  ): { known: boolean };
   /** A connection or poll of session `id` ended: answered by the server, or closed by the client. */
   detachSession(ns: string, id: string, link: SessionLink, how: "answered" | "closed"): void;
   /** The socket of session `id`'s last answered poll closed before its next poll. */
   leaveSession(ns: string, id: string): void;
   /** A message of session `id` arrived; `ack`: the last event its client has. */
-  touchSession(ns: string, id: string, ack?: number): { known: boolean; seq: number };
+  touchSession(ns: string, id: string, ack?: number): { known: boolean };
   /** Creates or resumes request `id` of session `sessionId`, answering at once. */
   acquireInSession(
     ns: string,

@@ -149,11 +149,11 @@ export class LocalBackend implements Backend, SessionBackend {
     const session = this.engine.session(ns, id);
     this.engine.attachSession(session);
     const log = this.logOf(session);
-    this.trim(log, after);
+    if (after !== undefined) this.trim(log, after);
     log.links.add(link);
     this.settle();
     if (log.events.length > 0) link.send(this.render(log));
-    return { known, seq: log.seq };
+    return { known };
   }
 
   /** A link ended: `answered` (an HTTP poll the server answered) or `closed` (the client went). */
@@ -175,15 +175,14 @@ export class LocalBackend implements Backend, SessionBackend {
   }
 
   /** A message from session `id`'s client arrived: it is alive. `ack`: events it has received. */
-  touchSession(ns: string, id: string, ack?: number): { known: boolean; seq: number } {
+  touchSession(ns: string, id: string, ack?: number): { known: boolean } {
     const known = this.engine.findSession(ns, id) !== undefined;
-    if (this.closed) return { known, seq: 0 };
+    if (this.closed) return { known };
     const session = this.engine.session(ns, id);
     this.engine.touch(session);
-    const log = this.logOf(session);
-    this.trim(log, ack);
+    if (ack !== undefined) this.trim(this.logOf(session), ack);
     this.settle();
-    return { known, seq: log.seq };
+    return { known };
   }
 
   /** Creates or resumes request `id` in session `sessionId`; answers at once. */
@@ -206,7 +205,7 @@ export class LocalBackend implements Backend, SessionBackend {
     const session = this.engine.findSession(ns, id);
     const log = session && this.logs.get(session);
     if (log === undefined) return [];
-    this.trim(log, after);
+    if (after !== undefined) this.trim(log, after);
     return this.render(log);
   }
 
@@ -240,13 +239,7 @@ export class LocalBackend implements Backend, SessionBackend {
     for (const link of log.links) link.send([message]);
   }
 
-  /**
-   * Forgets the events the client has (up to `upTo`). An `upTo` beyond the log's latest event
-   * acknowledges a previous run's events (this server restarted, and counts from 1 again): it
-   * says nothing of this run's, which all stay (the welcome's `seq` tells the client).
-   */
-  private trim(log: SessionLog, upTo: number | undefined): void {
-    if (upTo === undefined || upTo > log.seq) return;
+  private trim(log: SessionLog, upTo: number): void {
     let n = 0;
     while (n < log.events.length && log.events[n]!.seq <= upTo) n++;
     if (n > 0) log.events.splice(0, n);

@@ -242,10 +242,8 @@ function serveWebSocket(
       proven();
       // The welcome goes first, then any unacknowledged events, then the answers.
       push({ t: "welcome", session: sid, resumed: false, ...backend.terms });
-      const welcome = out[out.length - 1] as { resumed: boolean; seq?: number };
-      const attached = backend.attachSession(ns, sid, after as number | undefined, link);
-      welcome.resumed = attached.known;
-      welcome.seq = attached.seq;
+      const welcome = out[out.length - 1] as { resumed: boolean };
+      welcome.resumed = backend.attachSession(ns, sid, after as number | undefined, link).known;
       clearTimeout(silence);
       watchSilence();
       receive(messages.slice(1));
@@ -334,10 +332,10 @@ export function sessionRoute(
       }
       const key = `${ns}\n${sid}`;
       unwatch(key);
-      const { known, seq } = backend.touchSession(ns, sid, after);
+      const { known } = backend.touchSession(ns, sid, after);
       const out: ServerMessage[] = [];
       handle(backend, options, ns, sid, body, out);
-      const head = { session: sid, known, seq, ...backend.terms };
+      const head = { session: sid, known, ...backend.terms };
       const events = () => backend.pendingEvents(ns, sid, after);
       const window = Math.min(wait ?? options.pollWindow, options.pollWindow);
       /** Until its next poll, the session leaves (`grace`) if the socket of this answer closes. */
