@@ -154,8 +154,11 @@ export type ProblemCode =
 
 /** Messages a client sends in a session. */
 export type ClientMessage =
-  /** First message on a WebSocket: authenticates and opens (or resumes) session `session`. */
-  | { t: "hello"; key: string; session: string; after?: number }
+  /**
+   * First message on a WebSocket: authenticates and opens (or resumes) session `session`.
+   * `after`: the last event seq seen, counted in server run `run` (from the last welcome).
+   */
+  | { t: "hello"; key: string; session: string; after?: number; run?: string }
   /** Create or resume request `id` (as `PUT /v1/requests/{id}`): answered with a `state`. */
   | ({ t: "acquire"; id: string } & AcquireBody)
   /** Release or cancel request `id` (as `DELETE`): answered with a `state`. */
@@ -172,7 +175,11 @@ export interface SessionTerms {
 
 /** Messages a server sends in a session. */
 export type ServerMessage =
-  | ({ t: "welcome"; session: string; resumed: boolean } & SessionTerms)
+  /**
+   * `run`: the server process's run. Events are numbered per run: a server restarted on its
+   * data directory numbers a restored session's events from 1 again.
+   */
+  | ({ t: "welcome"; session: string; resumed: boolean; run?: string } & SessionTerms)
   /**
    * A request's snapshot: the answer to an `acquire` or `release` (without `seq`), or an event
    * (with `seq`: a grant, or an end the client did not ask for) — events are replayed on resume

@@ -173,6 +173,8 @@ export class ClientSession {
   private flushQueued = false;
   /** Highest event seq handled (acknowledged in pings). */
   private ack = 0;
+  /** The server run `ack` counts in (events are numbered per run: see `welcome`). */
+  private run: string | undefined;
   private pingN = 0;
   /** ping n → send time. */
   private readonly pings = new Map<number, number>();
@@ -525,7 +527,13 @@ export class ClientSession {
       if (this.link !== link) return;
       this.helloSentAt = performance.now();
       ws.send(
-        JSON.stringify({ t: "hello", key: this.config.apiKey, session: this.id, after: this.ack }),
+        JSON.stringify({
+          t: "hello",
+          key: this.config.apiKey,
+          session: this.id,
+          after: this.ack,
+          run: this.run,
+        }),
       );
     });
     ws.addEventListener("message", (event: { data: unknown }) => {
@@ -595,7 +603,9 @@ export class ClientSession {
       try {
         const res = await this.config.transport({
           method: "POST",
-          url: `${this.base}${API_PREFIX}/sessions/${this.id}?after=${this.ack}&wait=${wait}`,
+          url: `${this.base}${API_PREFIX}/sessions/${this.id}?after=${this.ack}${
+            this.run === undefined ? "" : `&run=${encodeURIComponent(this.run)}`
+          }&wait=${wait}`,
           headers,
           body: JSON.stringify(messages),
           signal: timeout.signal,
@@ -614,13 +624,16 @@ export class ClientSession {
         }
         const body = JSON.parse(text) as SessionTerms & {
           known: boolean;
+          run?: string;
           /** How long the server held this long-poll open before answering, ms. */
           held?: number;
           messages: ServerMessage[];
         };
         // The first answer is the welcome. A later one that does not know the session means the
         // server lost it (restarted without its data): welcomed again, as a session it forgot.
-        if (!this.connected || !body.known) {
+        // One from another run means the server restarted between two polls: welcomed again,
+        // as a session it kept (its events count from 1 again).
+        if (!this.connected || !body.known || body.run !== this.run) {
           this.receive({ t: "welcome", session: this.id, resumed: body.known, ...body }, sent);
         } else {
           // The server held the poll `held` ms after it arrived (no sooner than it was sent),
@@ -735,7 +748,7 @@ export class ClientSession {
     }
   }
 
-  private welcome(m: SessionTerms & { resumed: boolean }, helloSentAt: number): void {
+  private welcome(m: SessionTerms & { resumed: boolean; run?: string }, helloSentAt: number): void {
     const first = !this.everWelcomed;
     this.everWelcomed = true;
     this.welcomed = true;
@@ -745,7 +758,10 @@ export class ClientSession {
     this.welcomeWaiter = undefined;
     this.budget.terms = { grace: m.grace, ping: m.ping, recovery: m.recovery };
     this.answered(helloSentAt);
-    if (!m.resumed) this.ack = 0; // a new session on the server: its events count from 1
+    // A new session on the server, or a new run of it (restarted on its data directory): its
+    // events count from 1. (The server ignored our `after`, which counted another run's.)
+    if (!m.resumed || m.run !== this.run) this.ack = 0;
+    this.run = m.run;
     if (!m.resumed && !first) {
       // The server no longer knows this session (dropped, or restarted without its data): no
       // lease of it survived.
@@ -816,7 +832,9 @@ export class ClientSession {
       }
     }
     if (snap.state === "queued") {
-      entry.phase = "queued";
+      // Never back from active: over HTTP, an acquire's answer ("queued") may arrive after the
+      // event of the grant that followed it, on another connection.
+      if (entry.phase !== "active") entry.phase = "queued";
       return;
     }
     if (snap.state === "active") {

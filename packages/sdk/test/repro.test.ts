@@ -363,6 +363,43 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
         rmSync(dataDir, { recursive: true, force: true });
       }
     });
+
+    // Found by the chaos run: a server restarted on its data directory numbers a session's
+    // events from 1 again, and a client that had acknowledged more took them for replays and
+    // dropped them — a grant never heard of, an end never told (two holders at once).
+    it("a waiter granted by a restarted server hears of it, though the new run's events count from 1", async () => {
+      const port = await freePort();
+      const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-repro-"));
+      const url = `http://127.0.0.1:${port}`;
+      const args = ["--port", String(port), "--data-dir", dataDir];
+      let server = await spawnServer(args);
+      try {
+        const rq = connect(url);
+        const other = connect(url);
+        // Three grants to rq's waiters: rq has acknowledged events 1–3 of the first run.
+        for (let i = 0; i < 3; i++) {
+          const held = await other.acquire(`warm-${i}`);
+          const waiting = rq.acquire(`warm-${i}`, {}, () => {});
+          await queued({ url }, `warm-${i}`, 1);
+          await held.release();
+          await waiting;
+        }
+        const held = await other.acquire("lock");
+        const waiter = rq.acquire("lock", {}, (lease) => lease.fencingToken);
+        await queued({ url }, "lock", 1);
+
+        await killHard(server);
+        server = await spawnServer(args);
+        // Both clients are back on the new run; then the grant is its event 1 for rq.
+        await (await rq.acquire("probe-rq", { timeout: 0 })).release();
+        await (await other.acquire("probe-other", { timeout: 0 })).release();
+        await held.release();
+        expect(await waiter).toBeGreaterThan(held.fencingToken);
+      } finally {
+        await killHard(server);
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    });
   });
 });
 

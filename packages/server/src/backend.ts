@@ -72,6 +72,11 @@ export interface Backend {
 export interface SessionBackend {
   /** Liveness terms announced to clients (`welcome`, HTTP session replies). */
   readonly terms: SessionTerms;
+  /**
+   * This server process's run: events are numbered per session and per run (a restarted server
+   * numbers them from 1 again), so an `after` or `ack` counts only for the run it was read from.
+   */
+  readonly run: string;
   /** A connection (or poll) of session `id` opened; events after `after` go to `link`. */
   attachSession(
     ns: string,

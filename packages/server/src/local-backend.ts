@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import {
   type AcquireBody,
   pingInterval,
@@ -61,6 +62,7 @@ export class LocalBackend implements Backend, SessionBackend {
   /** The request whose change the current operation answers directly (no event for it). */
   private answering: Request | undefined;
   readonly terms: SessionTerms;
+  readonly run = randomUUID();
 
   constructor(
     config: EngineConfig,

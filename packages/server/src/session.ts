@@ -233,17 +233,20 @@ function serveWebSocket(
       if ("status" in who) return fail(401, "unauthorized", who.detail, "key");
       const bad = checkRequestId(hello.session);
       if (bad) return fail(400, "invalid_request", `session id ${bad}`, "session");
-      const after = hello.after;
-      if (after !== undefined && !Number.isSafeInteger(after)) {
+      if (hello.after !== undefined && !Number.isSafeInteger(hello.after)) {
         return fail(400, "invalid_request", "after must be an integer (the last event seq seen)");
       }
+      if (hello.run !== undefined && typeof hello.run !== "string") {
+        return fail(400, "invalid_request", "run must be the string a welcome gave", "run");
+      }
+      const after = ofThisRun(backend, hello.after as number | undefined, hello.run);
       ns = who.ns;
       sid = hello.session as string;
       proven();
       // The welcome goes first, then any unacknowledged events, then the answers.
-      push({ t: "welcome", session: sid, resumed: false, ...backend.terms });
+      push({ t: "welcome", session: sid, resumed: false, run: backend.run, ...backend.terms });
       const welcome = out[out.length - 1] as { resumed: boolean };
-      welcome.resumed = backend.attachSession(ns, sid, after as number | undefined, link).known;
+      welcome.resumed = backend.attachSession(ns, sid, after, link).known;
       clearTimeout(silence);
       watchSilence();
       receive(messages.slice(1));
@@ -296,7 +299,7 @@ function serveWebSocket(
   ws.on("error", () => ws.terminate());
 }
 
-/** `POST /v1/sessions/{id}[?after=seq&wait=ms]`: the same session, over HTTP polls. */
+/** `POST /v1/sessions/{id}[?after=seq&run=id&wait=ms]`: the same session, over HTTP polls. */
 export function sessionRoute(
   app: FastifyInstance,
   options: ResolvedServerOptions,
@@ -318,8 +321,9 @@ export function sessionRoute(
       const sid = req.params.id;
       const bad = checkRequestId(sid);
       if (bad) return invalid(reply, "id", `session id ${bad}`);
-      const after = intParam(req.query.after, "after");
-      if (typeof after === "string") return invalid(reply, "after", after);
+      const seen = intParam(req.query.after, "after");
+      if (typeof seen === "string") return invalid(reply, "after", seen);
+      const after = ofThisRun(backend, seen, req.query.run);
       const wait = intParam(req.query.wait, "wait");
       if (typeof wait === "string") return invalid(reply, "wait", wait);
       const body = req.body ?? [];
@@ -335,7 +339,7 @@ export function sessionRoute(
       const { known } = backend.touchSession(ns, sid, after);
       const out: ServerMessage[] = [];
       handle(backend, options, ns, sid, body, out);
-      const head = { session: sid, known, ...backend.terms };
+      const head = { session: sid, known, run: backend.run, ...backend.terms };
       const events = () => backend.pendingEvents(ns, sid, after);
       const window = Math.min(wait ?? options.pollWindow, options.pollWindow);
       /** Until its next poll, the session leaves (`grace`) if the socket of this answer closes. */
@@ -387,6 +391,15 @@ export function sessionRoute(
       });
     },
   );
+}
+
+/**
+ * The last event a client has seen, if it is of this run: a client that names another run (it
+ * read its events from this server before a restart) has seen none of this run's. A client that
+ * names no run is taken at its word (`curl` following docs/protocol.md).
+ */
+function ofThisRun(backend: SessionBackend, after: number | undefined, run: unknown) {
+  return run === undefined || run === backend.run ? after : undefined;
 }
 
 function intParam(value: string | undefined, name: string): number | undefined | string {

@@ -235,6 +235,24 @@ describe("the HTTP session (POST /v1/sessions/{id})", () => {
     expect(later.body.messages).toEqual([]);
   });
 
+  it("counts `after` only in the run it names: another run's (before a restart) acknowledges nothing", async () => {
+    await using server = await startTestServer();
+    await post(server.url, "/v1/sessions/h3?wait=0", [
+      { t: "acquire", id: "a", resource: "lock" },
+      { t: "acquire", id: "b", resource: "lock" },
+    ]);
+    const { run } = (await post(server.url, "/v1/sessions/h3?wait=0", [])).body;
+    expect(typeof run).toBe("string");
+    await post(server.url, "/v1/sessions/h3?wait=0", [{ t: "release", id: "a" }]);
+    const grant = expect.objectContaining({ seq: 1, id: "b", state: "active" });
+    // A client that counted 7 events in a previous run of the server has seen none of this one's.
+    const stale = await post(server.url, "/v1/sessions/h3?after=7&run=earlier&wait=0", []);
+    expect(stale.body).toMatchObject({ run, messages: [grant] });
+    // Counted in this run, it acknowledges.
+    const acked = await post(server.url, `/v1/sessions/h3?after=1&run=${run}&wait=0`, []);
+    expect(acked.body.messages).toEqual([]);
+  });
+
   it.each([
     ["/v1/sessions/h1?wait=soon", [], "wait"],
     ["/v1/sessions/h1?after=-1", [], "after"],
