@@ -19,10 +19,11 @@
  *   CHAOS_CLIENT_KILL_RATE (chance per 100–500 ms tick; default 0.3), CHAOS_RECOVERY_WINDOW,
  *   CHAOS_WAIT_GRACE (server options, ms), CHAOS_SEED, CHAOS_VERBOSE=1 (a line per lost lease),
  *   CHAOS_TRACE=dir (clients keep their last 3 s of WebSocket frames and write them to dir when
- *   the server ends a lease they hold: see client.ts)
+ *   the server ends a lease they hold: see client.ts), RATEQUEUE_TRACE=file (the server's grants,
+ *   ends and session attaches, and the harness's faults, a line each: see local-backend.ts)
  */
 import { type ChildProcess, fork, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { appendFileSync, mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -148,6 +149,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   await new Promise<void>((r) => register.listen(0, "127.0.0.1", r));
   const registerUrl = `http://127.0.0.1:${(register.address() as { port: number }).port}/`;
 
+  /** RATEQUEUE_TRACE=file: the harness's faults go to the file the server traces its events to. */
+  const mark = (line: string) => {
+    if (process.env.RATEQUEUE_TRACE)
+      appendFileSync(process.env.RATEQUEUE_TRACE, `${Date.now()} harness ${line}\n`);
+  };
   // The server, restartable on the same port and data directory.
   const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-chaos-"));
   let port = 0;
@@ -261,6 +267,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         return;
       }
       const key = `${id}/${m.token}`;
+      if (m.type !== "write") mark(`${id} ${m.type} token=${m.token} at ${m.at}`);
       if (m.type === "grant") {
         report.grants++;
         lastGrant = Date.now();
@@ -363,7 +370,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   while (running()) {
     await sleep(100 + random() * 400);
     if (random() < (o.clientKillRate ?? 0.3) && clients.size > 0) {
-      kill(pick([...clients.keys()]));
+      const victim = pick([...clients.keys()]);
+      mark(`kill ${victim}`);
+      kill(victim);
       report.clientKills++;
       await spawnClient();
     }
@@ -371,6 +380,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       const id = pick([...clients.keys()]);
       const blip = random() * 500;
       const at = Date.now();
+      mark(`reset ${id} blip ${Math.round(blip)}`);
       clients.get(id)!.proxy.reset(blip);
       faults.push({ kind: "reset", client: id, from: at, to: at + blip });
       report.resets++;
@@ -380,6 +390,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       if (serverUp) {
         serverUp = false;
         const exit = new Promise((r) => server!.once("exit", r));
+        mark("server kill");
         server!.kill("SIGKILL");
         await exit;
         report.serverRestarts++;
@@ -390,6 +401,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       await startServer();
       await Promise.all([...clients.values()].map((c) => c.proxy.serverUp()));
       lastRestart = Date.now();
+      mark("server up");
       faults.push({ kind: "server", from, to: lastRestart });
       nextServerKill = Date.now() + 2_000 + random() * 3_000;
     }

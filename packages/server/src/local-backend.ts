@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { appendFileSync } from "node:fs";
 import {
   type AcquireBody,
   pingInterval,
@@ -49,6 +50,16 @@ interface LastConnection {
  * The single-process backend: the pure engine, one timer for its next deadline, and the open
  * long-polls, which it answers the moment their request changes.
  */
+/**
+ * RATEQUEUE_TRACE=file: a line per grant, end, restore and session attach/detach, appended
+ * synchronously (slow: for chasing a bug, as the chaos run does with CHAOS_TRACE).
+ */
+const traceFile = typeof process === "undefined" ? undefined : process.env.RATEQUEUE_TRACE;
+const trace =
+  traceFile === undefined || traceFile === ""
+    ? undefined
+    : (line: string) => appendFileSync(traceFile, `${Date.now()} ${process.pid} ${line}\n`);
+
 export class LocalBackend implements Backend, SessionBackend {
   readonly engine: Engine;
   private readonly polls = new Map<Request, Set<Poll>>();
@@ -84,6 +95,9 @@ export class LocalBackend implements Backend, SessionBackend {
       config,
       clock,
       (req) => {
+        trace?.(
+          `${req.id} ${req.state} ${req.name} token=${req.fencingToken} session=${req.session.id}`,
+        );
         if (this.polls.has(req)) this.changed.push(req);
         if (req.session.id !== undefined && req !== this.answering) this.log(req);
         if (req.resource === undefined) {
@@ -97,6 +111,10 @@ export class LocalBackend implements Backend, SessionBackend {
     );
     if (store) {
       const { requests, tokens, tokenFloor } = store.load();
+      for (const r of requests)
+        trace?.(
+          `${r.id} restored ${r.state} ${r.name} token=${r.fencingToken} session=${r.session}`,
+        );
       this.engine.restore(requests, recoveryWindow, tokens, tokenFloor);
       this.settle();
     }
@@ -148,6 +166,7 @@ export class LocalBackend implements Backend, SessionBackend {
    */
   attachSession(ns: string, id: string, after: number | undefined, link: SessionLink) {
     const known = this.engine.findSession(ns, id) !== undefined;
+    trace?.(`session ${id} attached (known ${known}, after ${after})`);
     const session = this.engine.session(ns, id);
     this.engine.attachSession(session);
     const log = this.logOf(session);
@@ -164,6 +183,7 @@ export class LocalBackend implements Backend, SessionBackend {
     if (session === undefined) return;
     const log = this.logs.get(session);
     if (log === undefined || !log.links.delete(link) || this.closed) return;
+    trace?.(`session ${id} detached (${how})`);
     this.engine.detachSession(session, how);
     this.settle();
   }
