@@ -36,4 +36,17 @@ describe("LivenessBudget", () => {
     memory.serverDown(1_050);
     expect(memory.safeUntil).toBe(1_000 + 200 - margin);
   });
+
+  it("the extension ends when a server answers a message sent after the outage began", () => {
+    const b = new LivenessBudget(terms);
+    b.confirm(1_000);
+    b.serverDown(1_100);
+    b.confirm(1_050); // an answer to a message sent before the outage: still extended
+    expect(b.safeUntil).toBe(1_100 + 14_000 - margin);
+    b.confirm(2_000); // the restarted server welcomed us: back to the grace rule
+    expect(b.safeUntil).toBe(2_000 + 200 - margin);
+    // ...and a later outage extends it again.
+    b.serverDown(2_100);
+    expect(b.safeUntil).toBe(2_100 + 14_000 - margin);
+  });
 });

@@ -72,6 +72,8 @@ export class LivenessBudget {
   private confirmedSentAt = Number.NEGATIVE_INFINITY;
   /** What confirmations alone earned: `confirmedSentAt + grace − margin`. */
   private earnedUntil = Number.NEGATIVE_INFINITY;
+  /** When the server was found down, while that extends the budget; Infinity otherwise. */
+  private downAt = Number.POSITIVE_INFINITY;
 
   constructor(public terms: LivenessTerms) {}
 
@@ -80,7 +82,15 @@ export class LivenessBudget {
     if (sentAt <= this.confirmedSentAt) return;
     this.confirmedSentAt = sentAt;
     this.earnedUntil = sentAt + this.terms.grace - safetyMargin(this.terms.grace);
-    this.extendTo(this.earnedUntil);
+    if (sentAt >= this.downAt) {
+      // A server took a message sent after it was found down: it is up (restarted), and holds
+      // the session by the grace rule again — the recovery extension is void, and may not
+      // outlive the outage (a reset right after the restart is handed on after `grace`).
+      this.downAt = Number.POSITIVE_INFINITY;
+      this.safeUntil = this.earnedUntil;
+    } else {
+      this.extendTo(this.earnedUntil);
+    }
   }
 
   /**
@@ -92,6 +102,7 @@ export class LivenessBudget {
     // have been up, and handed the lease on, in between) — and refusals during an extension do
     // not extend it again, so a server that never comes back ends the wait.
     if (this.terms.recovery <= 0 || at >= this.earnedUntil) return;
+    this.downAt = Math.min(this.downAt, at);
     this.extendTo(at + this.terms.recovery - safetyMargin(this.terms.grace));
   }
 

@@ -180,6 +180,7 @@ export class ClientSession {
   private readonly pings = new Map<number, number>();
   private pingTimer: ReturnType<typeof setTimeout> | undefined;
   private budgetTimer: ReturnType<typeof setTimeout> | undefined;
+  private budgetTimerAt = Number.POSITIVE_INFINITY;
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
   private held = 0;
   /** Closed for good (`shutdown`): no new acquires. */
@@ -961,7 +962,13 @@ export class ClientSession {
   // --- leases and liveness -------------------------------------------------------------------
 
   private armBudget(): void {
-    if (this.held === 0 || this.budgetTimer !== undefined) return;
+    if (this.held === 0) return;
+    if (this.budgetTimer !== undefined) {
+      // Armed for as late or sooner: keep it (it re-arms itself if the budget grew meanwhile).
+      if (this.budgetTimerAt <= this.budget.safeUntil) return;
+      clearTimeout(this.budgetTimer); // the budget shrank (a recovery extension ended)
+    }
+    this.budgetTimerAt = this.budget.safeUntil;
     const delay = this.budget.safeUntil - performance.now();
     // The pings keep a process with live requests alive; this timer alone must not.
     this.budgetTimer = unref(

@@ -364,6 +364,47 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
       }
     });
 
+    // Found by the chaos run (with RATEQUEUE_TRACE): a refused port extends a holder's budget
+    // to the recovery window, and the extension outlived the restart — back on the restarted
+    // server, a reset within that window went unnoticed by the holder (the server, its session
+    // attached again, handed the lease on after grace) for up to `recovery` ms.
+    it("a holder back on a restarted server loses its lease on a reset before the next is granted", async () => {
+      const port = await freePort();
+      const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-repro-"));
+      const url = `http://127.0.0.1:${port}`;
+      const args = ["--port", String(port), "--data-dir", dataDir];
+      let server = await spawnServer(args);
+      try {
+        await using proxy = await startProxy(url);
+        const rq = connect(proxy.url);
+        const a = await rq.acquire("lock");
+        let lostAt = Number.POSITIVE_INFINITY;
+        a.signal.addEventListener("abort", () => {
+          lostAt = performance.now();
+        });
+        // The port refuses (the holder counts on the recovery window) while the server restarts.
+        const refusing = proxy.refuse(1_000);
+        await killHard(server);
+        server = await spawnServer(args);
+        await refusing;
+        await (await rq.acquire("probe", { timeout: 0 })).release(); // back on the new server
+        expect(a.signal.aborted, String(a.signal.reason)).toBe(false);
+
+        const b = connect(url)
+          .acquire("lock")
+          .then((lease) => ({ lease, grantedAt: performance.now() }));
+        await queued({ url }, "lock", 1);
+        proxy.blackhole();
+        const { lease, grantedAt } = await b;
+        expect(a.signal.reason).toBeInstanceOf(LeaseLostError);
+        expect(lostAt).toBeLessThan(grantedAt);
+        await lease.release();
+      } finally {
+        await killHard(server);
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    });
+
     // Found by the chaos run: a server restarted on its data directory numbers a session's
     // events from 1 again, and a client that had acknowledged more took them for replays and
     // dropped them — a grant never heard of, an end never told (two holders at once).
