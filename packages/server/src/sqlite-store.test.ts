@@ -69,3 +69,50 @@ describe("SqliteStore checkpoints", () => {
     expect(existsSync(join(dir, "journal.1.log"))).toBe(false);
   });
 });
+
+describe("SqliteStore without a kill", () => {
+  const request = (id: string, token: number) => ({
+    ns: "k",
+    id,
+    session: "s1",
+    name: "r",
+    load: 1,
+    priority: 10,
+    capacity: 1,
+    askedCapacity: undefined,
+    expiresIn: 60_000,
+    lockDelay: 0,
+    seq: token,
+    state: "active" as const,
+    fencingToken: token,
+    expiresAt: Date.now() + 60_000,
+    waitUntil: Number.POSITIVE_INFINITY,
+  });
+  const ids = (store: SqliteStore) =>
+    store
+      .load()
+      .requests.map((r) => r.id)
+      .sort();
+
+  it("removes what SQLite holds, and what it never held, across checkpoints and reopenings", () => {
+    const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
+    const first = new SqliteStore(dir);
+    first.save(request("kept", 1));
+    first.commit();
+    first.save(request("brief", 2)); // saved and removed between two checkpoints
+    first.commit();
+    first.remove("k", "brief");
+    first.commit();
+    first.close(); // a checkpoint: "kept" is in SQLite now
+    const second = new SqliteStore(dir);
+    expect(ids(second)).toEqual(["kept"]);
+    second.remove("k", "kept"); // held by SQLite since the last opening
+    second.save(request("late", 3));
+    second.commit();
+    second.close();
+    const third = new SqliteStore(dir);
+    expect(ids(third)).toEqual(["late"]);
+    expect(third.load().tokens.get("k")).toBe(3);
+    third.close();
+  });
+});

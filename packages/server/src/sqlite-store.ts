@@ -52,6 +52,11 @@ export class SqliteStore implements Store {
   private records: string[] = [];
   /** Writes not yet in SQLite, by `ns\0id`: the request's latest form, or null if removed. */
   private pending = new Map<string, SavedRequest | null>();
+  /**
+   * Keys SQLite holds (or will, once the checkpoint under way ends); undefined while opening. A
+   * request saved and removed between two checkpoints — most of them — never touches SQLite.
+   */
+  private inDb: Set<string> | undefined;
   /** Highest fencing token per namespace, and those not yet in SQLite. */
   private readonly tokens = new Map<string, number>();
   private dirtyTokens = new Set<string>();
@@ -102,6 +107,11 @@ export class SqliteStore implements Store {
       this.journal = openSync(this.journalFile, "a");
       this.checkpointNow(); // the replayed records go to SQLite, and the journals are emptied
       this.hashNamespaces();
+      this.inDb = new Set(
+        (this.db.all("SELECT ns, id FROM requests") as Array<{ ns: string; id: string }>).map(
+          (r) => `${r.ns}\0${r.id}`,
+        ),
+      );
     } catch (error) {
       // Leave nothing open and nothing held: the caller may try again in this process.
       if (this.journal !== undefined) closeSync(this.journal);
@@ -174,7 +184,9 @@ export class SqliteStore implements Store {
   }
 
   remove(ns: string, id: string): void {
-    this.pending.set(`${ns}\0${id}`, null);
+    const key = `${ns}\0${id}`;
+    if (this.inDb === undefined || this.inDb.has(key)) this.pending.set(key, null);
+    else this.pending.delete(key);
     this.records.push(JSON.stringify(["r", ns, id]));
   }
 
@@ -261,6 +273,11 @@ export class SqliteStore implements Store {
     }
     this.applying = [...this.pending];
     this.pending = new Map();
+    if (this.inDb !== undefined)
+      for (const [key, r] of this.applying) {
+        if (r === null) this.inDb.delete(key);
+        else this.inDb.add(key);
+      }
     this.saveTokens([...this.dirtyTokens].map((ns) => [ns, this.tokens.get(ns)!] as const));
     this.dirtyTokens = new Set();
     return true;
