@@ -97,6 +97,11 @@ export interface SessionBackend {
     id: string,
     body: AcquireBody,
   ): RequestSnapshot | Refusal;
+  /**
+   * Runs `fn` — the handling of several messages — as one operation: one durable commit at its
+   * end, before anything it answers leaves.
+   */
+  batch<T>(fn: () => T): T;
   /** Releases or cancels request `id`; undefined if unknown. */
   releaseNow(ns: string, id: string): RequestSnapshot | undefined;
   /** Session `id`'s unacknowledged events after `after`. */

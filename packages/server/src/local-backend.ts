@@ -356,8 +356,21 @@ export class LocalBackend implements Backend, SessionBackend {
     last.signal.removeEventListener("abort", last.onClose);
   }
 
+  /** Operations under way in `batch`: they settle once, at the end. */
+  private batching = 0;
+
+  batch<T>(fn: () => T): T {
+    this.batching++;
+    try {
+      return fn();
+    } finally {
+      if (--this.batching === 0) this.settle();
+    }
+  }
+
   /** After every engine operation: answer the polls of changed requests, and re-arm the timer. */
   private settle(): void {
+    if (this.batching > 0) return; // the batch settles at its end
     // Before any reply leaves: no client may hear of a grant the store could forget.
     this.store?.commit();
     while (this.changed.length > 0) {

@@ -44,6 +44,20 @@ function handle(
   messages: readonly unknown[],
   out: ServerMessage[],
 ): void {
+  // Several messages: one durable commit for them all (before any answer leaves, as ever).
+  if (messages.length > 1)
+    backend.batch(() => handleEach(backend, options, ns, sid, messages, out));
+  else handleEach(backend, options, ns, sid, messages, out);
+}
+
+function handleEach(
+  backend: SessionBackend,
+  options: ResolvedServerOptions,
+  ns: string,
+  sid: string,
+  messages: readonly unknown[],
+  out: ServerMessage[],
+): void {
   for (const m of messages) {
     if (m === null || typeof m !== "object" || Array.isArray(m)) {
       out.push(error(400, "invalid_request", `each message must be an object, got ${describe(m)}`));
