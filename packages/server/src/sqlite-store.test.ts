@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -114,5 +114,24 @@ describe("SqliteStore without a kill", () => {
     expect(ids(third)).toEqual(["late"]);
     expect(third.load().tokens.get("k")).toBe(3);
     third.close();
+  });
+
+  it("does not grow its journal while only requests SQLite never holds come and go", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
+    const store = new SqliteStore(dir);
+    try {
+      for (let round = 0; round < 3; round++) {
+        for (let i = 0; i < 200; i++) {
+          store.save({ ...request(`w-${round}-${i}`, 0), state: "queued" as const });
+          store.commit();
+          store.remove("k", `w-${round}-${i}`);
+          store.commit();
+        }
+        await new Promise((resolve) => setTimeout(resolve, 400)); // past a checkpoint
+        expect(statSync(join(dir, "journal.log")).size).toBe(0);
+      }
+    } finally {
+      store.close();
+    }
   });
 });

@@ -227,7 +227,16 @@ export class SqliteStore implements Store {
       this.checkpointTimer.unref();
       return;
     }
-    if (!this.startCheckpoint()) return;
+    if (!this.startCheckpoint()) {
+      // Nothing to apply, yet the journal holds records: requests saved and removed since the
+      // last checkpoint, which SQLite never held. They cancel out: empty it, or it would grow
+      // for as long as only such requests come (waiters that time out behind a long hold).
+      if (this.journalBytes > 0) {
+        ftruncateSync(this.journal, 0);
+        this.journalBytes = 0;
+      }
+      return;
+    }
     // A transaction per chunk: one big one takes tens of ms to commit. Until the last, a kill
     // leaves part of the batch in SQLite, and the set-aside journal, replayed, redoes it all.
     const step = () => {
