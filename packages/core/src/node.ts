@@ -75,10 +75,10 @@ export function undiciTransport(options: UndiciTransportOptions = {}): Transport
   return async ({ method, url, headers, body, signal }) => {
     // The dispatcher's own request(), with origin and path split here: undici's request(url)
     // parses a URL object per call, a tenth of an uncontended HTTP cycle's client time.
-    const at = url.indexOf("/", url.indexOf("//") + 2);
+    const { origin, path } = split(url);
     const res = await target.request({
-      origin: at < 0 ? url : url.slice(0, at),
-      path: at < 0 ? "/" : url.slice(at),
+      origin,
+      path,
       method: method as Dispatcher.HttpMethod,
       headers,
       body,
@@ -95,4 +95,18 @@ export function undiciTransport(options: UndiciTransportOptions = {}): Transport
       text: () => res.body.text(),
     };
   };
+}
+
+/**
+ * `url`'s origin and path. The client's URLs are plain ASCII (a base URL, then a path it builds):
+ * cut at the first `/` after the host. Anything else (a base path with spaces or non-ASCII
+ * characters, dot segments) goes through URL parsing, which encodes and normalizes it.
+ */
+function split(url: string): { origin: string; path: string } {
+  const at = url.indexOf("/", url.indexOf("//") + 2);
+  const path = at < 0 ? "/" : url.slice(at);
+  if (at > 0 && !/[^\x21-\x7e]|\/\.\.?(?:\/|$|\?)/.test(path))
+    return { origin: url.slice(0, at), path };
+  const parsed = new URL(url);
+  return { origin: parsed.origin, path: parsed.pathname + parsed.search };
 }
