@@ -49,4 +49,23 @@ describe("LivenessBudget", () => {
     b.serverDown(2_100);
     expect(b.safeUntil).toBe(2_100 + 14_000 - margin);
   });
+
+  it("a message that may have reached a restarted server cuts the extension to grace after it", () => {
+    const b = new LivenessBudget(terms);
+    b.confirm(1_000);
+    b.serverDown(1_100);
+    b.contacted(1_050); // sent before the outage began: says nothing of a restarted server
+    expect(b.safeUntil).toBe(1_100 + 14_000 - margin);
+    // A hello sent on a connection that opened (its welcome may never come): the restarted
+    // server holds the session by the grace rule from when it heard it.
+    b.contacted(3_000);
+    expect(b.safeUntil).toBe(3_000 + 200 - margin);
+    b.contacted(3_100); // a cap, never an extension
+    expect(b.safeUntil).toBe(3_000 + 200 - margin);
+    // Outside an extension, a contact changes nothing.
+    const plain = new LivenessBudget(terms);
+    plain.confirm(1_000);
+    plain.contacted(1_100);
+    expect(plain.safeUntil).toBe(1_000 + 200 - margin);
+  });
 });

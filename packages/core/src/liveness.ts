@@ -106,6 +106,20 @@ export class LivenessBudget {
     this.extendTo(at + this.terms.recovery - safetyMargin(this.terms.grace));
   }
 
+  /**
+   * A message sent at `sentAt` may have reached a server (a WebSocket opened, or an HTTP
+   * exchange failed otherwise than by a refused port): if the server is up again, it holds the
+   * session by the grace rule from when it heard that message — whether or not its answer ever
+   * comes. So a recovery extension is cut to `sentAt + grace − margin` (never below what
+   * confirmations earned), and ends.
+   */
+  contacted(sentAt: number): void {
+    if (sentAt < this.downAt) return;
+    this.downAt = Number.POSITIVE_INFINITY;
+    const cap = sentAt + this.terms.grace - safetyMargin(this.terms.grace);
+    this.safeUntil = Math.max(this.earnedUntil, Math.min(this.safeUntil, cap));
+  }
+
   /** The budget is spent: nothing extends it again until a new confirmation. */
   spent(now: number): boolean {
     return now >= this.safeUntil;

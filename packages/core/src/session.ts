@@ -181,6 +181,8 @@ export class ClientSession {
   private pingTimer: ReturnType<typeof setTimeout> | undefined;
   private budgetTimer: ReturnType<typeof setTimeout> | undefined;
   private budgetTimerAt = Number.POSITIVE_INFINITY;
+  /** The link whose server said `bye` (it is shutting down). */
+  private byeFrom: Link | undefined;
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
   private held = 0;
   /** Closed for good (`shutdown`): no new acquires. */
@@ -378,6 +380,7 @@ export class ClientSession {
     this.pingTimer = undefined;
     // Over HTTP the session poll, answered every `ping` ms, is the ping.
     if (!this.connected || !this.live() || this.mode === "http") return;
+    if (this.link === this.byeFrom) return; // the server said bye: the next link pings
     const n = ++this.pingN;
     this.pings.set(n, performance.now());
     if (this.pings.size > 64) this.pings.delete(this.pings.keys().next().value!);
@@ -527,6 +530,9 @@ export class ClientSession {
     ws.addEventListener("open", () => {
       if (this.link !== link) return;
       this.helloSentAt = performance.now();
+      // A server is up and will hear the hello: a recovery extension ends (liveness.ts).
+      this.budget.contacted(this.helloSentAt);
+      this.armBudget();
       ws.send(
         JSON.stringify({
           t: "hello",
@@ -645,6 +651,12 @@ export class ClientSession {
         for (const m of body.messages) this.receive(m, sent);
         return true;
       } catch (error) {
+        // Unless the port refused it, the exchange may have reached a server (liveness.ts) —
+        // other than the one that said bye (it answers 503 until it is gone).
+        if (code(error) !== "ECONNREFUSED" && link !== this.byeFrom) {
+          this.budget.contacted(sent);
+          this.armBudget();
+        }
         if (closed || this.link !== link) return false;
         closed = true; // what it carried is resent after the welcome of the next connection
         if (this.connected) this.disconnected(link, error);
@@ -735,6 +747,8 @@ export class ClientSession {
         return;
       }
       case "bye":
+        // No more pings to a server that is going: its pongs would end the extension.
+        this.byeFrom = this.link;
         this.budget.terms = { ...this.budget.terms, recovery: m.recovery };
         if (m.recovery > 0) this.budget.serverDown(performance.now());
         else this.loseAll("the server shut down and keeps nothing across a restart (--memory)");

@@ -327,41 +327,48 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
     // outage of 0.6–1.3 s) gave its lease up, although the restarted server had restored it.
     // The server runs as a child process: an in-process server cannot be SIGKILLed.
     it("15: the holder keeps its lease across the restart, releases it, and the waiters are served in arrival order", async () => {
-      const port = await freePort();
-      const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-repro-"));
-      const url = `http://127.0.0.1:${port}`;
-      const args = ["--port", String(port), "--data-dir", dataDir];
-      let server = await spawnServer(args);
-      try {
-        const rq = connect(url);
-        const a = await rq.acquire("lock");
-        const order: string[] = [];
-        const waiters = [1, 2, 3].map((i) =>
-          rq.acquire("lock", {}, () => void order.push(`W${i}`)),
-        );
-        await queued({ url }, "lock", 3);
+      await using server = await durableServer();
+      const { url } = server;
+      const rq = connect(url);
+      const a = await rq.acquire("lock");
+      const order: string[] = [];
+      const waiters = [1, 2, 3].map((i) => rq.acquire("lock", {}, () => void order.push(`W${i}`)));
+      await queued({ url }, "lock", 3);
 
-        await killHard(server);
-        const killedAt = performance.now();
-        server = await spawnServer(args);
-        // The client's session is back on the restarted server: a new call goes through.
-        await (await rq.acquire("probe", { timeout: 0 })).release();
-        // Hold on past the old client's deadline (3.5 s after its last confirmed poll, which
-        // was before the kill): the lease must still be ours, and the server must agree.
-        await sleep(Math.max(0, killedAt + 4_000 - performance.now()));
-        expect(a.signal.aborted, String(a.signal.reason)).toBe(false);
-        const state = await resourceState({ url }, "lock");
-        expect(state.holders.map((h) => h.fencingToken)).toEqual([a.fencingToken]);
-        expect(state.queued).toBe(3);
+      const killedAt = await server.restart();
+      // The client's session is back on the restarted server: a new call goes through.
+      await (await rq.acquire("probe", { timeout: 0 })).release();
+      // Hold on past the old client's deadline (3.5 s after its last confirmed poll, which
+      // was before the kill): the lease must still be ours, and the server must agree.
+      await sleep(Math.max(0, killedAt + 4_000 - performance.now()));
+      expect(a.signal.aborted, String(a.signal.reason)).toBe(false);
+      const state = await resourceState({ url }, "lock");
+      expect(state.holders.map((h) => h.fencingToken)).toEqual([a.fencingToken]);
+      expect(state.queued).toBe(3);
 
-        await a.release();
-        expect(a.signal.aborted).toBe(false); // the release found the lease still held
-        await Promise.all(waiters);
-        expect(order).toEqual(["W1", "W2", "W3"]);
-      } finally {
-        await killHard(server);
-        rmSync(dataDir, { recursive: true, force: true });
-      }
+      await a.release();
+      expect(a.signal.aborted).toBe(false); // the release found the lease still held
+      await Promise.all(waiters);
+      expect(order).toEqual(["W1", "W2", "W3"]);
+    });
+
+    // A graceful restart (SIGTERM): the server says bye, keeps every lease for the recovery
+    // window, and its clients stop pinging it — a pong from the server that is going must not
+    // end the holder's extension before the restarted one is there.
+    it("the holder keeps its lease across a graceful restart (bye), and the next is served after its release", async () => {
+      await using server = await durableServer();
+      const { url } = server;
+      const a = await connect(url).acquire("lock");
+      const b = connect(url).acquire("lock", {}, (lease) => lease.fencingToken);
+      await queued({ url }, "lock", 1);
+      const stoppedAt = await server.restart("SIGTERM");
+      await (await connect(url).acquire("probe", { timeout: 0 })).release();
+      await sleep(Math.max(0, stoppedAt + 1_000 - performance.now())); // many times grace
+      expect(a.signal.aborted, String(a.signal.reason)).toBe(false);
+      expect((await resourceState({ url }, "lock")).holders[0]?.fencingToken).toBe(a.fencingToken);
+      await a.release();
+      expect(a.signal.aborted).toBe(false);
+      expect(await b).toBeGreaterThan(a.fencingToken);
     });
 
     // Found by the chaos run (with RATEQUEUE_TRACE): a refused port extends a holder's budget
@@ -369,80 +376,87 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
     // server, a reset within that window went unnoticed by the holder (the server, its session
     // attached again, handed the lease on after grace) for up to `recovery` ms.
     it("a holder back on a restarted server loses its lease on a reset before the next is granted", async () => {
-      const port = await freePort();
-      const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-repro-"));
-      const url = `http://127.0.0.1:${port}`;
-      const args = ["--port", String(port), "--data-dir", dataDir];
-      let server = await spawnServer(args);
-      try {
-        await using proxy = await startProxy(url);
-        const rq = connect(proxy.url);
-        const a = await rq.acquire("lock");
-        let lostAt = Number.POSITIVE_INFINITY;
-        a.signal.addEventListener("abort", () => {
-          lostAt = performance.now();
-        });
-        // The port refuses (the holder counts on the recovery window) while the server restarts.
-        const refusing = proxy.refuse(1_000);
-        await killHard(server);
-        server = await spawnServer(args);
-        await refusing;
-        await (await rq.acquire("probe", { timeout: 0 })).release(); // back on the new server
-        expect(a.signal.aborted, String(a.signal.reason)).toBe(false);
+      await using server = await durableServer();
+      const { url } = server;
+      await using proxy = await startProxy(url);
+      const rq = connect(proxy.url);
+      const a = await rq.acquire("lock");
+      let lostAt = Number.POSITIVE_INFINITY;
+      a.signal.addEventListener("abort", () => {
+        lostAt = performance.now();
+      });
+      // The port refuses (the holder counts on the recovery window) while the server restarts.
+      const refusing = proxy.refuse(1_000);
+      await server.restart();
+      await refusing;
+      await (await rq.acquire("probe", { timeout: 0 })).release(); // back on the new server
+      expect(a.signal.aborted, String(a.signal.reason)).toBe(false);
 
-        const b = connect(url)
-          .acquire("lock")
-          .then((lease) => ({ lease, grantedAt: performance.now() }));
-        await queued({ url }, "lock", 1);
-        proxy.blackhole();
-        const { lease, grantedAt } = await b;
-        expect(a.signal.reason).toBeInstanceOf(LeaseLostError);
-        expect(lostAt).toBeLessThan(grantedAt);
-        await lease.release();
-      } finally {
-        await killHard(server);
-        rmSync(dataDir, { recursive: true, force: true });
-      }
+      const b = connect(url)
+        .acquire("lock")
+        .then((lease) => ({ lease, grantedAt: performance.now() }));
+      await queued({ url }, "lock", 1);
+      proxy.blackhole();
+      const { lease, grantedAt } = await b;
+      expect(a.signal.reason).toBeInstanceOf(LeaseLostError);
+      expect(lostAt).toBeLessThan(grantedAt);
+      await lease.release();
     });
 
     // Found by the chaos run: a server restarted on its data directory numbers a session's
     // events from 1 again, and a client that had acknowledged more took them for replays and
     // dropped them — a grant never heard of, an end never told (two holders at once).
     it("a waiter granted by a restarted server hears of it, though the new run's events count from 1", async () => {
-      const port = await freePort();
-      const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-repro-"));
-      const url = `http://127.0.0.1:${port}`;
-      const args = ["--port", String(port), "--data-dir", dataDir];
-      let server = await spawnServer(args);
-      try {
-        const rq = connect(url);
-        const other = connect(url);
-        // Three grants to rq's waiters: rq has acknowledged events 1–3 of the first run.
-        for (let i = 0; i < 3; i++) {
-          const held = await other.acquire(`warm-${i}`);
-          const waiting = rq.acquire(`warm-${i}`, {}, () => {});
-          await queued({ url }, `warm-${i}`, 1);
-          await held.release();
-          await waiting;
-        }
-        const held = await other.acquire("lock");
-        const waiter = rq.acquire("lock", {}, (lease) => lease.fencingToken);
-        await queued({ url }, "lock", 1);
-
-        await killHard(server);
-        server = await spawnServer(args);
-        // Both clients are back on the new run; then the grant is its event 1 for rq.
-        await (await rq.acquire("probe-rq", { timeout: 0 })).release();
-        await (await other.acquire("probe-other", { timeout: 0 })).release();
+      await using server = await durableServer();
+      const { url } = server;
+      const rq = connect(url);
+      const other = connect(url);
+      // Three grants to rq's waiters: rq has acknowledged events 1–3 of the first run.
+      for (let i = 0; i < 3; i++) {
+        const held = await other.acquire(`warm-${i}`);
+        const waiting = rq.acquire(`warm-${i}`, {}, () => {});
+        await queued({ url }, `warm-${i}`, 1);
         await held.release();
-        expect(await waiter).toBeGreaterThan(held.fencingToken);
-      } finally {
-        await killHard(server);
-        rmSync(dataDir, { recursive: true, force: true });
+        await waiting;
       }
+      const held = await other.acquire("lock");
+      const waiter = rq.acquire("lock", {}, (lease) => lease.fencingToken);
+      await queued({ url }, "lock", 1);
+
+      await server.restart();
+      // Both clients are back on the new run; then the grant is its event 1 for rq.
+      await (await rq.acquire("probe-rq", { timeout: 0 })).release();
+      await (await other.acquire("probe-other", { timeout: 0 })).release();
+      await held.release();
+      expect(await waiter).toBeGreaterThan(held.fencingToken);
     });
   });
 });
+
+/**
+ * A durable server in its own process (an in-process one cannot be SIGKILLed) on a port and data
+ * directory of its own; `restart()` SIGKILLs it (or sends `signal`) and starts it again on both,
+ * and resolves with the time it exited.
+ */
+async function durableServer() {
+  const port = await freePort();
+  const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-repro-"));
+  const args = ["--port", String(port), "--data-dir", dataDir];
+  let child = await spawnServer(args);
+  return {
+    url: `http://127.0.0.1:${port}`,
+    async restart(signal: NodeJS.Signals = "SIGKILL"): Promise<number> {
+      await killHard(child, signal);
+      const killedAt = performance.now();
+      child = await spawnServer(args);
+      return killedAt;
+    },
+    async [Symbol.asyncDispose]() {
+      await killHard(child);
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
 
 /** A port nothing listens on now (the restarted server must come back on the same one). */
 async function freePort(): Promise<number> {
@@ -471,9 +485,9 @@ async function spawnServer(args: string[]): Promise<ChildProcess> {
   return child;
 }
 
-async function killHard(child: ChildProcess): Promise<void> {
+async function killHard(child: ChildProcess, signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((resolve) => child.once("exit", resolve));
-  child.kill("SIGKILL");
+  child.kill(signal);
   await exited;
 }
