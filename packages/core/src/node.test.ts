@@ -24,7 +24,12 @@ describe("undiciTransport", () => {
     const origin = url.startsWith("http://[") ? "http://[::1]:7420" : "http://127.0.0.1:7420";
     agent.get(origin).intercept({ path, method: "GET" }).reply(200, "ok");
     const transport = undiciTransport({ dispatcher: agent });
-    const res = await transport({ method: "GET", url, headers: {} });
+    const res = await transport({
+      method: "GET",
+      url,
+      headers: {},
+      signal: new AbortController().signal,
+    });
     expect(res.status).toBe(200);
     expect(await res.text()).toBe("ok");
   });
