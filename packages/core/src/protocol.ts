@@ -138,6 +138,7 @@ export type ProblemCode =
   | "invalid_request"
   | "unauthorized"
   | "forbidden_host"
+  | "admin_key_required"
   | "not_found"
   | "request_conflict"
   | "capacity_mismatch"

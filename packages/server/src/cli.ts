@@ -9,6 +9,9 @@ const USAGE = `Usage: ratequeue-server [options]
   --port PORT                 TCP port, 0 for any free one (default 7420)
   --api-key KEY               an API key (repeat for several); also RATEQUEUE_API_KEYS=k1,k2.
                               With none, open development mode: loopback only, any token works.
+  --admin-key KEY             a key for operators (GET /metrics; repeat for several); also
+                              RATEQUEUE_ADMIN_KEYS=k1,k2
+  --metrics-top N             resources /metrics reports one by one, busiest first (default 10)
   --data-dir DIR              keep live requests in DIR, so they survive a restart (default .ratequeue)
   --memory                    keep nothing on disk: a restart forgets every request
   --behind-proxy              clients connect through a proxy or load balancer that may refuse
@@ -45,6 +48,7 @@ const NUMERIC = {
   "max-connections": "maxConnections",
   "headers-timeout": "headersTimeout",
   "request-timeout": "requestTimeout",
+  "metrics-top": "metricsTop",
 } as const;
 
 /** A mistake in the command line: the message, the usage, exit code 2. */
@@ -62,6 +66,7 @@ function asFlags(message: string): string {
   const flags: Record<string, string> = {
     ...Object.fromEntries(Object.entries(NUMERIC).map(([flag, key]) => [key, `--${flag}`])),
     apiKeys: "--api-key",
+    adminKeys: "--admin-key",
     dataDir: "--data-dir",
     corsOrigins: "--cors-origin",
   };
@@ -91,6 +96,13 @@ async function main(): Promise<void> {
     apiKeys: [
       ...(values["api-key"] ?? []),
       ...(process.env.RATEQUEUE_API_KEYS ?? "")
+        .split(",")
+        .map((k) => k.trim())
+        .filter(Boolean),
+    ],
+    adminKeys: [
+      ...(values["admin-key"] ?? []),
+      ...(process.env.RATEQUEUE_ADMIN_KEYS ?? "")
         .split(",")
         .map((k) => k.trim())
         .filter(Boolean),
@@ -151,6 +163,8 @@ function parse() {
       host: { type: "string" },
       port: { type: "string" },
       "api-key": { type: "string", multiple: true },
+      "admin-key": { type: "string", multiple: true },
+      "metrics-top": { type: "string" },
       memory: { type: "boolean" },
       "behind-proxy": { type: "boolean" },
       "data-dir": { type: "string" },

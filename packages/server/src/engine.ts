@@ -113,6 +113,9 @@ export class Request {
   heldBackOn: Resource | undefined = undefined;
   /** Arrival order, across restarts (the line's order is rebuilt from it). */
   seq = 0;
+  /** Clock times it was created (or restored) and granted, for the metrics (0: not granted). */
+  createdAt = 0;
+  grantedAt = 0;
 
   constructor(
     readonly ns: Namespace,
@@ -195,7 +198,18 @@ export class Namespace {
  * - a hold ends as `expired` after `expiresIn`; a queued request with a `timeout` ends as
  *   `timed_out` when it elapses (`timeout: 0` never joins the line).
  */
+/** What the host's metrics hear of: every grant, and every end of a live request. */
+export interface EngineObserver {
+  granted(req: Request, now: number): void;
+  /** `was`: the state it ended from; `req.state` is its final state. */
+  ended(req: Request, was: RequestState, now: number): void;
+}
+
 export class Engine {
+  /** Told of every grant and end (metrics), if set. */
+  observer: EngineObserver | undefined;
+  /** Live requests that hold units (the rest of `liveCount` wait). */
+  activeCount = 0;
   private readonly namespaces = new Map<string, Namespace>();
   /** Expiry and timeout deadlines of requests. */
   private readonly heap = new DeadlineHeap<Request>();
@@ -300,6 +314,7 @@ export class Engine {
     );
     req.lockDelay = body.lockDelay ?? 0;
     req.seq = ++this.seq;
+    req.createdAt = now;
     if (resource.line.size === 0 && resource.used + load <= resource.capacity) {
       this.grant(resource, req, now); // the common, uncontended case: no line to join
     } else {
@@ -374,6 +389,7 @@ export class Engine {
       );
       req.lockDelay = r.lockDelay;
       req.seq = r.seq;
+      req.createdAt = now;
       this.seq = Math.max(this.seq, r.seq);
       if (r.state === "active") {
         resource.holders.push(req);
@@ -382,6 +398,8 @@ export class Engine {
         session.active++;
         req.fencingToken = r.fencingToken;
         req.expiresAt = r.expiresAt;
+        req.grantedAt = now;
+        this.activeCount++;
         space.token = Math.max(space.token, r.fencingToken);
       } else {
         resource.line.push(req);
@@ -672,6 +690,31 @@ export class Engine {
     req.session.active++;
     req.fencingToken = ++req.ns.token;
     req.expiresAt = now + req.expiresIn;
+    req.grantedAt = now;
+    this.activeCount++;
+    this.observer?.granted(req, now);
+  }
+
+  /**
+   * The `n` resources with the longest lines (then the most units held), for the metrics: one
+   * pass, keeping the best `n` (n is small).
+   */
+  busiest(n: number): Array<{ ns: string; resource: Resource }> {
+    const top: Array<{ ns: string; resource: Resource }> = [];
+    if (n <= 0) return top;
+    const rank = (r: Resource) => r.line.size * 2 ** 32 + r.used;
+    for (const space of this.namespaces.values()) {
+      for (const resource of space.resources.values()) {
+        if (top.length === n) {
+          if (rank(resource) <= rank(top[n - 1]!.resource)) continue;
+          top.pop();
+        }
+        let at = top.length;
+        while (at > 0 && rank(top[at - 1]!.resource) < rank(resource)) at--;
+        top.splice(at, 0, { ns: space.key, resource });
+      }
+    }
+    return top;
   }
 
   /** Ends a live request and hands its room on. */
@@ -711,11 +754,15 @@ export class Engine {
 
   private end(req: Request, state: RequestState, now: number): void {
     const session = req.session;
-    if (req.state === "active") session.active--;
-    else if (req.state === "queued") session.queued--;
+    const was = req.state;
+    if (was === "active") {
+      session.active--;
+      this.activeCount--;
+    } else if (was === "queued") session.queued--;
     session.remove(req);
     req.state = state;
     req.endedAt = now;
+    this.observer?.ended(req, was, now);
     req.resource = undefined;
     this.heap.delete(req);
     this.liveCount--;

@@ -12,6 +12,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
 import { ConnectionGuard } from "./connections.js";
 import { NamespaceIds } from "./keys.js";
+import type { Metrics } from "./metrics.js";
 import { loopbackHost, OPEN_MODE_HOSTS, type ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem, sendProblemOnSocket } from "./problem.js";
 import { type Authenticate, attachWebSockets, sessionRoute } from "./session.js";
@@ -26,6 +27,8 @@ declare module "fastify" {
 /** The statuses the backend's refusals map to. */
 const REFUSAL_STATUS = { request_conflict: 409, capacity_mismatch: 409, queue_full: 409 } as const;
 const POLLABLE = new Set<string>(["queued", "active"]);
+/** Prometheus scrapes here by default. */
+const METRICS_PATH = "/metrics";
 
 /**
  * The HTTP API (v1): thin — parse, authenticate, validate, call the backend, shape the reply.
@@ -37,6 +40,7 @@ export function buildApp(
   state: { closing: boolean },
   /** The secret API keys are hashed with into namespace ids (see `keys.ts`). */
   secret: Buffer,
+  metrics: Metrics,
 ): FastifyInstance {
   const app = Fastify({
     bodyLimit: options.bodyLimit,
@@ -130,7 +134,8 @@ export function buildApp(
       return sendProblem(reply, problem(403, "forbidden_host", OPEN_MODE_HOSTS));
     }
     // Health needs no key, and a CORS preflight carries none (the CORS plugin answers it).
-    if (req.url === `${API_PREFIX}/health`) return;
+    // /metrics takes admin keys, not API keys: its route checks them.
+    if (req.url === `${API_PREFIX}/health` || req.url.split("?")[0] === METRICS_PATH) return;
     if (req.method === "OPTIONS" && options.corsOrigins.length > 0) return;
     const header = req.headers.authorization;
     const who = authenticate(header?.startsWith("Bearer ") ? header.slice(7).trim() : "");
@@ -190,6 +195,37 @@ export function buildApp(
   });
 
   app.get(`${API_PREFIX}/health`, async () => ({ status: "ok", mode: open ? "open" : "keys" }));
+
+  // Prometheus metrics: every namespace's resources, so for operators only (admin keys).
+  const adminKeys = new Set(options.adminKeys);
+  app.get(METRICS_PATH, async (req, reply) => {
+    const header = req.headers.authorization;
+    const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : "";
+    if (adminKeys.size === 0 && !open) {
+      return sendProblem(
+        reply,
+        problem(
+          403,
+          "admin_key_required",
+          "/metrics shows every namespace's resources, so it needs an admin key: start the server with --admin-key KEY (or RATEQUEUE_ADMIN_KEYS) and scrape with `Authorization: Bearer KEY`",
+        ),
+      );
+    }
+    if (adminKeys.size > 0 && !adminKeys.has(token)) {
+      reply.header("www-authenticate", 'Bearer realm="ratequeue-admin"');
+      return sendProblem(
+        reply,
+        problem(
+          401,
+          "unauthorized",
+          token === ""
+            ? "send `Authorization: Bearer <admin key>` with a key of --admin-key"
+            : "this is not one of the server's admin keys (--admin-key): API keys do not open /metrics",
+        ),
+      );
+    }
+    return reply.type(metrics.contentType).send(await metrics.text());
+  });
 
   attachWebSockets(app, options, backend, authenticate, state, (socket) => guard.proven(socket));
   sessionRoute(app, options, backend);

@@ -267,6 +267,15 @@ export class LocalBackend implements Backend, SessionBackend {
     if (n > 0) log.events.splice(0, n);
   }
 
+  /** Open session links (WebSockets, HTTP session polls) and per-request long-polls: the metrics' gauges. */
+  openLinks(): { sessions: number; polls: number } {
+    let sessions = 0;
+    for (const log of this.logs.values()) sessions += log.links.size;
+    let polls = 0;
+    for (const set of this.polls.values()) polls += set.size;
+    return { sessions, polls };
+  }
+
   async resource(ns: string, name: string): Promise<ResourceSnapshot | undefined> {
     return this.engine.resource(ns, name);
   }

@@ -88,6 +88,17 @@ export interface ServerOptions {
    * Read docs/protocol.md, "Browsers", before putting an API key in a web page.
    */
   corsOrigins?: readonly string[];
+  /**
+   * Keys for operators (`GET /metrics`), separate from the API keys: an application's key sees
+   * its own namespace only, an admin key sees every namespace's resource names. Default: none —
+   * then `/metrics` answers only in open development mode (on loopback, like everything else).
+   */
+  adminKeys?: readonly string[];
+  /**
+   * How many resources `/metrics` reports one by one (`ratequeue_resource_*`): those with the
+   * longest lines, then the most units held. Default `10`; `0` for none. Totals are always there.
+   */
+  metricsTop?: number;
   /** Time a client has to send a request's headers, in ms. Default `10_000`. */
   headersTimeout?: number;
   /** Time a client has to send a whole request, body included, in ms. Default `30_000`. */
@@ -108,6 +119,8 @@ export interface ResolvedServerOptions extends EngineConfig {
   host: string;
   port: number;
   apiKeys: readonly string[];
+  adminKeys: readonly string[];
+  metricsTop: number;
   pollWindow: number;
   maxExpiresIn: number;
   bodyLimit: number;
@@ -124,6 +137,8 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     host: options.host ?? "127.0.0.1",
     port: options.port ?? 7420,
     apiKeys: options.apiKeys ?? [],
+    adminKeys: options.adminKeys ?? [],
+    metricsTop: options.metricsTop ?? 10,
     pollWindow: options.pollWindow ?? 10_000,
     grace: options.grace ?? LIVENESS_DEFAULTS.grace,
     waitGrace: options.waitGrace ?? LIVENESS_DEFAULTS.waitGrace,
@@ -177,9 +192,24 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
       );
     }
   }
-  for (const key of resolved.apiKeys) {
-    if (typeof key !== "string" || key.length === 0 || /[\s,]/.test(key)) {
-      throw new TypeError("apiKeys: each key must be a non-empty string without spaces or commas");
+  integer("metricsTop", resolved.metricsTop, 0, 1_000);
+  for (const [name, keys] of [
+    ["apiKeys", resolved.apiKeys],
+    ["adminKeys", resolved.adminKeys],
+  ] as const) {
+    for (const key of keys) {
+      if (typeof key !== "string" || key.length === 0 || /[\s,]/.test(key)) {
+        throw new TypeError(
+          `${name}: each key must be a non-empty string without spaces or commas`,
+        );
+      }
+    }
+  }
+  for (const key of resolved.adminKeys) {
+    if (resolved.apiKeys.includes(key)) {
+      throw new TypeError(
+        "adminKeys: an admin key must not also be an API key (give operators a key of their own)",
+      );
     }
   }
   if (resolved.apiKeys.length === 0 && !isLoopback(resolved.host)) {

@@ -7,6 +7,7 @@ const TITLES: Record<ProblemCode, string> = {
   invalid_request: "Invalid request",
   unauthorized: "Unauthorized",
   forbidden_host: "Forbidden host",
+  admin_key_required: "Admin key required",
   not_found: "Not found",
   request_conflict: "Request id already used",
   capacity_mismatch: "Capacity mismatch",

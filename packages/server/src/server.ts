@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { buildApp } from "./http.js";
 import { LocalBackend } from "./local-backend.js";
+import { Metrics } from "./metrics.js";
 import { isLoopback, resolveServerOptions, type ServerOptions } from "./options.js";
 import { SqliteStore } from "./sqlite-store.js";
 
@@ -38,9 +39,11 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     store?.close(); // releases the data directory, so that a retry in this process can open it
     throw error;
   }
+  const metrics = new Metrics(backend, resolved.metricsTop);
+  backend.engine.observer = metrics;
   const state = { closing: false };
   // Without a store nothing is kept, so a secret of this process's own will do.
-  const app = buildApp(resolved, backend, state, store?.secret ?? randomBytes(32));
+  const app = buildApp(resolved, backend, state, store?.secret ?? randomBytes(32), metrics);
   try {
     await app.listen({ host: resolved.host, port: resolved.port });
   } catch (error) {
