@@ -1,4 +1,6 @@
 import { Engine, type EngineConfig } from "../packages/server/src/engine.js";
+import { LocalBackend } from "../packages/server/src/local-backend.js";
+import { Metrics } from "../packages/server/src/metrics.js";
 import { resolveServerOptions } from "../packages/server/src/options.js";
 
 /** The engine as the server configures it by default. */
@@ -10,8 +12,11 @@ function engine(overrides: Partial<EngineConfig> = {}): Engine {
  * Grant+release cycles per second: each cycle creates a request (granted at once), then
  * releases it — the engine's whole hot path, bookkeeping of ended requests included.
  */
-export function cyclesPerSecond(names: number, cycles: number): number {
+export function cyclesPerSecond(names: number, cycles: number, metrics = false): number {
   const e = engine();
+  // The server's /metrics counting this engine's grants and ends (its gauges read a backend's
+  // engine at scrape, which this does not).
+  if (metrics) e.observer = new Metrics(new LocalBackend(resolveServerOptions()), 10);
   const ids = Array.from({ length: cycles }, (_, i) => `req-${i}`);
   const resources = Array.from({ length: names }, (_, i) => `lock-${i}`);
   const body = { resource: "" };

@@ -129,8 +129,17 @@ export class Metrics implements EngineObserver {
     this.waits.observe(Math.max(0, now - req.createdAt) / 1000);
   }
 
+  /** `ends` by state and `was`, bound once: prom-client hashes the labels of every `inc(labels)`. */
+  private readonly endsBy = new Map<string, { inc(): void }>();
+
   ended(req: Request, was: string, now: number): void {
-    this.ends.inc({ state: req.state, was });
+    const key = `${req.state} ${was}`;
+    let counter = this.endsBy.get(key);
+    if (counter === undefined) {
+      counter = this.ends.labels({ state: req.state, was });
+      this.endsBy.set(key, counter);
+    }
+    counter.inc();
     if (was === "active") this.holds.observe(Math.max(0, now - req.grantedAt) / 1000);
   }
 }
