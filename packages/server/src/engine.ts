@@ -362,18 +362,29 @@ export class Engine {
     tokens: ReadonlyMap<string, number> = new Map(),
     /** Where a namespace not in `tokens` starts from (at least). */
     tokenFloor = 0,
-  ): void {
+    /**
+     * Sessions an earlier restart restored that have not come back since (`ns\0session`): they
+     * keep that restart's deadline instead of getting a new window.
+     */
+    recovering: ReadonlyMap<string, number> = new Map(),
+  ): Array<{ ns: string; session: string; until: number }> {
     const now = this.clock.now();
+    const restored = new Map<string, { ns: string; session: string; until: number }>();
     this.tokenFloor = tokenFloor;
     for (const [ns, token] of tokens) this.tokens.set(ns, token);
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
       const resource =
         space.resources.get(r.name) ?? this.createResource(space, r.name, r.capacity);
-      const session =
-        r.session === undefined
-          ? new Session(undefined, now + recoveryWindow)
-          : this.session(r.ns, r.session, now + recoveryWindow);
+      let session: Session;
+      if (r.session === undefined) {
+        session = new Session(undefined, now + recoveryWindow);
+      } else {
+        const key = `${r.ns}\0${r.session}`;
+        const until = recovering.get(key) ?? now + recoveryWindow;
+        session = this.session(r.ns, r.session, until);
+        if (!restored.has(key)) restored.set(key, { ns: r.ns, session: r.session, until });
+      }
       const req = new Request(
         space,
         r.id,
@@ -412,6 +423,7 @@ export class Engine {
     // Holders saved as active may have left room (e.g. a release that was not yet saved).
     for (const space of this.namespaces.values())
       for (const resource of space.resources.values()) this.pump(resource, now);
+    return [...restored.values()];
   }
 
   /** The request, live or recently ended. */

@@ -70,6 +70,8 @@ export class LocalBackend implements Backend, SessionBackend {
   private timerAt = Number.POSITIVE_INFINITY;
   private closed = false;
   private readonly logs = new Map<Session, SessionLog>();
+  /** Sessions a restart restored that have not come back yet (`ns\0id`): see `Store.recovering`. */
+  private readonly recoveringSessions = new Set<string>();
   /** The request whose change the current operation answers directly (no event for it). */
   private answering: Request | undefined;
   readonly terms: SessionTerms;
@@ -110,12 +112,30 @@ export class LocalBackend implements Backend, SessionBackend {
       (session) => this.logs.delete(session),
     );
     if (store) {
-      const { requests, tokens, tokenFloor } = store.load();
+      const { requests, tokens, tokenFloor, recovering } = store.load();
       for (const r of requests)
         trace?.(
           `${r.id} restored ${r.state} ${r.name} token=${r.fencingToken} session=${r.session}`,
         );
-      this.engine.restore(requests, recoveryWindow, tokens, tokenFloor);
+      const restored = this.engine.restore(
+        requests,
+        recoveryWindow,
+        tokens,
+        tokenFloor,
+        recovering,
+      );
+      // Each restored session has until its deadline to come back — the first restart's, if
+      // it has not come back since: restarts in a row must not keep a dead client's leases.
+      for (const { ns, session, until } of restored) {
+        const key = `${ns}\0${session}`;
+        this.recoveringSessions.add(key);
+        if (recovering.get(key) !== until) store.recovering(ns, session, until);
+      }
+      for (const key of recovering.keys()) {
+        if (this.recoveringSessions.has(key)) continue;
+        const [ns, session] = key.split("\0");
+        store.recovered(ns!, session!); // nothing of it left to restore
+      }
       this.settle();
     }
   }
@@ -169,12 +189,20 @@ export class LocalBackend implements Backend, SessionBackend {
     trace?.(`session ${id} attached (known ${known}, after ${after})`);
     const session = this.engine.session(ns, id);
     this.engine.attachSession(session);
+    this.cameBack(ns, id);
     const log = this.logOf(session);
     if (after !== undefined) this.trim(log, after);
     log.links.add(link);
     this.settle();
     if (log.events.length > 0) link.send(this.render(log));
     return { known };
+  }
+
+  /** Session `id` was heard from: if a restart restored it, it is back (a later one gives it a new window). */
+  private cameBack(ns: string, id: string): void {
+    if (this.recoveringSessions.size === 0) return;
+    const key = `${ns}\0${id}`;
+    if (this.recoveringSessions.delete(key)) this.store?.recovered(ns, id);
   }
 
   /** A link ended: `answered` (an HTTP poll the server answered) or `closed` (the client went). */
@@ -202,6 +230,7 @@ export class LocalBackend implements Backend, SessionBackend {
     if (this.closed) return { known };
     const session = this.engine.session(ns, id);
     this.engine.touch(session);
+    this.cameBack(ns, id);
     if (ack !== undefined) this.trim(this.logOf(session), ack);
     this.settle();
     return { known };

@@ -60,6 +60,8 @@ export class SqliteStore implements Store {
   /** Highest fencing token per namespace, and those not yet in SQLite. */
   private readonly tokens = new Map<string, number>();
   private dirtyTokens = new Set<string>();
+  /** Recovery deadlines not yet in SQLite, by `ns\0session`: the deadline, or null if cleared. */
+  private pendingRecovery = new Map<string, number | null>();
   private journalBytes = 0;
   private checkpointTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -86,6 +88,10 @@ export class SqliteStore implements Store {
         );
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS tokens (ns TEXT PRIMARY KEY, token INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS recovering (
+          ns TEXT NOT NULL, session TEXT NOT NULL, until INTEGER NOT NULL,
+          PRIMARY KEY (ns, session)
+        );
         BEGIN IMMEDIATE; COMMIT;
       `);
       // Added with sessions: the session a request lives by (NULL: a request of its own).
@@ -170,8 +176,16 @@ export class SqliteStore implements Store {
     for (const r of requests) this.raiseToken(r.ns, r.fencingToken);
     if (legacy > 0) for (const ns of this.tokens.keys()) this.raiseToken(ns, legacy);
     this.dirtyTokens.clear();
+    const recovering = new Map<string, number>();
+    for (const row of this.db.all("SELECT ns, session, until FROM recovering") as Array<{
+      ns: string;
+      session: string;
+      until: number;
+    }>)
+      recovering.set(`${row.ns}\0${row.session}`, Number(row.until));
     return {
       requests,
+      recovering,
       tokens: new Map(this.tokens),
       tokenFloor: Math.max(legacy, meta("token_hwm")),
     };
@@ -188,6 +202,16 @@ export class SqliteStore implements Store {
     if (this.inDb === undefined || this.inDb.has(key)) this.pending.set(key, null);
     else this.pending.delete(key);
     this.records.push(JSON.stringify(["r", ns, id]));
+  }
+
+  recovering(ns: string, session: string, until: number): void {
+    this.pendingRecovery.set(`${ns}\0${session}`, until);
+    this.records.push(JSON.stringify(["u", ns, session, until]));
+  }
+
+  recovered(ns: string, session: string): void {
+    this.pendingRecovery.set(`${ns}\0${session}`, null);
+    this.records.push(JSON.stringify(["x", ns, session]));
   }
 
   /** Makes the current operation's writes durable: one append to the journal. */
@@ -273,7 +297,8 @@ export class SqliteStore implements Store {
    * nothing to apply.
    */
   private startCheckpoint({ setAside: rotate } = { setAside: true }): boolean {
-    if (this.pending.size === 0 && this.dirtyTokens.size === 0) return false;
+    if (this.pending.size === 0 && this.dirtyTokens.size === 0 && this.pendingRecovery.size === 0)
+      return false;
     if (rotate) {
       closeSync(this.journal);
       renameSync(this.journalFile, setAside(this.journalFile));
@@ -289,6 +314,19 @@ export class SqliteStore implements Store {
       }
     this.saveTokens([...this.dirtyTokens].map((ns) => [ns, this.tokens.get(ns)!] as const));
     this.dirtyTokens = new Set();
+    if (this.pendingRecovery.size > 0) {
+      // Few (one per session restored by a restart): at once, in one transaction.
+      this.db.exec("BEGIN");
+      for (const [key, until] of this.pendingRecovery) {
+        const [ns, session] = key.split("\0");
+        if (until === null)
+          this.db.run("DELETE FROM recovering WHERE ns = ? AND session = ?", [ns!, session!]);
+        else
+          this.db.run("INSERT OR REPLACE INTO recovering VALUES (?, ?, ?)", [ns!, session!, until]);
+      }
+      this.db.exec("COMMIT");
+      this.pendingRecovery = new Map();
+    }
     return true;
   }
 
@@ -378,6 +416,10 @@ export class SqliteStore implements Store {
         this.save(record[1]);
       } else if (record[0] === "r") {
         this.remove(record[1], record[2]);
+      } else if (record[0] === "u") {
+        this.recovering(record[1], record[2], record[3]);
+      } else if (record[0] === "x") {
+        this.recovered(record[1], record[2]);
       } else {
         // A journal of a version with one token counter for all namespaces.
         this.db.run(
@@ -410,7 +452,12 @@ export class SqliteStore implements Store {
 }
 
 /** A journal record: save a request, remove one, or (older versions) raise the one token counter. */
-type JournalRecord = ["s", SavedRequest] | ["r", string, string] | ["t", number];
+type JournalRecord =
+  | ["s", SavedRequest]
+  | ["r", string, string]
+  | ["u", string, string, number]
+  | ["x", string, string]
+  | ["t", number];
 
 /** Writes applied to SQLite per event-loop turn during a checkpoint (~0.1 ms each through WASM). */
 const CHUNK = 64;

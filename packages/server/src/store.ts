@@ -7,6 +7,11 @@ export interface StoredState {
   tokens: Map<string, number>;
   /** Where a namespace the store has never seen starts its tokens from (at least). */
   tokenFloor: number;
+  /**
+   * Sessions restored by an earlier restart that have not come back since, by `ns\0session`:
+   * when their recovery window ends. A restart does not give them a new one.
+   */
+  recovering: Map<string, number>;
 }
 
 /**
@@ -26,6 +31,10 @@ export interface Store {
   save(request: SavedRequest): void;
   /** Forgets an ended request. */
   remove(ns: string, id: string): void;
+  /** Session `session`, restored by a restart, has until `until` (clock ms) to come back. */
+  recovering(ns: string, session: string, until: number): void;
+  /** Session `session` came back (or ended): a later restart gives it a window of its own. */
+  recovered(ns: string, session: string): void;
   /** Commits what the current operation wrote. */
   commit(): void;
   close(): void;

@@ -91,6 +91,50 @@ describe("a server with a data directory", () => {
     expect((await api.poll("gone")).body.state).toBe("dropped");
   });
 
+  // Found by the long chaos run (server kills every 2–5 s, recovery window 14 s): each restart
+  // gave the sessions it restored a new window, so the leases of clients that died before the
+  // first restart were held for as long as the restarts went on, and nobody else was served.
+  it("gives a session that never came back no new recovery window at the next restart", async () => {
+    const dataDir = tempDir();
+    const first = await startTestServer({ dataDir });
+    const taken = await client(first).call<{ messages: Array<{ state: string }> }>(
+      "POST",
+      "/v1/sessions/dead?wait=0",
+      [{ t: "acquire", id: "held", resource: "r" }],
+    );
+    expect(taken.body.messages[0]?.state).toBe("active");
+    await first.close(); // the session's client is gone for good
+
+    const window = 2_000;
+    const second = await startTestServer({ dataDir, recoveryWindow: window });
+    const firstDeadline = performance.now() + window;
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    await second.close();
+    await using third = await startTestServer({ dataDir, recoveryWindow: window });
+    const renewedDeadline = performance.now() + window;
+    const held = async () => {
+      const res = await client(third).resource("r");
+      return res.status === 200 && res.body.active === 1;
+    };
+    expect(await held()).toBe(true); // restored again, within the first restart's window
+    await eventually(async () => !(await held()), 5_000);
+    const droppedBy = performance.now();
+    expect(droppedBy).toBeGreaterThanOrEqual(firstDeadline - 50);
+    expect(droppedBy).toBeLessThan(renewedDeadline); // not a new window from this restart
+
+    // A session that does come back gets a window of its own at the next restart.
+    const api = client(third);
+    await api.call("POST", "/v1/sessions/alive?wait=0", [{ t: "acquire", id: "a", resource: "s" }]);
+    await third.close();
+    await using fourth = await startTestServer({ dataDir, recoveryWindow: window });
+    await client(fourth).call("POST", "/v1/sessions/alive?wait=0", []); // back at once
+    // Past the window fourth gave it: had it not counted as back, fifth would drop it at once.
+    await new Promise((resolve) => setTimeout(resolve, window + 200));
+    await fourth.close();
+    await using fifth = await startTestServer({ dataDir, recoveryWindow: 60_000 });
+    expect((await client(fifth).resource("s")).body).toMatchObject({ active: 1 });
+  });
+
   it("refuses a second server on the same data directory", async () => {
     const dataDir = tempDir();
     await using _first = await startTestServer({ dataDir });
