@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
-import { resolveServerOptions, type ServerOptions } from "./options.js";
+import { type LogLevel, resolveServerOptions, type ServerOptions } from "./options.js";
 import { startServer } from "./server.js";
 
 const USAGE = `Usage: ratequeue-server [options]
@@ -11,6 +11,8 @@ const USAGE = `Usage: ratequeue-server [options]
                               With none, open development mode: loopback only, any token works.
   --admin-key KEY             a key for operators (GET /metrics; repeat for several); also
                               RATEQUEUE_ADMIN_KEYS=k1,k2
+  --log-level LEVEL           structured logs on stdout: error, warn, info (default: drops and
+                              expiries), debug (every grant, release and request), or silent
   --metrics-top N             resources /metrics reports one by one, busiest first (default 10)
   --data-dir DIR              keep live requests in DIR, so they survive a restart (default .ratequeue)
   --memory                    keep nothing on disk: a restart forgets every request
@@ -69,6 +71,7 @@ function asFlags(message: string): string {
     adminKeys: "--admin-key",
     dataDir: "--data-dir",
     corsOrigins: "--cors-origin",
+    logLevel: "--log-level",
   };
   let out = message.replace(/^(\w+)\b/, (word) => flags[word] ?? word);
   for (const [key, flag] of Object.entries(flags))
@@ -115,6 +118,7 @@ async function main(): Promise<void> {
         .filter(Boolean),
     ],
     log: (line) => process.stderr.write(`${line}\n`),
+    logLevel: (values["log-level"] ?? process.env.RATEQUEUE_LOG_LEVEL ?? "info") as LogLevel,
   };
   for (const [flag, key] of Object.entries(NUMERIC)) {
     const raw = values[flag as keyof typeof NUMERIC];
@@ -165,6 +169,7 @@ function parse() {
       "api-key": { type: "string", multiple: true },
       "admin-key": { type: "string", multiple: true },
       "metrics-top": { type: "string" },
+      "log-level": { type: "string" },
       memory: { type: "boolean" },
       "behind-proxy": { type: "boolean" },
       "data-dir": { type: "string" },

@@ -12,6 +12,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
 import { ConnectionGuard } from "./connections.js";
 import { NamespaceIds } from "./keys.js";
+import { logs } from "./lifecycle-log.js";
 import type { Metrics } from "./metrics.js";
 import { loopbackHost, OPEN_MODE_HOSTS, type ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem, sendProblemOnSocket } from "./problem.js";
@@ -82,8 +83,25 @@ export function buildApp(
     // Polls are answered before close(); then drop keep-alive sockets at once.
     forceCloseConnections: true,
     return503OnClosing: false,
-    logger: false,
+    // Structured logs (--log-level): no line per request above debug, and never a header.
+    logger:
+      options.logLevel === "silent"
+        ? false
+        : {
+            level: options.logLevel,
+            ...(options.logStream ? { stream: options.logStream } : {}),
+            redact: ["req.headers.authorization", "req.headers.cookie"],
+          },
+    disableRequestLogging: true,
   });
+  if (logs(app.log, "debug")) {
+    app.addHook("onResponse", async (req, reply) => {
+      req.log.debug(
+        { method: req.method, url: req.url, status: reply.statusCode, ms: reply.elapsedTime },
+        "request",
+      );
+    });
+  }
   const keys = new Set(options.apiKeys);
   const open = keys.size === 0;
   const ids = new NamespaceIds(secret, options.apiKeys);
@@ -188,6 +206,7 @@ export function buildApp(
       );
     }
     options.log(`[ratequeue] internal error: ${error.stack ?? error.message}`);
+    _req.log.error({ err: error }, "internal error");
     return sendProblem(
       reply,
       problem(500, "internal", "the server failed to handle this request; it has been logged"),

@@ -105,11 +105,23 @@ export interface ServerOptions {
   requestTimeout?: number;
   /** Where the server's own lines go (the URL when ready, warnings). Default: none for `startServer`; stderr for the CLI. */
   log?: (line: string) => void;
+  /**
+   * Structured logs (JSON lines, Fastify's pino): `error` (failures), `warn`, `info` (leases
+   * dropped or expired: a holder whose client went away), `debug` (every grant, release and
+   * end; every HTTP request), `trace`, or `silent`. Default `"silent"` for `startServer`,
+   * `"info"` for the command. No line ever holds an API key.
+   */
+  logLevel?: LogLevel;
+  /** Where structured logs go. Default: stdout. */
+  logStream?: { write(line: string): void };
   /** The clock, for tests. Default `Date`. */
   clock?: Clock;
 }
 
 export const MAX_POLL_WINDOW = 25_000;
+
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Every option with its default, in one place. */
 export interface ResolvedServerOptions extends EngineConfig {
@@ -129,6 +141,8 @@ export interface ResolvedServerOptions extends EngineConfig {
   headersTimeout: number;
   requestTimeout: number;
   log: (line: string) => void;
+  logLevel: LogLevel;
+  logStream: { write(line: string): void } | undefined;
   clock: Clock;
 }
 
@@ -154,6 +168,8 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     headersTimeout: options.headersTimeout ?? 10_000,
     requestTimeout: options.requestTimeout ?? 30_000,
     log: options.log ?? (() => {}),
+    logLevel: options.logLevel ?? "silent",
+    logStream: options.logStream,
     clock: options.clock ?? Date,
     dataDir: options.dataDir,
     behindProxy: options.behindProxy ?? false,
@@ -193,6 +209,11 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     }
   }
   integer("metricsTop", resolved.metricsTop, 0, 1_000);
+  if (!(LOG_LEVELS as readonly string[]).includes(resolved.logLevel)) {
+    throw new TypeError(
+      `logLevel must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(resolved.logLevel)}`,
+    );
+  }
   for (const [name, keys] of [
     ["apiKeys", resolved.apiKeys],
     ["adminKeys", resolved.adminKeys],

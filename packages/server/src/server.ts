@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { buildApp } from "./http.js";
+import { withLifecycleLogs } from "./lifecycle-log.js";
 import { LocalBackend } from "./local-backend.js";
 import { Metrics } from "./metrics.js";
 import { isLoopback, resolveServerOptions, type ServerOptions } from "./options.js";
@@ -40,10 +41,10 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     throw error;
   }
   const metrics = new Metrics(backend, resolved.metricsTop);
-  backend.engine.observer = metrics;
   const state = { closing: false };
   // Without a store nothing is kept, so a secret of this process's own will do.
   const app = buildApp(resolved, backend, state, store?.secret ?? randomBytes(32), metrics);
+  backend.engine.observer = withLifecycleLogs(metrics, app.log);
   try {
     await app.listen({ host: resolved.host, port: resolved.port });
   } catch (error) {
