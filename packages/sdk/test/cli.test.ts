@@ -151,3 +151,65 @@ describe("ratequeue run (flock across machines)", () => {
     expect(run.out()).toMatch(/put the command after `--`/);
   });
 });
+
+describe("ratequeue status (the admin API in a terminal)", () => {
+  const withKey = (url: string, args: string[], key: string) => {
+    process.env.RATEQUEUE_ADMIN_KEY = key;
+    try {
+      return ratequeue(url, args);
+    } finally {
+      delete process.env.RATEQUEUE_ADMIN_KEY;
+    }
+  };
+
+  it("lists the busiest resources, then one resource's holders and line in order", async () => {
+    // The requests below are made once and never polled: kept for a minute, however slowly
+    // the status processes start on a busy machine.
+    await using server = await startServer({
+      port: 0,
+      apiKeys: ["cli"],
+      adminKeys: ["ops"],
+      repollGrace: 60_000,
+    });
+    const put = (id: string, body: object, wait?: number) =>
+      fetch(`${server.url}/v1/requests/${id}${wait === undefined ? "" : `?wait=${wait}`}`, {
+        method: "PUT",
+        headers: { authorization: "Bearer cli", "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    await put("holder", { resource: "reports" });
+    await put("first", { resource: "reports" }, 0);
+    await put("urgent", { resource: "reports", priority: 50 }, 0);
+    await put("other", { resource: "quiet" });
+
+    const all = withKey(server.url, ["status"], "ops");
+    expect(await exitCode(all)).toBe(0);
+    const listing = all.out();
+    expect(listing).toMatch(/2 resources, 2 holding, 2 waiting/);
+    // Busiest first: reports (2 waiting) before quiet.
+    expect(listing.indexOf("reports")).toBeLessThan(listing.indexOf("quiet"));
+    expect(listing).not.toContain("cli"); // the namespace is an id, never the key
+
+    const one = withKey(server.url, ["status", "reports"], "ops");
+    expect(await exitCode(one)).toBe(0);
+    const lines = one.out().split("\n");
+    expect(lines[0]).toMatch(
+      /^reports \(namespace \w{12}\): capacity 1, 1 used, 1 holding, 2 waiting/,
+    );
+    const holder = lines.findIndex((l) => l.trim().startsWith("HOLDER"));
+    expect(lines[holder + 1]).toMatch(/^\s+holder\s+1\s+\d+/);
+    const line = lines.findIndex((l) => l.trim().startsWith("#"));
+    expect(lines[line + 1]).toMatch(/^\s+1\s+urgent\s+1\s+50/);
+    expect(lines[line + 2]).toMatch(/^\s+2\s+first\s+1\s+10/);
+  });
+
+  it("says what is wrong: an API key instead of an admin key exits 1, a bad option 2", async () => {
+    await using server = await startServer({ port: 0, apiKeys: ["cli"], adminKeys: ["ops"] });
+    const refused = withKey(server.url, ["status"], "cli");
+    expect(await exitCode(refused)).toBe(1);
+    expect(refused.out()).toMatch(/401.*API keys do not open the admin API/);
+    const bad = withKey(server.url, ["status", "--top", "zero"], "ops");
+    expect(await exitCode(bad)).toBe(2);
+    expect(bad.out()).toMatch(/--top must be a whole number/);
+  });
+});

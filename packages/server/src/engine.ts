@@ -608,6 +608,16 @@ export class Engine {
     };
   }
 
+  /** Every namespace with something live or remembered, for the admin API. */
+  namespaceList(): Iterable<Namespace> {
+    return this.namespaces.values();
+  }
+
+  /** Namespace `key`, if it has anything. */
+  findNamespace(key: string): Namespace | undefined {
+    return this.namespaces.get(key);
+  }
+
   /** Counts, for tests, benchmarks and the health route. */
   stats(): {
     namespaces: number;

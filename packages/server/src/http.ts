@@ -8,9 +8,11 @@ import {
   describe,
   type RequestState,
 } from "@ratequeue/core";
-import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
+import Fastify, { type FastifyInstance, type FastifyReply, LogController } from "fastify";
+import { ADMIN_PREFIX, adminRoutes, refuseNonAdmin } from "./admin.js";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
 import { ConnectionGuard } from "./connections.js";
+import type { Engine } from "./engine.js";
 import { NamespaceIds } from "./keys.js";
 import { logs } from "./lifecycle-log.js";
 import type { Metrics } from "./metrics.js";
@@ -42,6 +44,8 @@ export function buildApp(
   /** The secret API keys are hashed with into namespace ids (see `keys.ts`). */
   secret: Buffer,
   metrics: Metrics,
+  /** The engine the admin API reads (the backend's). */
+  engine: Engine,
 ): FastifyInstance {
   const app = Fastify({
     bodyLimit: options.bodyLimit,
@@ -92,7 +96,7 @@ export function buildApp(
             ...(options.logStream ? { stream: options.logStream } : {}),
             redact: ["req.headers.authorization", "req.headers.cookie"],
           },
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
   });
   if (logs(app.log, "debug")) {
     app.addHook("onResponse", async (req, reply) => {
@@ -153,7 +157,9 @@ export function buildApp(
     }
     // Health needs no key, and a CORS preflight carries none (the CORS plugin answers it).
     // /metrics takes admin keys, not API keys: its route checks them.
-    if (req.url === `${API_PREFIX}/health` || req.url.split("?")[0] === METRICS_PATH) return;
+    const path = req.url.split("?")[0]!;
+    if (path === `${API_PREFIX}/health` || path === METRICS_PATH) return;
+    if (path.startsWith(`${ADMIN_PREFIX}/`)) return; // admin keys: see admin.ts
     if (req.method === "OPTIONS" && options.corsOrigins.length > 0) return;
     const header = req.headers.authorization;
     const who = authenticate(header?.startsWith("Bearer ") ? header.slice(7).trim() : "");
@@ -216,35 +222,12 @@ export function buildApp(
   app.get(`${API_PREFIX}/health`, async () => ({ status: "ok", mode: open ? "open" : "keys" }));
 
   // Prometheus metrics: every namespace's resources, so for operators only (admin keys).
-  const adminKeys = new Set(options.adminKeys);
   app.get(METRICS_PATH, async (req, reply) => {
-    const header = req.headers.authorization;
-    const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : "";
-    if (adminKeys.size === 0 && !open) {
-      return sendProblem(
-        reply,
-        problem(
-          403,
-          "admin_key_required",
-          "/metrics shows every namespace's resources, so it needs an admin key: start the server with --admin-key KEY (or RATEQUEUE_ADMIN_KEYS) and scrape with `Authorization: Bearer KEY`",
-        ),
-      );
-    }
-    if (adminKeys.size > 0 && !adminKeys.has(token)) {
-      reply.header("www-authenticate", 'Bearer realm="ratequeue-admin"');
-      return sendProblem(
-        reply,
-        problem(
-          401,
-          "unauthorized",
-          token === ""
-            ? "send `Authorization: Bearer <admin key>` with a key of --admin-key"
-            : "this is not one of the server's admin keys (--admin-key): API keys do not open /metrics",
-        ),
-      );
-    }
+    const refused = refuseNonAdmin(options, req, reply, "/metrics");
+    if (refused) return refused;
     return reply.type(metrics.contentType).send(await metrics.text());
   });
+  adminRoutes(app, options, engine);
 
   attachWebSockets(app, options, backend, authenticate, state, (socket) => guard.proven(socket));
   sessionRoute(app, options, backend);

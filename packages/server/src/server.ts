@@ -43,7 +43,14 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const metrics = new Metrics(backend, resolved.metricsTop);
   const state = { closing: false };
   // Without a store nothing is kept, so a secret of this process's own will do.
-  const app = buildApp(resolved, backend, state, store?.secret ?? randomBytes(32), metrics);
+  const app = buildApp(
+    resolved,
+    backend,
+    state,
+    store?.secret ?? randomBytes(32),
+    metrics,
+    backend.engine,
+  );
   backend.engine.observer = withLifecycleLogs(metrics, app.log);
   try {
     await app.listen({ host: resolved.host, port: resolved.port });

@@ -11,8 +11,10 @@ import { fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { AcquireTimeoutError, createRateQueue, type Lease, ValidationError } from "../node.js";
+import { STATUS_USAGE, status, UsageError } from "./status.js";
 
 const USAGE = `Usage: ratequeue run NAME [options] -- COMMAND [ARGS...]
+       ratequeue status [NAME] [options]     (what holds and waits: ratequeue status --help)
 
 Runs COMMAND while holding the lock NAME of a RateQueue server, as flock(1) does on one machine.
 
@@ -37,6 +39,11 @@ const WATCHDOG = fileURLToPath(
   new URL(import.meta.url.endsWith(".ts") ? "./watchdog.ts" : "./watchdog.js", import.meta.url),
 );
 
+function statusUsage(message: string): never {
+  process.stderr.write(`ratequeue: ${message}\n\n${STATUS_USAGE}`);
+  process.exit(2);
+}
+
 function usage(message: string): never {
   process.stderr.write(`ratequeue: ${message}\n\n${USAGE}`);
   process.exit(2);
@@ -48,7 +55,20 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return verb === undefined ? 2 : 0;
   }
-  if (verb !== "run") usage(`unknown command ${JSON.stringify(verb)}: the command is "run"`);
+  if (verb === "status") {
+    try {
+      return await status(rest, (text) => process.stdout.write(text));
+    } catch (error) {
+      if (
+        error instanceof UsageError ||
+        (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")
+      )
+        statusUsage((error as Error).message);
+      throw error;
+    }
+  }
+  if (verb !== "run")
+    usage(`unknown command ${JSON.stringify(verb)}: the commands are "run" and "status"`);
   const split = rest.indexOf("--");
   if (split < 0) usage("put the command after `--`, e.g. ratequeue run nightly -- ./job.sh");
   const [command, ...args] = rest.slice(split + 1);

@@ -1,0 +1,200 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import { type Engine, Namespace, type Request, type Resource } from "./engine.js";
+import type { ResolvedServerOptions } from "./options.js";
+import { problem, sendProblem } from "./problem.js";
+
+/** Where the admin API lives (docs/protocol.md, "Admin API"). */
+export const ADMIN_PREFIX = "/v1/admin";
+
+/** At most this many of a resource's holders and waiters are listed one by one. */
+const MAX_LISTED = 1_000;
+
+/**
+ * The checks of routes for operators (`/metrics`, `/v1/admin/...`): they see every namespace, so
+ * they take admin keys (`--admin-key`), never API keys. Without admin keys they answer only in
+ * open development mode (loopback, like every route). Undefined when the caller may go on.
+ */
+export function refuseNonAdmin(
+  options: ResolvedServerOptions,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  what: string,
+): FastifyReply | undefined {
+  const header = req.headers.authorization;
+  const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : "";
+  if (options.adminKeys.length === 0) {
+    if (options.apiKeys.length === 0) return undefined; // open development mode
+    return sendProblem(
+      reply,
+      problem(
+        403,
+        "admin_key_required",
+        `${what} shows every namespace, so it needs an admin key: start the server with --admin-key KEY (or RATEQUEUE_ADMIN_KEYS) and send \`Authorization: Bearer KEY\``,
+      ),
+    );
+  }
+  if (options.adminKeys.includes(token)) return undefined;
+  reply.header("www-authenticate", 'Bearer realm="ratequeue-admin"');
+  return sendProblem(
+    reply,
+    problem(
+      401,
+      "unauthorized",
+      token === ""
+        ? "send `Authorization: Bearer <admin key>` with a key of --admin-key"
+        : `this is not one of the server's admin keys (--admin-key): API keys do not open ${what}`,
+    ),
+  );
+}
+
+/**
+ * The read-only admin API: namespaces, a namespace's resources (busiest first, paginated), and
+ * one resource with its holders and its line.
+ */
+export function adminRoutes(app: FastifyInstance, options: ResolvedServerOptions, engine: Engine) {
+  const guard = async (req: FastifyRequest, reply: FastifyReply) => {
+    const refused = refuseNonAdmin(options, req, reply, "the admin API");
+    if (refused) return refused;
+  };
+  const clock = options.clock;
+
+  app.get(`${ADMIN_PREFIX}/namespaces`, { onRequest: guard }, async () => {
+    const namespaces = [...engine.namespaceList()]
+      .map((space) => ({ id: space.key, ...summary(space) }))
+      .filter((n) => n.resources > 0)
+      .sort((a, b) => b.queued - a.queued || b.active - a.active || cmp(a.id, b.id));
+    return { namespaces };
+  });
+
+  app.get<{ Params: { ns: string }; Querystring: Record<string, string> }>(
+    `${ADMIN_PREFIX}/namespaces/:ns/resources`,
+    { onRequest: guard },
+    async (req, reply) => {
+      const space = namespace(engine, req.params.ns, reply);
+      if (!(space instanceof Namespace)) return space;
+      const offset = count(req.query.offset, 0);
+      const limit = count(req.query.limit, 100);
+      if (offset === undefined || limit === undefined || limit < 1 || limit > 1_000) {
+        return sendProblem(
+          reply,
+          problem(
+            400,
+            "invalid_request",
+            "offset must be a whole number, and limit one from 1 to 1000 (default 100)",
+            offset === undefined ? "offset" : "limit",
+          ),
+        );
+      }
+      const all = [...space.resources.values()].sort(
+        (a, b) => b.line.size - a.line.size || b.used - a.used || cmp(a.name, b.name),
+      );
+      return {
+        namespace: space.key,
+        total: all.length,
+        offset,
+        resources: all.slice(offset, offset + limit).map((r) => ({
+          name: r.name,
+          capacity: r.capacity,
+          used: r.used,
+          active: r.holders.size,
+          queued: r.line.size,
+        })),
+      };
+    },
+  );
+
+  app.get<{ Params: { ns: string; "*": string } }>(
+    `${ADMIN_PREFIX}/namespaces/:ns/resources/*`,
+    { onRequest: guard },
+    async (req, reply) => {
+      const space = namespace(engine, req.params.ns, reply);
+      if (!(space instanceof Namespace)) return space;
+      const name = req.params["*"];
+      const resource = space.resources.get(name);
+      if (resource === undefined) {
+        return sendProblem(
+          reply,
+          problem(
+            404,
+            "not_found",
+            `nothing holds or waits on ${JSON.stringify(name)} in this namespace`,
+            "name",
+          ),
+        );
+      }
+      return detail(resource, clock.now());
+    },
+  );
+}
+
+function detail(resource: Resource, now: number) {
+  const holders = [];
+  for (const h of resource.holders) {
+    if (holders.length >= MAX_LISTED) break;
+    holders.push({
+      ...who(h),
+      fencingToken: h.fencingToken,
+      heldMs: Math.max(0, now - h.grantedAt),
+      expiresInMs: Math.max(0, h.expiresAt - now),
+    });
+  }
+  const line = [];
+  for (const w of resource.line) {
+    if (line.length >= MAX_LISTED) break;
+    line.push({ ...who(w), waitedMs: Math.max(0, now - w.createdAt), away: w.session.away });
+  }
+  return {
+    name: resource.name,
+    capacity: resource.capacity,
+    used: resource.used,
+    heldBack: resource.heldBack,
+    active: resource.holders.size,
+    queued: resource.line.size,
+    holders,
+    line,
+  };
+}
+
+function who(r: Request) {
+  return { id: r.id, session: r.session.id ?? null, load: r.load, priority: r.priority };
+}
+
+function summary(space: Namespace) {
+  let queued = 0;
+  let active = 0;
+  for (const r of space.resources.values()) {
+    queued += r.line.size;
+    active += r.holders.size;
+  }
+  return { resources: space.resources.size, active, queued };
+}
+
+/**
+ * The namespace an admin names by its id, or by a prefix of at least 8 characters that only it
+ * has (the metrics' `namespace` label is one); else the problem answered.
+ */
+function namespace(engine: Engine, id: string, reply: FastifyReply): Namespace | FastifyReply {
+  const exact = engine.findNamespace(id);
+  if (exact) return exact;
+  const matches =
+    id.length >= 8 ? [...engine.namespaceList()].filter((n) => n.key.startsWith(id)) : [];
+  if (matches.length === 1) return matches[0]!;
+  return sendProblem(
+    reply,
+    problem(
+      404,
+      "not_found",
+      matches.length > 1
+        ? `${JSON.stringify(id)} is the start of several namespace ids: give more of it`
+        : `no namespace ${JSON.stringify(id)} has anything live: list them with GET ${ADMIN_PREFIX}/namespaces`,
+      "namespace",
+    ),
+  );
+}
+
+function count(raw: string | undefined, fallback: number): number | undefined {
+  if (raw === undefined) return fallback;
+  return /^\d{1,9}$/.test(raw) ? Number(raw) : undefined;
+}
+
+const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);

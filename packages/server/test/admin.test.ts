@@ -1,0 +1,97 @@
+import { describe, expect, it } from "vitest";
+import { client, startTestServer } from "./helpers.js";
+
+async function get(url: string, path: string, token?: string) {
+  const res = await fetch(url + path, {
+    headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
+  });
+  return { status: res.status, type: res.headers.get("content-type"), body: await res.json() };
+}
+
+describe("the admin API (read-only)", () => {
+  it("lists namespaces and their resources busiest first, and shows a resource's holders and line", async () => {
+    await using server = await startTestServer();
+    const alpha = client(server, "alpha");
+    await alpha.acquire("h", { resource: "busy/one" });
+    await alpha.acquire("w1", { resource: "busy/one" }, 0);
+    await alpha.acquire("w2", { resource: "busy/one", priority: 20 }, 0);
+    await alpha.acquire("c", { resource: "calm" });
+    await client(server, "beta").acquire("x", { resource: "x" });
+
+    const { body: list } = await get(server.url, "/v1/admin/namespaces");
+    expect(
+      list.namespaces.map((n: { resources: number; queued: number; active: number }) => [
+        n.resources,
+        n.active,
+        n.queued,
+      ]),
+    ).toEqual([
+      [2, 2, 2],
+      [1, 1, 0],
+    ]);
+    const id = list.namespaces[0].id as string;
+    expect(id).not.toContain("alpha"); // an id, never the key
+
+    const resources = await get(server.url, `/v1/admin/namespaces/${id}/resources`);
+    expect(resources.body).toMatchObject({ namespace: id, total: 2, offset: 0 });
+    expect(resources.body.resources).toEqual([
+      { name: "busy/one", capacity: 1, used: 1, active: 1, queued: 2 },
+      { name: "calm", capacity: 1, used: 1, active: 1, queued: 0 },
+    ]);
+    const page = await get(server.url, `/v1/admin/namespaces/${id}/resources?offset=1&limit=1`);
+    expect(page.body.resources.map((r: { name: string }) => r.name)).toEqual(["calm"]);
+
+    // By the 12-character prefix the metrics label it with, too.
+    const busy = await get(
+      server.url,
+      `/v1/admin/namespaces/${id.slice(0, 12)}/resources/busy%2Fone`,
+    );
+    expect(busy.status).toBe(200);
+    expect(busy.body).toMatchObject({
+      name: "busy/one",
+      capacity: 1,
+      used: 1,
+      active: 1,
+      queued: 2,
+    });
+    expect(busy.body.holders).toEqual([
+      expect.objectContaining({ id: "h", load: 1, priority: 10, session: null }),
+    ]);
+    expect(busy.body.holders[0].heldMs).toBeGreaterThanOrEqual(0);
+    expect(busy.body.holders[0].fencingToken).toBeGreaterThan(0);
+    expect(busy.body.line.map((w: { id: string; priority: number }) => [w.id, w.priority])).toEqual(
+      [
+        ["w2", 20],
+        ["w1", 10],
+      ],
+    );
+    for (const w of busy.body.line) expect(w.waitedMs).toBeGreaterThanOrEqual(0);
+  });
+
+  it.each([
+    ["/v1/admin/namespaces/nope/resources", 404, "not_found", /GET \/v1\/admin\/namespaces/],
+    ["/v1/admin/namespaces/NS/resources?limit=0", 400, "invalid_request", /limit/],
+    ["/v1/admin/namespaces/NS/resources?offset=-1", 400, "invalid_request", /offset/],
+    ["/v1/admin/namespaces/NS/resources/missing", 404, "not_found", /nothing holds or waits/],
+  ])("%s → %i %s, as problem+json", async (path, status, code, detail) => {
+    await using server = await startTestServer();
+    await client(server, "alpha").acquire("h", { resource: "r" });
+    const { body } = await get(server.url, "/v1/admin/namespaces");
+    const res = await get(server.url, path.replace("NS", body.namespaces[0].id));
+    expect(res.status).toBe(status);
+    expect(res.type).toMatch(/application\/problem\+json/);
+    expect(res.body.code).toBe(code);
+    expect(res.body.detail).toMatch(detail);
+  });
+
+  it("takes admin keys, not API keys", async () => {
+    await using server = await startTestServer({ apiKeys: ["app"], adminKeys: ["ops"] });
+    expect((await get(server.url, "/v1/admin/namespaces")).status).toBe(401);
+    expect((await get(server.url, "/v1/admin/namespaces", "app")).status).toBe(401);
+    expect((await get(server.url, "/v1/admin/namespaces", "ops")).status).toBe(200);
+    await using keysOnly = await startTestServer({ apiKeys: ["app"] });
+    const refused = await get(keysOnly.url, "/v1/admin/namespaces", "app");
+    expect(refused.status).toBe(403);
+    expect(refused.body.code).toBe("admin_key_required");
+  });
+});
