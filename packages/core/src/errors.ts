@@ -105,6 +105,13 @@ export class QueueFullError extends RateQueueError {
 export class LeaseLostError extends RateQueueError {
   static override readonly kind: string = "LeaseLostError";
   static override readonly defaultCode: string = "lease_lost";
+  /** When an operator revoked the lease: why, in their words. */
+  readonly reason: string | undefined;
+
+  constructor(message: string, options: RateQueueErrorOptions & { reason?: string } = {}) {
+    super(message, options);
+    this.reason = options.reason;
+  }
 }
 
 /** The server could not be reached, or kept failing, after every retry. */

@@ -44,7 +44,9 @@ export type RequestState =
   | "cancelled"
   | "timed_out"
   | "expired"
-  | "dropped";
+  | "dropped"
+  /** Ended by an operator (the admin API's revoke), with a `reason`. */
+  | "revoked";
 
 /** The states a request never leaves. */
 export const FINAL_STATES: ReadonlySet<RequestState> = new Set([
@@ -53,6 +55,7 @@ export const FINAL_STATES: ReadonlySet<RequestState> = new Set([
   "timed_out",
   "expired",
   "dropped",
+  "revoked",
 ]);
 
 /** Body of `PUT /v1/requests/{id}`: create the request, or resume it if it exists. */
@@ -99,6 +102,8 @@ export interface RequestSnapshot {
    * must consider the lease lost.
    */
   pollWithin?: number;
+  /** When `revoked`: why, in the operator's words. */
+  reason?: string;
 }
 
 /** `GET /v1/resources/{name}`. */

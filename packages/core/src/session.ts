@@ -895,7 +895,7 @@ export class ClientSession {
       } else {
         acquire.reject(
           new RateQueueError(
-            `the request for ${JSON.stringify(entry.body.resource)} was ${snap.state} while it waited`,
+            `the request for ${JSON.stringify(entry.body.resource)} was ${snap.state}${snap.reason === undefined ? "" : ` (${snap.reason})`} while it waited`,
             { code: "request_ended", resource: entry.body.resource },
           ),
         );
@@ -904,7 +904,10 @@ export class ClientSession {
       return;
     }
     if (entry.phase === "active" && entry.lease && entry.lease.lostError === undefined) {
-      if (snap.state !== "released") {
+      if (snap.state === "revoked") {
+        const reason = snap.reason ?? "no reason given";
+        this.lose(entry, `an operator revoked it: ${reason}`, reason);
+      } else if (snap.state !== "released") {
         this.lose(
           entry,
           snap.state === "expired"
@@ -1024,13 +1027,13 @@ export class ClientSession {
   }
 
   /** The lease may no longer be ours: say so, and make sure the server ends it too. */
-  private lose(entry: Entry, why: string): void {
+  private lose(entry: Entry, why: string, reason?: string): void {
     const lease = entry.lease;
     if (lease === undefined || lease.lostError !== undefined) return;
     lease.lose(
       new LeaseLostError(
         `the lease on ${JSON.stringify(lease.name)} (fencing token ${lease.fencingToken}) was lost: ${why}`,
-        { resource: lease.name },
+        { resource: lease.name, reason },
       ),
     );
     this.stopHolding(entry);

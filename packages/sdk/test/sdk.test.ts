@@ -95,6 +95,43 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk, session }) => {
   });
 
   describe("guarantees", () => {
+    // Issue 12: an operator force-releases a holder through the admin API. Guarantee 6 (lost is
+    // loud, with the operator's reason) and 9 (told before anyone else is granted) hold.
+    it("6, 9. a lease an operator revokes: LeaseLostError with the reason, before the next holds", async () => {
+      await using t = await setup();
+      const lease = await t.rq.acquire("deploy");
+      let lostAt = Number.POSITIVE_INFINITY;
+      lease.signal.addEventListener("abort", () => {
+        lostAt = performance.now();
+      });
+      const next = createRateQueue({ apiKey: "test-key", baseUrl: t.server.url, session })
+        .acquire("deploy")
+        .then((l) => ({ lease: l, grantedAt: performance.now() }));
+      await eventually(async () => (await resourceState(t.server, "deploy")).queued === 1);
+      const admin = (path: string, init?: RequestInit) =>
+        fetch(`${t.server.url}/v1/admin${path}`, init).then((r) => r.json());
+      const [{ id: ns }] = (await admin("/namespaces")).namespaces;
+      const revoked = await admin(`/namespaces/${ns}/requests/${lease.id}/revoke`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ reason: "deploy frozen by ops" }),
+      });
+      expect(revoked.state).toBe("revoked");
+      const { lease: nextLease, grantedAt } = await next;
+      expect(lease.signal.reason).toBeInstanceOf(LeaseLostError);
+      expect(lease.signal.reason).toMatchObject({
+        code: "lease_lost",
+        reason: "deploy frozen by ops",
+      });
+      expect(String(lease.signal.reason.message)).toMatch(
+        /an operator revoked it: deploy frozen by ops/,
+      );
+      expect(lostAt).toBeLessThan(grantedAt);
+      expect(nextLease.fencingToken).toBeGreaterThan(lease.fencingToken);
+      await lease.release(); // resolves: the lease was already lost, and said so
+      await nextLease.release();
+    });
+
     it("1. exclusion: never more holders than the capacity", async () => {
       await using t = await setup();
       let holding = 0;

@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Engine, Namespace, type Request, type Resource } from "./engine.js";
+import type { LocalBackend } from "./local-backend.js";
 import type { ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem } from "./problem.js";
 
@@ -51,7 +52,12 @@ export function refuseNonAdmin(
  * The read-only admin API: namespaces, a namespace's resources (busiest first, paginated), and
  * one resource with its holders and its line.
  */
-export function adminRoutes(app: FastifyInstance, options: ResolvedServerOptions, engine: Engine) {
+export function adminRoutes(
+  app: FastifyInstance,
+  options: ResolvedServerOptions,
+  backend: LocalBackend,
+) {
+  const engine = backend.engine;
   const guard = async (req: FastifyRequest, reply: FastifyReply) => {
     const refused = refuseNonAdmin(options, req, reply, "the admin API");
     if (refused) return refused;
@@ -123,6 +129,42 @@ export function adminRoutes(app: FastifyInstance, options: ResolvedServerOptions
         );
       }
       return detail(resource, clock.now());
+    },
+  );
+
+  // Force-release: the request ends as `revoked`; its client is told, with the reason.
+  app.post<{ Params: { ns: string; id: string }; Body: unknown }>(
+    `${ADMIN_PREFIX}/namespaces/:ns/requests/:id/revoke`,
+    { onRequest: guard },
+    async (req, reply) => {
+      const space = namespace(engine, req.params.ns, reply);
+      if (!(space instanceof Namespace)) return space;
+      const body = req.body as { reason?: unknown } | undefined;
+      const reason = body?.reason;
+      if (typeof reason !== "string" || reason.trim() === "" || reason.length > 500) {
+        return sendProblem(
+          reply,
+          problem(
+            400,
+            "invalid_request",
+            'send {"reason": "..."}: 1 to 500 characters saying why, which the holder is told',
+            "reason",
+          ),
+        );
+      }
+      const snap = backend.revoke(space.key, req.params.id, reason);
+      if (snap === undefined) {
+        return sendProblem(
+          reply,
+          problem(
+            404,
+            "not_found",
+            `request ${JSON.stringify(req.params.id)} is not live in this namespace (unknown, or already ended)`,
+            "id",
+          ),
+        );
+      }
+      return snap;
     },
   );
 }

@@ -116,6 +116,8 @@ export class Request {
   /** Clock times it was created (or restored) and granted, for the metrics (0: not granted). */
   createdAt = 0;
   grantedAt = 0;
+  /** Why an operator revoked it (state `revoked`). */
+  reason: string | undefined = undefined;
 
   constructor(
     readonly ns: Namespace,
@@ -576,6 +578,7 @@ export class Engine {
     if (req.state === "active") snap.expiresIn = Math.max(0, req.expiresAt - this.clock.now());
     if (req.resource !== undefined && req.session.id === undefined)
       snap.pollWithin = this.config.repollGrace;
+    if (req.reason !== undefined) snap.reason = req.reason;
     return snap;
   }
 
@@ -739,11 +742,31 @@ export class Engine {
     return top;
   }
 
+  /**
+   * An operator ends live request `id` (a holder, or a waiter) as `revoked`, saying why. A
+   * holder's units are held back for `grace` (see `finish`). Undefined if it is not live.
+   */
+  revoke(ns: string, id: string, reason: string): Request | undefined {
+    const req = this.get(ns, id);
+    if (req === undefined || req.resource === undefined) return undefined;
+    req.reason = reason;
+    this.finish(req, "revoked", this.clock.now());
+    return req;
+  }
+
   /** Ends a live request and hands its room on. */
   private finish(req: Request, state: RequestState, now: number): void {
     const resource = req.resource!;
-    const holdBack =
-      req.state === "active" && req.lockDelay > 0 && (state === "dropped" || state === "expired");
+    // The holder may still believe it holds: its lock delay, if it ended without a release;
+    // revoked, at least `grace` — its client learns of it within a round trip, or gives the
+    // lease up within `grace` of its last answered message (the liveness rule).
+    const delay =
+      state === "revoked"
+        ? Math.max(req.lockDelay, this.config.grace)
+        : state === "dropped" || state === "expired"
+          ? req.lockDelay
+          : 0;
+    const holdBack = req.state === "active" && delay > 0;
     if (req.state === "active") {
       resource.holders.unlink(req);
       if (!holdBack) resource.used -= req.load;
@@ -755,7 +778,7 @@ export class Engine {
       // The holder may still believe it holds: keep its units from anyone else for a while.
       resource.heldBack += req.load;
       req.heldBackOn = resource;
-      this.heap.set(req, now + req.lockDelay);
+      this.heap.set(req, now + delay);
     }
     this.pump(resource, now);
     this.forgetIfIdle(req.ns, resource);

@@ -12,9 +12,9 @@ import Fastify, { type FastifyInstance, type FastifyReply, LogController } from 
 import { ADMIN_PREFIX, adminRoutes, refuseNonAdmin } from "./admin.js";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
 import { ConnectionGuard } from "./connections.js";
-import type { Engine } from "./engine.js";
 import { NamespaceIds } from "./keys.js";
 import { logs } from "./lifecycle-log.js";
+import type { LocalBackend } from "./local-backend.js";
 import type { Metrics } from "./metrics.js";
 import { loopbackHost, OPEN_MODE_HOSTS, type ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem, sendProblemOnSocket } from "./problem.js";
@@ -44,8 +44,8 @@ export function buildApp(
   /** The secret API keys are hashed with into namespace ids (see `keys.ts`). */
   secret: Buffer,
   metrics: Metrics,
-  /** The engine the admin API reads (the backend's). */
-  engine: Engine,
+  /** The backend again, as itself: the admin API reads its engine and revokes through it. */
+  local: LocalBackend,
 ): FastifyInstance {
   const app = Fastify({
     bodyLimit: options.bodyLimit,
@@ -227,7 +227,7 @@ export function buildApp(
     if (refused) return refused;
     return reply.type(metrics.contentType).send(await metrics.text());
   });
-  adminRoutes(app, options, engine);
+  adminRoutes(app, options, local);
 
   attachWebSockets(app, options, backend, authenticate, state, (socket) => guard.proven(socket));
   sessionRoute(app, options, backend);

@@ -20,12 +20,15 @@ export function withLifecycleLogs(next: EngineObserver, log: FastifyBaseLogger):
     },
     ended(req, was, now) {
       next.ended(req, was, now);
-      const lost = was === "active" && (req.state === "dropped" || req.state === "expired");
+      const lost =
+        was === "active" &&
+        (req.state === "dropped" || req.state === "expired" || req.state === "revoked");
       const level = lost ? "warn" : req.state === "dropped" ? "info" : "debug";
       if (level === "debug" ? !debug : level === "info" ? !info : false) return;
       const held = was === "active" ? { heldMs: now - req.grantedAt } : {};
+      const why = req.reason === undefined ? {} : { reason: req.reason };
       log[level](
-        { event: "end", state: req.state, was, ...fields(req), ...held },
+        { event: "end", state: req.state, was, ...fields(req), ...held, ...why },
         lost
           ? `a holder's lease ended as ${req.state}${req.state === "dropped" ? " (its client went away)" : ""}`
           : req.state,

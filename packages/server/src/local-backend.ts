@@ -296,6 +296,13 @@ export class LocalBackend implements Backend, SessionBackend {
     if (n > 0) log.events.splice(0, n);
   }
 
+  /** An operator ends live request `id` (admin API): its client is told, with `reason`. */
+  revoke(ns: string, id: string, reason: string): RequestSnapshot | undefined {
+    const req = this.engine.revoke(ns, id, reason);
+    this.settle();
+    return req === undefined ? undefined : this.engine.snapshot(req);
+  }
+
   /** Open session links (WebSockets, HTTP session polls) and per-request long-polls: the metrics' gauges. */
   openLinks(): { sessions: number; polls: number } {
     let sessions = 0;

@@ -49,7 +49,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     state,
     store?.secret ?? randomBytes(32),
     metrics,
-    backend.engine,
+    backend,
   );
   backend.engine.observer = withLifecycleLogs(metrics, app.log);
   try {

@@ -95,3 +95,67 @@ describe("the admin API (read-only)", () => {
     expect(refused.body.code).toBe("admin_key_required");
   });
 });
+
+describe("revoking a request (force-release)", () => {
+  const revoke = (url: string, ns: string, id: string, body: unknown, token?: string) =>
+    fetch(`${url}/v1/admin/namespaces/${ns}/requests/${id}/revoke`, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
+      },
+      body: JSON.stringify(body),
+    }).then(async (res) => ({ status: res.status, body: await res.json() }));
+
+  it("ends a holder as revoked with the reason, and holds its units back for grace before the next", async () => {
+    await using server = await startTestServer({
+      grace: 2_000,
+      waitGrace: 5_000,
+      repollGrace: 10_000,
+    });
+    const api = client(server, "alpha");
+    await api.acquire("h", { resource: "r" });
+    await api.acquire("w", { resource: "r" }, 0);
+    const ns = (await get(server.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+
+    const revoked = await revoke(server.url, ns, "h", { reason: "stuck job, see INC-42" });
+    expect(revoked.status).toBe(200);
+    expect(revoked.body).toMatchObject({
+      id: "h",
+      state: "revoked",
+      reason: "stuck job, see INC-42",
+    });
+    expect((await api.poll("h")).body).toMatchObject({
+      state: "revoked",
+      reason: "stuck job, see INC-42",
+    });
+    // Its client may not have heard yet: nobody else holds the units until grace has passed.
+    expect((await api.resource("r")).body).toMatchObject({ heldBack: 1, active: 0, queued: 1 });
+    expect((await api.poll("w", "queued", 5_000)).body.state).toBe("active");
+  });
+
+  it.each([
+    [{}, 400, /reason/],
+    [{ reason: "   " }, 400, /reason/],
+    [{ reason: "x".repeat(501) }, 400, /1 to 500 characters/],
+  ])("refuses %j with %i", async (body, status, detail) => {
+    await using server = await startTestServer();
+    await client(server, "alpha").acquire("h", { resource: "r" });
+    const ns = (await get(server.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+    const res = await revoke(server.url, ns, "h", body);
+    expect(res.status).toBe(status);
+    expect(res.body.detail).toMatch(detail);
+  });
+
+  it("404s a request that is not live, and takes admin keys only", async () => {
+    await using server = await startTestServer({ apiKeys: ["app"], adminKeys: ["ops"] });
+    await client(server, "app").acquire("h", { resource: "r" });
+    const ns = (await get(server.url, "/v1/admin/namespaces", "ops")).body.namespaces[0].id;
+    expect((await revoke(server.url, ns, "h", { reason: "x" }, "app")).status).toBe(401);
+    expect((await revoke(server.url, ns, "nope", { reason: "x" }, "ops")).status).toBe(404);
+    expect((await revoke(server.url, ns, "h", { reason: "x" }, "ops")).status).toBe(200);
+    const again = await revoke(server.url, ns, "h", { reason: "x" }, "ops");
+    expect(again.status).toBe(404);
+    expect(again.body.detail).toMatch(/already ended/);
+  });
+});
