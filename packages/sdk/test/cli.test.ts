@@ -197,7 +197,7 @@ describe("ratequeue status (the admin API in a terminal)", () => {
       /^reports \(namespace \w{12}\): capacity 1, 1 used, 1 holding, 2 waiting/,
     );
     const holder = lines.findIndex((l) => l.trim().startsWith("HOLDER"));
-    expect(lines[holder + 1]).toMatch(/^\s+holder\s+1\s+\d+/);
+    expect(lines[holder + 1]).toMatch(/^\s+holder\s+1\s+\d+.*127\.0\.0\.1/);
     const line = lines.findIndex((l) => l.trim().startsWith("#"));
     expect(lines[line + 1]).toMatch(/^\s+1\s+urgent\s+1\s+50/);
     expect(lines[line + 2]).toMatch(/^\s+2\s+first\s+1\s+10/);

@@ -198,7 +198,13 @@ function detail(resource: Resource, now: number) {
 }
 
 function who(r: Request) {
-  return { id: r.id, session: r.session.id ?? null, load: r.load, priority: r.priority };
+  return {
+    id: r.id,
+    session: r.session.id ?? null,
+    address: r.session.address ?? null,
+    load: r.load,
+    priority: r.priority,
+  };
 }
 
 function summary(space: Namespace) {

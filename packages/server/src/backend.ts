@@ -19,6 +19,8 @@ export interface PollOptions {
    * killed between two polls is then dropped after `grace`, not `repollGrace`.
    */
   connection?: AbortSignal;
+  /** The client's network address (the admin API shows it). */
+  address?: string;
 }
 
 /** Where a session's events go: an open WebSocket, or an HTTP session poll. */
@@ -27,6 +29,8 @@ export interface SessionLink {
   send(events: readonly ServerMessage[]): void;
   /** The server is shutting down; `recovery`: how long it keeps leases after a restart (0: none). */
   bye?(recovery: number): void;
+  /** The client's network address (the admin API shows it). */
+  address?: string;
 }
 
 /**
@@ -89,7 +93,7 @@ export interface SessionBackend {
   /** The socket of session `id`'s last answered poll closed before its next poll. */
   leaveSession(ns: string, id: string): void;
   /** A message of session `id` arrived; `ack`: the last event its client has. */
-  touchSession(ns: string, id: string, ack?: number): { known: boolean };
+  touchSession(ns: string, id: string, ack?: number, address?: string): { known: boolean };
   /** Creates or resumes request `id` of session `sessionId`, answering at once. */
   acquireInSession(
     ns: string,

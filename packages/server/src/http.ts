@@ -365,7 +365,12 @@ function pollOptions(reply: FastifyReply, wait: number): PollOptions {
   reply.raw.once("close", () => {
     if (!reply.raw.writableFinished) controller.abort();
   });
-  return { wait, signal: controller.signal, connection: connectionSignal(reply.raw.socket) };
+  return {
+    wait,
+    signal: controller.signal,
+    connection: connectionSignal(reply.raw.socket),
+    address: reply.raw.socket?.remoteAddress,
+  };
 }
 
 const connections = new WeakMap<Socket, AbortSignal>();

@@ -39,6 +39,8 @@ export class Session implements Timed {
   holdUntil: number;
   /** With nothing open: when waiters end. */
   waitUntil: number;
+  /** The client's network address, as last seen (the admin API shows it). */
+  address: string | undefined = undefined;
   /** Live requests by state, kept by the engine. */
   active = 0;
   queued = 0;

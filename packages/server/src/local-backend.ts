@@ -150,6 +150,7 @@ export class LocalBackend implements Backend, SessionBackend {
     if (result.ok && result.created && result.request.resource !== undefined) {
       this.store?.save(saved(result.request));
     }
+    if (result.ok && poll.address !== undefined) result.request.session.address = poll.address;
     this.settle();
     if (!result.ok) return result;
     return this.wait(result.request, "queued", poll);
@@ -189,6 +190,7 @@ export class LocalBackend implements Backend, SessionBackend {
     trace?.(`session ${id} attached (known ${known}, after ${after})`);
     const session = this.engine.session(ns, id);
     this.engine.attachSession(session);
+    if (link.address !== undefined) session.address = link.address;
     this.cameBack(ns, id);
     const log = this.logOf(session);
     if (after !== undefined) this.trim(log, after);
@@ -225,11 +227,12 @@ export class LocalBackend implements Backend, SessionBackend {
   }
 
   /** A message from session `id`'s client arrived: it is alive. `ack`: events it has received. */
-  touchSession(ns: string, id: string, ack?: number): { known: boolean } {
+  touchSession(ns: string, id: string, ack?: number, address?: string): { known: boolean } {
     const known = this.engine.findSession(ns, id) !== undefined;
     if (this.closed) return { known };
     const session = this.engine.session(ns, id);
     this.engine.touch(session);
+    if (address !== undefined) session.address = address;
     this.cameBack(ns, id);
     if (ack !== undefined) this.trim(this.logOf(session), ack);
     this.settle();

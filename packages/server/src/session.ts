@@ -157,7 +157,14 @@ export function attachWebSockets(
       return refuse(403, "Forbidden");
     if (state.closing) return refuse(503, "Service Unavailable");
     wss.handleUpgrade(req, socket, head, (ws) =>
-      serveWebSocket(ws, options, backend, authenticate, () => proven(socket)),
+      serveWebSocket(
+        ws,
+        options,
+        backend,
+        authenticate,
+        () => proven(socket),
+        req.socket.remoteAddress,
+      ),
     );
   });
   // Before the HTTP server closes (it waits for every socket, and upgraded ones are not its own):
@@ -178,6 +185,8 @@ function serveWebSocket(
   backend: SessionBackend,
   authenticate: Authenticate,
   proven: () => void,
+  /** The client's network address. */
+  address: string | undefined,
 ): void {
   let ns = "";
   let sid: string | undefined;
@@ -205,6 +214,7 @@ function serveWebSocket(
       push({ t: "bye", recovery });
       flush();
     },
+    address,
   };
   const fail = (status: number, code: ProblemCode, detail: string, field?: string) => {
     push(error(status, code, detail, field));
@@ -350,7 +360,7 @@ export function sessionRoute(
       }
       const key = `${ns}\n${sid}`;
       unwatch(key);
-      const { known } = backend.touchSession(ns, sid, after);
+      const { known } = backend.touchSession(ns, sid, after, req.socket.remoteAddress);
       const out: ServerMessage[] = [];
       handle(backend, options, ns, sid, body, out);
       const head = { session: sid, known, run: backend.run, ...backend.terms };
@@ -395,6 +405,7 @@ export function sessionRoute(
         const link: SessionLink = {
           send: () => queueMicrotask(() => finish("answered")),
           bye: () => finish("answered"),
+          address: req.socket.remoteAddress,
         };
         const onClientClose = () => {
           if (!reply.raw.writableFinished) finish("closed");

@@ -55,7 +55,13 @@ describe("the admin API (read-only)", () => {
       queued: 2,
     });
     expect(busy.body.holders).toEqual([
-      expect.objectContaining({ id: "h", load: 1, priority: 10, session: null }),
+      expect.objectContaining({
+        id: "h",
+        load: 1,
+        priority: 10,
+        session: null,
+        address: "127.0.0.1",
+      }),
     ]);
     expect(busy.body.holders[0].heldMs).toBeGreaterThanOrEqual(0);
     expect(busy.body.holders[0].fencingToken).toBeGreaterThan(0);
@@ -66,6 +72,22 @@ describe("the admin API (read-only)", () => {
       ],
     );
     for (const w of busy.body.line) expect(w.waitedMs).toBeGreaterThanOrEqual(0);
+  });
+
+  it("shows each holder's and waiter's client address, over a session too", async () => {
+    await using server = await startTestServer();
+    const post = (sid: string, messages: unknown[]) =>
+      client(server, "alpha").call("POST", `/v1/sessions/${sid}?wait=0`, messages);
+    await post("s1", [{ t: "acquire", id: "h", resource: "r" }]);
+    await post("s2", [{ t: "acquire", id: "w", resource: "r" }]);
+    const ns = (await get(server.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+    const { body } = await get(server.url, `/v1/admin/namespaces/${ns}/resources/r`);
+    expect(body.holders).toEqual([
+      expect.objectContaining({ id: "h", session: "s1", address: "127.0.0.1" }),
+    ]);
+    expect(body.line).toEqual([
+      expect.objectContaining({ id: "w", session: "s2", address: "127.0.0.1" }),
+    ]);
   });
 
   it.each([

@@ -41,6 +41,7 @@ interface Detail {
   holders: Array<{
     id: string;
     session: string | null;
+    address: string | null;
     fencingToken: number;
     heldMs: number;
     expiresInMs: number;
@@ -49,6 +50,7 @@ interface Detail {
   line: Array<{
     id: string;
     session: string | null;
+    address: string | null;
     priority: number;
     waitedMs: number;
     away: boolean;
@@ -146,13 +148,14 @@ export async function status(argv: string[], out: (text: string) => void): Promi
   );
   out(
     table(
-      ["HOLDER", "LOAD", "TOKEN", "HELD", "EXPIRES IN", "SESSION"],
+      ["HOLDER", "LOAD", "TOKEN", "HELD", "EXPIRES IN", "ADDRESS", "SESSION"],
       d.holders.map((h) => [
         h.id,
         h.load,
         h.fencingToken,
         ms(h.heldMs),
         ms(h.expiresInMs),
+        h.address ?? "-",
         h.session ?? "-",
       ]),
     ),
@@ -160,7 +163,7 @@ export async function status(argv: string[], out: (text: string) => void): Promi
   out("\n");
   out(
     table(
-      ["#", "WAITER", "LOAD", "PRIORITY", "WAITED", "AWAY", "SESSION"],
+      ["#", "WAITER", "LOAD", "PRIORITY", "WAITED", "AWAY", "ADDRESS", "SESSION"],
       d.line.map((w, i) => [
         i + 1,
         w.id,
@@ -168,6 +171,7 @@ export async function status(argv: string[], out: (text: string) => void): Promi
         w.priority,
         ms(w.waitedMs),
         w.away ? "yes" : "no",
+        w.address ?? "-",
         w.session ?? "-",
       ]),
     ),
