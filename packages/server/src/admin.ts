@@ -1,3 +1,4 @@
+import { checkName } from "@ratequeue/core";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Engine, Namespace, type Request, type Resource } from "./engine.js";
 import type { LocalBackend } from "./local-backend.js";
@@ -129,6 +130,59 @@ export function adminRoutes(
         );
       }
       return detail(resource, clock.now());
+    },
+  );
+
+  // An operator's limit on a resource's capacity: applies at once, and stays (while idle, and
+  // across restarts) until lifted with DELETE.
+  app.put<{ Params: { ns: string; "*": string }; Body: unknown }>(
+    `${ADMIN_PREFIX}/namespaces/:ns/limits/*`,
+    { onRequest: guard },
+    async (req, reply) => {
+      const space = namespace(engine, req.params.ns, reply);
+      if (!(space instanceof Namespace)) return space;
+      const capacity = (req.body as { capacity?: unknown } | undefined)?.capacity;
+      if (
+        !Number.isSafeInteger(capacity) ||
+        (capacity as number) < 1 ||
+        (capacity as number) > 1e9
+      ) {
+        return sendProblem(
+          reply,
+          problem(
+            400,
+            "invalid_request",
+            'send {"capacity": N} with N a whole number from 1 to 1000000000',
+            "capacity",
+          ),
+        );
+      }
+      const name = req.params["*"];
+      const bad = checkName(name);
+      if (bad) return sendProblem(reply, problem(400, "invalid_request", bad, "name"));
+      const result = backend.setLimit(space.key, name, capacity as number);
+      if (result !== undefined && "ok" in result) {
+        return sendProblem(reply, problem(409, result.code, result.detail, result.field));
+      }
+      return detail(result!, clock.now());
+    },
+  );
+
+  app.delete<{ Params: { ns: string; "*": string } }>(
+    `${ADMIN_PREFIX}/namespaces/:ns/limits/*`,
+    { onRequest: guard },
+    async (req, reply) => {
+      const space = namespace(engine, req.params.ns, reply);
+      if (!(space instanceof Namespace)) return space;
+      const name = req.params["*"];
+      if (!space.limits.has(name)) {
+        return sendProblem(
+          reply,
+          problem(404, "not_found", `no limit is set on ${JSON.stringify(name)}`, "name"),
+        );
+      }
+      backend.setLimit(space.key, name, undefined);
+      return reply.code(204).send();
     },
   );
 

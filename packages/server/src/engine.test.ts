@@ -456,3 +456,52 @@ describe("Engine: lock delay", () => {
     expect(engine.get("k", "c")!.state).toBe("active");
   });
 });
+
+describe("Engine: operators' limits (admin API)", () => {
+  it("a raise grants waiters at once; a cut lets holders finish and grants nothing until they fit", () => {
+    const { engine, acquire } = setup();
+    const holders = [acquire("h1", { capacity: 2 }), acquire("h2", { capacity: 2 })];
+    const waiters = ["w1", "w2", "w3"].map((id) => acquire(id, { capacity: 2 }));
+    expect(waiters.map((w) => w.state)).toEqual(["queued", "queued", "queued"]);
+
+    engine.setLimit("k", "lock", 4); // raise: two more at once, in order
+    expect(waiters.map((w) => w.state)).toEqual(["active", "active", "queued"]);
+
+    engine.setLimit("k", "lock", 2); // cut: 4 held, nobody is taken off
+    expect(holders.every((h) => h.state === "active")).toBe(true);
+    engine.release("k", "h1");
+    engine.release("k", "h2");
+    expect(waiters[2]!.state).toBe("queued"); // 2 held: at the new capacity
+    engine.release("k", "w1");
+    expect(waiters[2]!.state).toBe("active"); // 2 held again, never more
+    expect(engine.resource("k", "lock")).toMatchObject({ capacity: 2, used: 2 });
+  });
+
+  it("a limit wins over what requests ask, and keeps the resource while idle; lifted, it goes", () => {
+    const { engine, acquire } = setup();
+    engine.setLimit("k", "api", 3);
+    expect(engine.resource("k", "api")).toMatchObject({ capacity: 3, used: 0 });
+    const a = acquire("a", { resource: "api", capacity: 10 }); // no capacity_mismatch: 3 holds
+    expect(a.capacity).toBe(3);
+    engine.release("k", "a");
+    expect(engine.resource("k", "api")).toMatchObject({ capacity: 3, used: 0 }); // kept
+    engine.setLimit("k", "api", undefined);
+    expect(engine.resource("k", "api")).toBeUndefined(); // idle and unlimited: forgotten
+    expect(acquire("b", { resource: "api", capacity: 5 }).capacity).toBe(5);
+  });
+
+  it("refuses a capacity below a live request's load, naming it", () => {
+    const { engine, acquire } = setup();
+    acquire("big", { resource: "pool", capacity: 10, load: 6 });
+    const refused = engine.setLimit("k", "pool", 5);
+    expect(refused).toMatchObject({ ok: false, code: "capacity_mismatch", field: "capacity" });
+    expect((refused as { detail: string }).detail).toMatch(/load \(6\) of request big/);
+    expect(engine.resource("k", "pool")).toMatchObject({ capacity: 10 });
+  });
+
+  it("restores limits before requests: a restored resource has its operator's capacity", () => {
+    const { engine } = setup();
+    engine.restore([], 1_000, new Map(), 0, new Map(), new Map([["k\0api", 7]]));
+    expect(engine.resource("k", "api")).toMatchObject({ capacity: 7, used: 0 });
+  });
+});

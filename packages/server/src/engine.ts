@@ -150,7 +150,8 @@ export class Resource {
   readonly holders = new List<Request>();
   constructor(
     readonly name: string,
-    readonly capacity: number,
+    /** Set by its first request, or by an operator's limit (which may change it at any time). */
+    public capacity: number,
   ) {}
 }
 
@@ -159,6 +160,11 @@ export class Namespace {
   readonly requests = new Map<string, Request>();
   readonly resources = new Map<string, Resource>();
   readonly sessions = new Map<string, Session>();
+  /**
+   * Capacities an operator set (admin API), by resource name: they win over what requests ask,
+   * and such a resource is kept while idle.
+   */
+  readonly limits = new Map<string, number>();
   /**
    * Its ended requests, oldest first, remembered for `retention` — at most `maxRetained` of
    * them: a quota per namespace, so that one key's traffic never makes another's forgotten.
@@ -174,7 +180,12 @@ export class Namespace {
   constructor(readonly key: string) {}
 
   get empty(): boolean {
-    return this.requests.size === 0 && this.resources.size === 0 && this.sessions.size === 0;
+    return (
+      this.requests.size === 0 &&
+      this.resources.size === 0 &&
+      this.sessions.size === 0 &&
+      this.limits.size === 0
+    );
   }
 }
 
@@ -276,7 +287,12 @@ export class Engine {
     const known = space.resources.get(body.resource);
     const resource =
       known ?? this.createResource(space, body.resource, body.capacity ?? DEFAULT_CAPACITY);
-    if (known !== undefined && body.capacity !== undefined && body.capacity !== resource.capacity) {
+    if (
+      known !== undefined &&
+      body.capacity !== undefined &&
+      body.capacity !== resource.capacity &&
+      !space.limits.has(body.resource) // an operator's limit wins over what requests ask
+    ) {
       return {
         ok: false,
         code: "capacity_mismatch",
@@ -369,8 +385,16 @@ export class Engine {
      * keep that restart's deadline instead of getting a new window.
      */
     recovering: ReadonlyMap<string, number> = new Map(),
+    /** Operators' limits (`ns\0name` → capacity), kept while idle. */
+    limits: ReadonlyMap<string, number> = new Map(),
   ): Array<{ ns: string; session: string; until: number }> {
     const now = this.clock.now();
+    for (const [key, capacity] of limits) {
+      const [ns, name] = key.split("\0") as [string, string];
+      const space = this.namespace(ns);
+      space.limits.set(name, capacity);
+      if (!space.resources.has(name)) this.createResource(space, name, capacity);
+    }
     const restored = new Map<string, { ns: string; session: string; until: number }>();
     this.tokenFloor = tokenFloor;
     for (const [ns, token] of tokens) this.tokens.set(ns, token);
@@ -669,7 +693,7 @@ export class Engine {
   }
 
   private createResource(space: Namespace, name: string, capacity: number): Resource {
-    const resource = new Resource(name, capacity);
+    const resource = new Resource(name, space.limits.get(name) ?? capacity);
     space.resources.set(name, resource);
     this.resourceCount++;
     return resource;
@@ -740,6 +764,41 @@ export class Engine {
       }
     }
     return top;
+  }
+
+  /**
+   * An operator sets resource `name`'s capacity (`undefined`: lifts the limit, the resource keeps
+   * its capacity until it is forgotten). A raise grants waiters at once; a cut lets holders
+   * finish and grants nothing until the units held fit under it. Refused below the load of a
+   * live request (it could never be granted, and would stop the line behind it).
+   */
+  setLimit(ns: string, name: string, capacity: number | undefined): Resource | Refusal | undefined {
+    const space = this.namespace(ns);
+    const now = this.clock.now();
+    let resource = space.resources.get(name);
+    if (capacity === undefined) {
+      space.limits.delete(name);
+      if (resource !== undefined) this.forgetIfIdle(space, resource);
+      else this.forgetNamespaceIfEmpty(space);
+      return resource;
+    }
+    if (resource !== undefined) {
+      for (const r of [...resource.holders, ...resource.line]) {
+        if (r.load > capacity) {
+          return {
+            ok: false,
+            code: "capacity_mismatch",
+            field: "capacity",
+            detail: `capacity ${capacity} is below the load (${r.load}) of request ${r.id} on ${JSON.stringify(name)}: it could never be granted. Set at least ${r.load}, or revoke that request first`,
+          };
+        }
+      }
+    }
+    space.limits.set(name, capacity);
+    resource ??= this.createResource(space, name, capacity);
+    resource.capacity = capacity;
+    this.pump(resource, now);
+    return resource;
   }
 
   /**
@@ -858,6 +917,7 @@ export class Engine {
     if (
       resource.used === 0 &&
       resource.line.size === 0 &&
+      !space.limits.has(resource.name) &&
       space.resources.get(resource.name) === resource
     ) {
       space.resources.delete(resource.name);

@@ -112,7 +112,7 @@ export class LocalBackend implements Backend, SessionBackend {
       (session) => this.logs.delete(session),
     );
     if (store) {
-      const { requests, tokens, tokenFloor, recovering } = store.load();
+      const { requests, tokens, tokenFloor, recovering, limits } = store.load();
       for (const r of requests)
         trace?.(
           `${r.id} restored ${r.state} ${r.name} token=${r.fencingToken} session=${r.session}`,
@@ -123,6 +123,7 @@ export class LocalBackend implements Backend, SessionBackend {
         tokens,
         tokenFloor,
         recovering,
+        limits,
       );
       // Each restored session has until its deadline to come back — the first restart's, if
       // it has not come back since: restarts in a row must not keep a dead client's leases.
@@ -297,6 +298,17 @@ export class LocalBackend implements Backend, SessionBackend {
     let n = 0;
     while (n < log.events.length && log.events[n]!.seq <= upTo) n++;
     if (n > 0) log.events.splice(0, n);
+  }
+
+  /**
+   * An operator sets (or, with `undefined`, lifts) resource `name`'s capacity (admin API); kept
+   * in the store. A raise grants waiters at once.
+   */
+  setLimit(ns: string, name: string, capacity: number | undefined) {
+    const result = this.engine.setLimit(ns, name, capacity);
+    if (!(result !== undefined && "ok" in result)) this.store?.limit(ns, name, capacity);
+    this.settle();
+    return result;
   }
 
   /** An operator ends live request `id` (admin API): its client is told, with `reason`. */

@@ -62,6 +62,8 @@ export class SqliteStore implements Store {
   private dirtyTokens = new Set<string>();
   /** Recovery deadlines not yet in SQLite, by `ns\0session`: the deadline, or null if cleared. */
   private pendingRecovery = new Map<string, number | null>();
+  /** Operators' limits not yet in SQLite, by `ns\0name`: the capacity, or null if lifted. */
+  private pendingLimits = new Map<string, number | null>();
   private journalBytes = 0;
   private checkpointTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -88,6 +90,10 @@ export class SqliteStore implements Store {
         );
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS tokens (ns TEXT PRIMARY KEY, token INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS limits (
+          ns TEXT NOT NULL, name TEXT NOT NULL, capacity INTEGER NOT NULL,
+          PRIMARY KEY (ns, name)
+        );
         CREATE TABLE IF NOT EXISTS recovering (
           ns TEXT NOT NULL, session TEXT NOT NULL, until INTEGER NOT NULL,
           PRIMARY KEY (ns, session)
@@ -183,9 +189,17 @@ export class SqliteStore implements Store {
       until: number;
     }>)
       recovering.set(`${row.ns}\0${row.session}`, Number(row.until));
+    const limits = new Map<string, number>();
+    for (const row of this.db.all("SELECT ns, name, capacity FROM limits") as Array<{
+      ns: string;
+      name: string;
+      capacity: number;
+    }>)
+      limits.set(`${row.ns}\0${row.name}`, Number(row.capacity));
     return {
       requests,
       recovering,
+      limits,
       tokens: new Map(this.tokens),
       tokenFloor: Math.max(legacy, meta("token_hwm")),
     };
@@ -207,6 +221,11 @@ export class SqliteStore implements Store {
   recovering(ns: string, session: string, until: number): void {
     this.pendingRecovery.set(`${ns}\0${session}`, until);
     this.records.push(JSON.stringify(["u", ns, session, until]));
+  }
+
+  limit(ns: string, name: string, capacity: number | undefined): void {
+    this.pendingLimits.set(`${ns}\0${name}`, capacity ?? null);
+    this.records.push(JSON.stringify(["l", ns, name, capacity ?? null]));
   }
 
   recovered(ns: string, session: string): void {
@@ -297,7 +316,12 @@ export class SqliteStore implements Store {
    * nothing to apply.
    */
   private startCheckpoint({ setAside: rotate } = { setAside: true }): boolean {
-    if (this.pending.size === 0 && this.dirtyTokens.size === 0 && this.pendingRecovery.size === 0)
+    if (
+      this.pending.size === 0 &&
+      this.dirtyTokens.size === 0 &&
+      this.pendingRecovery.size === 0 &&
+      this.pendingLimits.size === 0
+    )
       return false;
     if (rotate) {
       closeSync(this.journal);
@@ -326,6 +350,17 @@ export class SqliteStore implements Store {
       }
       this.db.exec("COMMIT");
       this.pendingRecovery = new Map();
+    }
+    if (this.pendingLimits.size > 0) {
+      this.db.exec("BEGIN");
+      for (const [key, capacity] of this.pendingLimits) {
+        const [ns, name] = key.split("\0");
+        if (capacity === null)
+          this.db.run("DELETE FROM limits WHERE ns = ? AND name = ?", [ns!, name!]);
+        else this.db.run("INSERT OR REPLACE INTO limits VALUES (?, ?, ?)", [ns!, name!, capacity]);
+      }
+      this.db.exec("COMMIT");
+      this.pendingLimits = new Map();
     }
     return true;
   }
@@ -420,6 +455,8 @@ export class SqliteStore implements Store {
         this.recovering(record[1], record[2], record[3]);
       } else if (record[0] === "x") {
         this.recovered(record[1], record[2]);
+      } else if (record[0] === "l") {
+        this.limit(record[1], record[2], record[3] ?? undefined);
       } else {
         // A journal of a version with one token counter for all namespaces.
         this.db.run(
@@ -457,6 +494,7 @@ type JournalRecord =
   | ["r", string, string]
   | ["u", string, string, number]
   | ["x", string, string]
+  | ["l", string, string, number | null]
   | ["t", number];
 
 /** Writes applied to SQLite per event-loop turn during a checkpoint (~0.1 ms each through WASM). */

@@ -12,6 +12,8 @@ export interface StoredState {
    * when their recovery window ends. A restart does not give them a new one.
    */
   recovering: Map<string, number>;
+  /** Operators' limits (admin API), by `ns\0name`: the capacity. */
+  limits: Map<string, number>;
 }
 
 /**
@@ -33,6 +35,8 @@ export interface Store {
   remove(ns: string, id: string): void;
   /** Session `session`, restored by a restart, has until `until` (clock ms) to come back. */
   recovering(ns: string, session: string, until: number): void;
+  /** An operator set resource `name`'s capacity (`undefined`: lifted the limit). */
+  limit(ns: string, name: string, capacity: number | undefined): void;
   /** Session `session` came back (or ended): a later restart gives it a window of its own. */
   recovered(ns: string, session: string): void;
   /** Commits what the current operation wrote. */

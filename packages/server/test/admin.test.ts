@@ -1,3 +1,6 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { client, startTestServer } from "./helpers.js";
 
@@ -179,5 +182,68 @@ describe("revoking a request (force-release)", () => {
     const again = await revoke(server.url, ns, "h", { reason: "x" }, "ops");
     expect(again.status).toBe(404);
     expect(again.body.detail).toMatch(/already ended/);
+  });
+});
+
+describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})", () => {
+  const limit = (url: string, ns: string, name: string, body?: unknown) =>
+    fetch(`${url}/v1/admin/namespaces/${ns}/limits/${encodeURIComponent(name)}`, {
+      method: body === undefined ? "DELETE" : "PUT",
+      headers: body === undefined ? {} : { "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    }).then(async (res) => ({
+      status: res.status,
+      body: res.status === 204 ? undefined : await res.json(),
+    }));
+
+  it("a raise serves the line at once; the limit stays while idle and across a restart, until lifted", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-limits-"));
+    const first = await startTestServer({ dataDir, repollGrace: 30_000 });
+    const api = client(first, "alpha");
+    await api.acquire("h", { resource: "api/llm" });
+    await api.acquire("w1", { resource: "api/llm" }, 0);
+    await api.acquire("w2", { resource: "api/llm" }, 0);
+    const ns = (await get(first.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+
+    const raised = await limit(first.url, ns, "api/llm", { capacity: 3 });
+    expect(raised.status).toBe(200);
+    expect(raised.body).toMatchObject({
+      name: "api/llm",
+      capacity: 3,
+      used: 3,
+      active: 3,
+      queued: 0,
+    });
+    for (const id of ["h", "w1", "w2"]) await api.release(id);
+    expect((await api.resource("api/llm")).body).toMatchObject({ capacity: 3, used: 0 }); // idle, kept
+    await first.close();
+
+    await using second = await startTestServer({ dataDir });
+    const again = client(second, "alpha");
+    expect((await again.resource("api/llm")).body).toMatchObject({ capacity: 3 });
+    // What requests ask for no longer matters: the operator's limit holds.
+    expect((await again.acquire("x", { resource: "api/llm", capacity: 1 })).body).toMatchObject({
+      state: "active",
+      capacity: 3,
+    });
+    await again.release("x");
+    expect((await limit(second.url, ns, "api/llm")).status).toBe(204);
+    // Idle and unlimited: forgotten (the public view of a resource nobody uses has no capacity).
+    expect((await again.resource("api/llm")).body).toMatchObject({ capacity: null, used: 0 });
+    expect((await limit(second.url, ns, "api/llm")).status).toBe(404);
+  });
+
+  it.each([
+    [{ capacity: 0 }, 400, /whole number from 1/],
+    [{ capacity: 1.5 }, 400, /whole number from 1/],
+    [{}, 400, /capacity/],
+    [{ capacity: 1 }, 409, /below the load \(2\) of request big/],
+  ])("%j → %i", async (body, status, detail) => {
+    await using server = await startTestServer();
+    await client(server, "alpha").acquire("big", { resource: "pool", capacity: 4, load: 2 });
+    const ns = (await get(server.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+    const res = await limit(server.url, ns, "pool", body);
+    expect(res.status).toBe(status);
+    expect(res.body.detail).toMatch(detail);
   });
 });
