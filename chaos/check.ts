@@ -92,7 +92,7 @@ export interface Loss {
  * every client.
  */
 export interface Fault {
-  kind: "reset" | "server" | "stall";
+  kind: "reset" | "server" | "stall" | "revoke";
   client?: string;
   from: number;
   to: number;
@@ -124,7 +124,7 @@ export function attributeLosses(
         loss.at <= f.to + within,
     );
   for (const loss of losses) {
-    if (near(loss, ["reset", "server"])) result.nearFault.push(loss);
+    if (near(loss, ["reset", "server", "revoke"])) result.nearFault.push(loss);
     else if (loss.stall >= stallMs || near(loss, ["stall"])) result.nearStall.push(loss);
     else result.unexplained.push(loss);
   }

@@ -15,6 +15,7 @@
  *   CHAOS_SECONDS (default 60), CHAOS_CLIENTS (default 6), CHAOS_LOOPS (acquire loops per client
  *   process, "min-max" or a number; default 20-100), CHAOS_SESSION (websocket | http | auto;
  *   default websocket), CHAOS_SERVER_KILLS (default 0), CHAOS_RESETS (default 1),
+ *   CHAOS_OPERATOR=1 (an operator revokes random holders through the admin API),
  *   CHAOS_REFUSE (how a blip refuses connections: reset | closed; default reset, see proxy.ts),
  *   CHAOS_CLIENT_KILL_RATE (chance per 100–500 ms tick; default 0.3), CHAOS_RECOVERY_WINDOW,
  *   CHAOS_WAIT_GRACE (server options, ms), CHAOS_SEED, CHAOS_VERBOSE=1 (a line per lost lease),
@@ -53,6 +54,11 @@ export interface ChaosOptions {
   loops?: readonly [number, number];
   /** Reset clients' connections at random. Default true. */
   resets?: boolean;
+  /**
+   * An operator at work: at random ticks, revokes a random holder through the admin API (its
+   * client must be told before the next is granted: revoked units are held back for `grace`).
+   */
+  operator?: boolean;
   /** How a reset's blip refuses new connections (proxy.ts). Default `"reset"`. */
   refuse?: Refuse;
   /** Chance, at each 100–500 ms tick, that a client is SIGKILLed (and replaced). Default 0.3. */
@@ -81,6 +87,7 @@ export interface ChaosReport {
   /** The server died on its own (and was restarted): a bug, its last lines are logged. */
   serverCrashes: number;
   resets: number;
+  revokes: number;
   leasesLost: number;
   /** Of those: within a second of a fault injected on the client (its reset, a server outage). */
   leasesLostNearFault: number;
@@ -169,7 +176,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       process.execPath,
       [
         ...[bundle.server, "--port", String(port), "--api-key", "chaos"],
-        ...["--data-dir", dataDir],
+        ...["--data-dir", dataDir, "--admin-key", "chaos-operator"],
         ...(o.recoveryWindow === undefined ? [] : ["--recovery-window", String(o.recoveryWindow)]),
         ...(o.waitGrace === undefined ? [] : ["--wait-grace", String(o.waitGrace)]),
       ],
@@ -219,6 +226,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     serverRestarts: 0,
     serverCrashes: 0,
     resets: 0,
+    revokes: 0,
     leasesLost: 0,
     leasesLostNearFault: 0,
     leasesLostNearStall: 0,
@@ -345,6 +353,36 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     return { queued, active, left: queued + active };
   };
 
+  /** The operator: revokes a random holder of a random resource; false if there was none (or no server). */
+  const revokeOne = async (): Promise<boolean> => {
+    const admin = (path: string, init: RequestInit = {}) =>
+      fetch(`${url}/v1/admin${path}`, {
+        ...init,
+        headers: { authorization: "Bearer chaos-operator", "content-type": "application/json" },
+        signal: AbortSignal.timeout(2_000),
+      });
+    try {
+      const { namespaces } = (await (await admin("/namespaces")).json()) as {
+        namespaces: Array<{ id: string }>;
+      };
+      const ns = namespaces[0]?.id;
+      if (ns === undefined) return false;
+      const name = pick(Object.keys(CAPACITIES));
+      const res = await admin(`/namespaces/${ns}/resources/${encodeURIComponent(name)}`);
+      if (res.status !== 200) return false;
+      const { holders } = (await res.json()) as { holders: Array<{ id: string }> };
+      if (holders.length === 0) return false;
+      const victim = pick(holders).id;
+      const revoked = await admin(`/namespaces/${ns}/requests/${victim}/revoke`, {
+        method: "POST",
+        body: JSON.stringify({ reason: "chaos operator" }),
+      });
+      return revoked.status === 200;
+    } catch {
+      return false; // the server is down: the next tick tries again
+    }
+  };
+
   // The harness's own stalls: it carries every client's connection (proxies).
   let tick = performance.now();
   const stallWatch = setInterval(() => {
@@ -384,6 +422,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       clients.get(id)!.proxy.reset(blip);
       faults.push({ kind: "reset", client: id, from: at, to: at + blip });
       report.resets++;
+    }
+    if (o.operator && serverUp && random() < 0.3) {
+      const at = Date.now();
+      if (await revokeOne()) {
+        report.revokes++;
+        faults.push({ kind: "revoke", from: at, to: Date.now() });
+      }
     }
     if (!serverUp || (o.serverKills && Date.now() > nextServerKill)) {
       const from = Date.now();
@@ -526,6 +571,7 @@ client kills:                              ${r.clientKills}
 server restarts (kill -9):                 ${r.serverRestarts}
 server crashes (died on its own):          ${r.serverCrashes}
 connection resets:                         ${r.resets}
+holders revoked by the operator:           ${r.revokes}
 leases lost (told):                        ${r.leasesLost}
   near an injected fault:                  ${r.leasesLostNearFault}
   else near an event-loop stall:           ${r.leasesLostNearStall}
@@ -556,6 +602,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     session: (env.CHAOS_SESSION ?? "websocket") as ChaosSession,
     loops: range(env.CHAOS_LOOPS),
     resets: env.CHAOS_RESETS !== "0",
+    operator: env.CHAOS_OPERATOR === "1",
     refuse: (env.CHAOS_REFUSE ?? "reset") as Refuse,
     clientKillRate:
       env.CHAOS_CLIENT_KILL_RATE === undefined ? undefined : Number(env.CHAOS_CLIENT_KILL_RATE),
