@@ -26,6 +26,9 @@ import { Engine, type EngineConfig, type Request, type Session } from "./engine.
  *   served) — away waiters are passed over at once;
  * - (d) at the end, once every connection closed and time ran out, everything ended and the
  *   engine holds nothing (`stats()` all zeros).
+ * An operator takes part too (admin API): it revokes requests, and raises and cuts capacities
+ * — exclusion is then checked at every grant against the capacity in force (after a cut,
+ * holders may hold more until they finish, and nothing is granted meanwhile).
  */
 
 const CONFIG: EngineConfig = {
@@ -74,7 +77,10 @@ type Op =
   | { kind: "stouch"; session: number }
   | { kind: "sleave"; session: number }
   // Time passes; `late`: the host's timer fires only at the end (deadlines are run late).
-  | { kind: "tick"; ms: number; late: boolean };
+  | { kind: "tick"; ms: number; late: boolean }
+  // An operator (admin API): revokes a request; sets a resource's capacity (raise or cut).
+  | { kind: "revoke"; pick: number }
+  | { kind: "limit"; res: number; capacity: number };
 
 const body = {
   res: fc.integer({ min: 0, max: NAMES.length - 1 }),
@@ -109,6 +115,12 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     }),
   },
   fc.record({ kind: fc.constant("stouch" as const), session }),
+  fc.record({ kind: fc.constant("revoke" as const), pick: fc.nat() }),
+  fc.record({
+    kind: fc.constant("limit" as const),
+    res: fc.integer({ min: 0, max: NAMES.length - 1 }),
+    capacity: fc.integer({ min: 1, max: 4 }),
+  }),
   fc.record({ kind: fc.constant("sleave" as const), session }),
   {
     weight: 3,
@@ -144,6 +156,9 @@ const COVERED = [
   "named waiter dropped closed",
   "own holder dropped between",
   "own holder dropped closed",
+  "operator cut",
+  "operator raise",
+  "operator revoke",
 ];
 
 function run(ops: Op[]): void {
@@ -156,6 +171,13 @@ function run(ops: Op[]): void {
   const models = new Map<Session, Model>();
   let lastToken = 0;
   let grants = 0;
+  /** Capacities in force: the first request's, then an operator's (never lifted here). */
+  const capacity = new Map(NAMES.map(({ name, capacity }) => [name, capacity]));
+  /** Units held by live holders and by dead ones whose units are held back. */
+  const held = (name: string) =>
+    created
+      .filter((r) => r.name === name && (r.state === "active" || r.heldBackOn !== undefined))
+      .reduce((n, r) => n + r.load, 0);
 
   const engine = new Engine(CONFIG, clock, (req) => {
     if (req.state === "active") onGrant(req);
@@ -194,6 +216,11 @@ function run(ops: Op[]): void {
 
   function onGrant(req: Request): void {
     grants++;
+    // Exclusion at every grant, under the capacity in force now (after a cut, holders may
+    // still hold more, but nothing is granted until they fit).
+    expect(held(req.name), `${req.id} granted over the capacity`).toBeLessThanOrEqual(
+      capacity.get(req.name)!,
+    );
     // Fencing: strictly increasing, globally and so per resource.
     expect(req.fencingToken).toBeGreaterThan(lastToken);
     lastToken = req.fencingToken;
@@ -231,16 +258,17 @@ function run(ops: Op[]): void {
   }
 
   function checkExclusion(): void {
-    for (const { name, capacity } of NAMES) {
-      // Units of live holders, and of dead ones whose lock delay still holds them back.
-      const held = created
-        .filter((r) => r.name === name && (r.state === "active" || r.heldBackOn !== undefined))
-        .reduce((n, r) => n + r.load, 0);
-      expect(held).toBeLessThanOrEqual(capacity);
+    for (const { name } of NAMES) {
+      // Units of live holders, and of dead ones whose lock delay still holds them back: at most
+      // the capacity, unless an operator cut it under them (see onGrant).
+      if (!cutUnder.has(name)) expect(held(name)).toBeLessThanOrEqual(capacity.get(name)!);
+      if (held(name) <= capacity.get(name)!) cutUnder.delete(name);
       const snap = engine.resource("ns", name);
-      expect(snap?.used ?? 0).toBe(held);
+      expect(snap?.used ?? 0).toBe(held(name));
     }
   }
+  /** Resources whose capacity an operator cut below the units held. */
+  const cutUnder = new Set<string>();
 
   /** Liveness, between steps: what is due has ended, the engine agrees with the model. */
   function checkLiveness(): void {
@@ -284,13 +312,14 @@ function run(ops: Op[]): void {
    * else the head of the line if it is not away.
    */
   function checkProgress(): void {
-    for (const { name, capacity } of NAMES) {
+    for (const { name } of NAMES) {
+      const cap = capacity.get(name)!;
       const first = created
         .filter((r) => r.name === name && r.state === "queued" && !away(r.session))
         .sort((a, b) => b.priority - a.priority || arrival.get(a)! - arrival.get(b)!)[0];
       if (first === undefined || away(first.session)) continue;
       const used = engine.resource("ns", name)?.used ?? 0;
-      expect(used + first.load, `${first.id} could be served`).toBeGreaterThan(capacity);
+      expect(used + first.load, `${first.id} could be served`).toBeGreaterThan(cap);
     }
   }
 
@@ -312,7 +341,7 @@ function run(ops: Op[]): void {
     // The message arrives before the engine handles it: a returning session is back first. A
     // load over the capacity is refused before the session is looked at: not a contact (the
     // transports touch the session for every message anyway).
-    const refused = o.load > spec.capacity;
+    const refused = o.load > capacity.get(spec.name)!;
     const known = sessionId === undefined ? undefined : engine.findSession("ns", sessionId);
     if (known !== undefined && !refused) heard(model(known));
     const r = engine.acquire(
@@ -505,11 +534,48 @@ function run(ops: Op[]): void {
       case "tick":
         tick(o.ms, o.late);
         break;
+      case "revoke": {
+        const req = pick(o.pick);
+        if (!req) break;
+        // By id: the live request of that id, if any (a retry may have made it anew).
+        const target = engine.get("ns", req.id);
+        const live =
+          target !== undefined && (target.state === "active" || target.state === "queued");
+        const revoked = engine.revoke("ns", req.id, "operator");
+        expect(revoked).toBe(live ? target : undefined);
+        if (revoked) {
+          expect(revoked.state).toBe("revoked");
+          seen.add("operator revoke");
+        }
+        break;
+      }
+      case "limit": {
+        const { name } = NAMES[o.res]!;
+        const loads = created
+          .filter((r) => r.name === name && (r.state === "active" || r.state === "queued"))
+          .map((r) => r.load);
+        const before = capacity.get(name)!;
+        const refused = loads.some((l) => l > o.capacity);
+        // In force from now on: a raise grants within the call (onGrant checks against it).
+        if (!refused) capacity.set(name, o.capacity);
+        if (!refused && held(name) > o.capacity) cutUnder.add(name);
+        const result = engine.setLimit("ns", name, o.capacity);
+        if (refused) {
+          expect(result).toMatchObject({ ok: false, code: "capacity_mismatch" });
+          break;
+        }
+        expect(engine.resource("ns", name)?.capacity).toBe(o.capacity);
+        if (o.capacity !== before)
+          seen.add(o.capacity > before ? "operator raise" : "operator cut");
+        break;
+      }
     }
     check();
   }
 
-  // (d) Every client goes away: everything must end, and then be forgotten.
+  // (d) Every client goes away: everything must end, and then be forgotten (the operator
+  // lifts its limits first: a limited resource is kept while idle).
+  for (const { name } of NAMES) engine.setLimit("ns", name, undefined);
   for (const [session, m] of models) {
     if (session.id === undefined && [...session.requests].length === 0) {
       m.pollers = 0; // its request ended: polls on it no longer reach the session
