@@ -194,7 +194,7 @@ describe("ratequeue status (the admin API in a terminal)", () => {
     expect(await exitCode(one)).toBe(0);
     const lines = one.out().split("\n");
     expect(lines[0]).toMatch(
-      /^reports \(namespace \w{12}\): capacity 1, 1 used, 1 holding, 2 waiting/,
+      /^reports \(namespace [\w-]{12}\): capacity 1, 1 used, 1 holding, 2 waiting/,
     );
     const holder = lines.findIndex((l) => l.trim().startsWith("HOLDER"));
     expect(lines[holder + 1]).toMatch(/^\s+holder\s+1\s+\d+.*127\.0\.0\.1/);
