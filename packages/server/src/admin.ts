@@ -92,21 +92,7 @@ export function adminRoutes(
           ),
         );
       }
-      const all = [...space.resources.values()].sort(
-        (a, b) => b.line.size - a.line.size || b.used - a.used || cmp(a.name, b.name),
-      );
-      return {
-        namespace: space.key,
-        total: all.length,
-        offset,
-        resources: all.slice(offset, offset + limit).map((r) => ({
-          name: r.name,
-          capacity: r.capacity,
-          used: r.used,
-          active: r.holders.size,
-          queued: r.line.size,
-        })),
-      };
+      return { namespace: space.key, offset, ...namespaceView(space, offset, limit) };
     },
   );
 
@@ -129,7 +115,7 @@ export function adminRoutes(
           ),
         );
       }
-      return detail(resource, clock.now());
+      return resourceDetail(resource, clock.now());
     },
   );
 
@@ -164,7 +150,7 @@ export function adminRoutes(
       if (result !== undefined && "ok" in result) {
         return sendProblem(reply, problem(409, result.code, result.detail, result.field));
       }
-      return detail(result!, clock.now());
+      return resourceDetail(result!, clock.now());
     },
   );
 
@@ -222,8 +208,25 @@ export function adminRoutes(
     },
   );
 }
+/** A namespace's resources, busiest first: `limit` of them from `offset`, and how many in all. */
+export function namespaceView(space: Namespace, offset: number, limit: number) {
+  const all = [...space.resources.values()].sort(
+    (a, b) => b.line.size - a.line.size || b.used - a.used || cmp(a.name, b.name),
+  );
+  return {
+    total: all.length,
+    resources: all.slice(offset, offset + limit).map((r) => ({
+      name: r.name,
+      capacity: r.capacity,
+      used: r.used,
+      active: r.holders.size,
+      queued: r.line.size,
+    })),
+  };
+}
 
-function detail(resource: Resource, now: number) {
+/** A resource with its holders and its line (the first 1,000 of each). */
+export function resourceDetail(resource: Resource, now: number) {
   const holders = [];
   for (const h of resource.holders) {
     if (holders.length >= MAX_LISTED) break;

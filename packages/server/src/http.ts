@@ -12,6 +12,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, LogController } from 
 import { ADMIN_PREFIX, adminRoutes, refuseNonAdmin } from "./admin.js";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
 import { ConnectionGuard } from "./connections.js";
+import { DASHBOARD_PATH, dashboardRoutes } from "./dashboard.js";
 import { NamespaceIds } from "./keys.js";
 import { logs } from "./lifecycle-log.js";
 import type { LocalBackend } from "./local-backend.js";
@@ -160,6 +161,8 @@ export function buildApp(
     const path = req.url.split("?")[0]!;
     if (path === `${API_PREFIX}/health` || path === METRICS_PATH) return;
     if (path.startsWith(`${ADMIN_PREFIX}/`)) return; // admin keys: see admin.ts
+    // The dashboard's page and script hold no data; what they show comes from the admin API.
+    if (path === DASHBOARD_PATH || path.startsWith(`${DASHBOARD_PATH}/`)) return;
     if (req.method === "OPTIONS" && options.corsOrigins.length > 0) return;
     const header = req.headers.authorization;
     const who = authenticate(header?.startsWith("Bearer ") ? header.slice(7).trim() : "");
@@ -228,6 +231,7 @@ export function buildApp(
     return reply.type(metrics.contentType).send(await metrics.text());
   });
   adminRoutes(app, options, local);
+  dashboardRoutes(app, options, local);
 
   attachWebSockets(app, options, backend, authenticate, state, (socket) => guard.proven(socket));
   sessionRoute(app, options, backend);

@@ -247,3 +247,52 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     expect(res.body.detail).toMatch(detail);
   });
 });
+
+describe("the dashboard", () => {
+  it("serves its page and script under a strict content security policy, without a key", async () => {
+    await using server = await startTestServer({ apiKeys: ["app"], adminKeys: ["ops"] });
+    for (const [path, type] of [
+      ["/dashboard", /text\/html/],
+      ["/dashboard/app.js", /text\/javascript/],
+      ["/dashboard/app.css", /text\/css/],
+    ] as const) {
+      const res = await fetch(server.url + path);
+      expect(res.status).toBe(200);
+      expect(res.headers.get("content-type")).toMatch(type);
+      expect(res.headers.get("content-security-policy")).toMatch(/script-src 'self'/);
+      expect(await res.text()).not.toContain("ops"); // no data, no key in the page
+    }
+  });
+
+  it("streams a namespace's live view as server-sent events, for admin keys only", async () => {
+    await using server = await startTestServer({ apiKeys: ["app"], adminKeys: ["ops"] });
+    const api = client(server, "app");
+    await api.acquire("h", { resource: "r" });
+    const ns = (await get(server.url, "/v1/admin/namespaces", "ops")).body.namespaces[0].id;
+    const path = `/v1/admin/namespaces/${ns}/stream?resource=r`;
+    expect(
+      (await fetch(server.url + path, { headers: { authorization: "Bearer app" } })).status,
+    ).toBe(401);
+    const controller = new AbortController();
+    const res = await fetch(server.url + path, {
+      headers: { authorization: "Bearer ops" },
+      signal: controller.signal,
+    });
+    expect(res.headers.get("content-type")).toMatch(/text\/event-stream/);
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    const next = async () => {
+      while (!text.includes("\n\n")) text += (await reader.read()).value ?? "";
+      const event = text.slice(0, text.indexOf("\n\n"));
+      text = text.slice(text.indexOf("\n\n") + 2);
+      return JSON.parse(event.replace(/^data: /, ""));
+    };
+    const first = await next();
+    expect(first.resources).toEqual([expect.objectContaining({ name: "r", active: 1, queued: 0 })]);
+    expect(first.resource.holders.map((h: { id: string }) => h.id)).toEqual(["h"]);
+    await api.acquire("w", { resource: "r" }, 0); // a change: a new event
+    const second = await next();
+    expect(second.resource.line.map((w: { id: string }) => w.id)).toEqual(["w"]);
+    controller.abort();
+  });
+});

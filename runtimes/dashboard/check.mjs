@@ -1,0 +1,118 @@
+// The dashboard in a real browser (Debian's /usr/bin/chromium, headless, driven by playwright-core):
+// a server with SDK clients holding and waiting; the page asks for the admin key, shows the
+// resource, its holder and its line live, a waiter moving up when the holder releases, a capacity
+// change, and a force-release whose reason reaches the holder's LeaseLostError.
+//
+// Usage: node dashboard/check.mjs [--screenshot FILE]   (CHROMIUM=/path/to/chromium for another binary)
+import { createRateQueue } from "@ratequeue/sdk";
+import { startServer } from "@ratequeue/server";
+import { chromium } from "playwright-core";
+
+const EXECUTABLE = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const DEADLINE = 60_000;
+const shot = process.argv.indexOf("--screenshot");
+const screenshot = shot >= 0 ? process.argv[shot + 1] : undefined;
+
+let failures = 0;
+const check = (ok, what) => {
+  console.log(`${ok ? "ok" : "FAIL"} dashboard ${what}`);
+  if (!ok) failures++;
+};
+const watchdog = setTimeout(() => {
+  console.log(`FAIL dashboard run: not finished within ${DEADLINE} ms`);
+  process.exit(1);
+}, DEADLINE);
+
+const server = await startServer({ port: 0, apiKeys: ["app"], adminKeys: ["ops"] });
+const rq = () => createRateQueue({ apiKey: "app", baseUrl: server.url });
+const browser = await chromium.launch({
+  executablePath: EXECUTABLE,
+  args: ["--no-sandbox"],
+  timeout: 15_000,
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
+  const holder = await rq().acquire("reports/nightly");
+  const lost = new Promise((resolve) =>
+    holder.signal.addEventListener("abort", () => resolve(holder.signal.reason)),
+  );
+  const granted = [];
+  const waiters = ["first", "second"].map((label) =>
+    rq()
+      .acquire("reports/nightly")
+      .then((lease) => {
+        granted.push(label);
+        return lease;
+      }),
+  );
+
+  await page.goto(`${server.url}/dashboard`);
+  await page.fill("#key", "ops");
+  await page.click("#login button");
+  const row = page.locator('#resources tbody tr[data-resource="reports/nightly"]');
+  await row.waitFor({ timeout: 10_000 });
+  check(
+    (await row.locator("td").allTextContents()).join(",") === "reports/nightly,1,1,1,2",
+    "lists the resource with 1 holding and 2 waiting",
+  );
+  await row.click();
+  await page.locator(`#holders tbody tr[data-request="${holder.id}"]`).waitFor({ timeout: 10_000 });
+  check((await page.locator("#line tbody tr").count()) === 2, "shows the holder and the line of 2");
+  check(await page.locator("#login").isHidden(), "asks for the key once, then hides the form");
+  if (screenshot) await page.screenshot({ path: screenshot });
+  const firstWaiter = await page.locator("#line tbody tr").first().getAttribute("data-request");
+
+  // The holder lets go: the first waiter moves up into the holders, live.
+  await holder.release();
+  await page
+    .locator(`#holders tbody tr[data-request="${firstWaiter}"]`)
+    .waitFor({ timeout: 10_000 });
+  check(
+    granted[0] === "first" && (await page.locator("#line tbody tr").count()) === 1,
+    "a waiter moves up when the holder releases",
+  );
+
+  // Capacity 1 → 2: the last waiter is served at once.
+  await page.fill("#capacity-value", "2");
+  await page.click("#capacity button");
+  await page.waitForFunction(
+    () => document.querySelectorAll("#holders tbody tr").length === 2,
+    undefined,
+    { timeout: 10_000 },
+  );
+  check(
+    (await page.textContent("#detail-name")).includes("capacity 2"),
+    "a capacity change applies at once",
+  );
+
+  // Force-release the first waiter's lease, with a reason its client is told.
+  const [first] = await Promise.all([waiters[0]]);
+  const firstLost = new Promise((resolve) =>
+    first.signal.addEventListener("abort", () => resolve(first.signal.reason)),
+  );
+  page.once("dialog", (dialog) => dialog.accept("stuck, INC-7"));
+  await page.click(`#holders tbody tr[data-request="${first.id}"] button`);
+  const reason = await Promise.race([
+    firstLost,
+    new Promise((r) => setTimeout(() => r(undefined), 10_000)),
+  ]);
+  check(
+    reason?.name === "LeaseLostError" && reason.reason === "stuck, INC-7",
+    "a force-release reaches the holder's LeaseLostError with its reason",
+  );
+  await page.waitForFunction(
+    (id) => !document.querySelector(`#holders tbody tr[data-request="${id}"]`),
+    first.id,
+    { timeout: 10_000 },
+  );
+  check(true, "the revoked holder leaves the view");
+  void lost;
+  for (const w of await Promise.all(waiters)) await w.release();
+} catch (error) {
+  check(false, `run: ${error.message}`);
+} finally {
+  clearTimeout(watchdog);
+  await browser.close();
+  await server.close();
+}
+process.exit(failures === 0 ? 0 : 1);
