@@ -17,6 +17,7 @@ import { NamespaceIds } from "./keys.js";
 import { logs } from "./lifecycle-log.js";
 import type { LocalBackend } from "./local-backend.js";
 import type { Metrics } from "./metrics.js";
+import { OPENAPI } from "./openapi.js";
 import { loopbackHost, OPEN_MODE_HOSTS, type ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem, sendProblemOnSocket } from "./problem.js";
 import { type Authenticate, attachWebSockets, sessionRoute } from "./session.js";
@@ -159,7 +160,8 @@ export function buildApp(
     // Health needs no key, and a CORS preflight carries none (the CORS plugin answers it).
     // /metrics takes admin keys, not API keys: its route checks them.
     const path = req.url.split("?")[0]!;
-    if (path === `${API_PREFIX}/health` || path === METRICS_PATH) return;
+    if (path === `${API_PREFIX}/health` || path === `${API_PREFIX}/openapi.json`) return;
+    if (path === METRICS_PATH) return;
     if (path.startsWith(`${ADMIN_PREFIX}/`)) return; // admin keys: see admin.ts
     // The dashboard's page and script hold no data; what they show comes from the admin API.
     if (path === DASHBOARD_PATH || path.startsWith(`${DASHBOARD_PATH}/`)) return;
@@ -223,6 +225,7 @@ export function buildApp(
   });
 
   app.get(`${API_PREFIX}/health`, async () => ({ status: "ok", mode: open ? "open" : "keys" }));
+  app.get(`${API_PREFIX}/openapi.json`, async () => OPENAPI);
 
   // Prometheus metrics: every namespace's resources, so for operators only (admin keys).
   app.get(METRICS_PATH, async (req, reply) => {
