@@ -18,7 +18,9 @@ describe("chaos", () => {
         loops: [20, 50],
         serverKills: true,
         resets: true,
-        operator: true, // revokes random holders through the admin API (issue 12)
+        // Revokes random holders through the admin API (issue 12); capacity changes run in
+        // pnpm test:chaos (CHAOS_OPERATOR=capacity): their check allows a second of slack.
+        operator: { revoke: true, capacity: false },
         seed: session === "websocket" ? 20261126 : 20261127,
         minGrants: 1,
         recoveryWindow: 3_000,

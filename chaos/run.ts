@@ -15,7 +15,8 @@
  *   CHAOS_SECONDS (default 60), CHAOS_CLIENTS (default 6), CHAOS_LOOPS (acquire loops per client
  *   process, "min-max" or a number; default 20-100), CHAOS_SESSION (websocket | http | auto;
  *   default websocket), CHAOS_SERVER_KILLS (default 0), CHAOS_RESETS (default 1),
- *   CHAOS_OPERATOR=1 (an operator revokes random holders through the admin API),
+ *   CHAOS_OPERATOR=revoke (an operator revokes random holders through the admin API) or
+ *   CHAOS_OPERATOR=capacity (and changes the semaphore's capacity),
  *   CHAOS_REFUSE (how a blip refuses connections: reset | closed; default reset, see proxy.ts),
  *   CHAOS_CLIENT_KILL_RATE (chance per 100–500 ms tick; default 0.3), CHAOS_RECOVERY_WINDOW,
  *   CHAOS_WAIT_GRACE (server options, ms), CHAOS_SEED, CHAOS_VERBOSE=1 (a line per lost lease),
@@ -31,7 +32,15 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { LIVENESS_DEFAULTS } from "../packages/core/src/liveness.js";
 import { bundle as compile } from "./bundle.js";
-import { attributeLosses, check, type Fault, type Hold, type Loss, type Write } from "./check.js";
+import {
+  attributeLosses,
+  type CapacityChange,
+  check,
+  type Fault,
+  type Hold,
+  type Loss,
+  type Write,
+} from "./check.js";
 import { type ChaosProxy, type Refuse, startProxy } from "./proxy.js";
 import { RESOURCES } from "./resources.js";
 
@@ -56,9 +65,13 @@ export interface ChaosOptions {
   resets?: boolean;
   /**
    * An operator at work: at random ticks, revokes a random holder through the admin API (its
-   * client must be told before the next is granted: revoked units are held back for `grace`).
+   * client must be told before the next is granted: revoked units are held back for `grace`),
+   * and with `capacity`, sets the semaphore's capacity between 1 and 4 (a raise serves the line
+   * at once, a cut lets holders finish). The checker then counts a holder against the largest
+   * capacity in force in the second before it was told of its grant (check.ts, CHANGE_SLACK): a
+   * heuristic on a loaded machine, so the suite's run does not change capacities.
    */
-  operator?: boolean;
+  operator?: { revoke: boolean; capacity: boolean };
   /** How a reset's blip refuses new connections (proxy.ts). Default `"reset"`. */
   refuse?: Refuse;
   /** Chance, at each 100–500 ms tick, that a client is SIGKILLed (and replaced). Default 0.3. */
@@ -88,6 +101,7 @@ export interface ChaosReport {
   serverCrashes: number;
   resets: number;
   revokes: number;
+  capacityChanges: number;
   leasesLost: number;
   /** Of those: within a second of a fault injected on the client (its reset, a server outage). */
   leasesLostNearFault: number;
@@ -227,6 +241,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     serverCrashes: 0,
     resets: 0,
     revokes: 0,
+    capacityChanges: 0,
     leasesLost: 0,
     leasesLostNearFault: 0,
     leasesLostNearStall: 0,
@@ -353,6 +368,38 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     return { queued, active, left: queued + active };
   };
 
+  /** The operator's capacity changes on the semaphore ("pool"), for the checker. */
+  const capacityChanges: CapacityChange[] = [];
+  const setCapacity = async (capacity: number) => {
+    const before = Date.now();
+    try {
+      const auth = { authorization: "Bearer chaos-operator", "content-type": "application/json" };
+      const { namespaces } = (await (
+        await fetch(`${url}/v1/admin/namespaces`, {
+          headers: auth,
+          signal: AbortSignal.timeout(2_000),
+        })
+      ).json()) as { namespaces: Array<{ id: string }> };
+      if (namespaces[0] === undefined) return;
+      const res = await fetch(`${url}/v1/admin/namespaces/${namespaces[0].id}/limits/pool`, {
+        method: "PUT",
+        headers: auth,
+        body: JSON.stringify({ capacity }),
+        signal: AbortSignal.timeout(2_000),
+      });
+      if (res.status !== 200) return; // below a live load (409), or the server went down
+      // A raise may serve waiters before its answer: counted from when it was sent. A cut
+      // stops grants only once applied: counted from its answer.
+      const previous = capacityChanges.at(-1)?.capacity ?? CAPACITIES.pool!;
+      capacityChanges.push({
+        name: "pool",
+        at: capacity > previous ? before : Date.now(),
+        capacity,
+      });
+      report.capacityChanges++;
+    } catch {} // the server is down
+  };
+
   /** The operator: revokes a random holder of a random resource; false if there was none (or no server). */
   const revokeOne = async (): Promise<boolean> => {
     const admin = (path: string, init: RequestInit = {}) =>
@@ -423,13 +470,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       faults.push({ kind: "reset", client: id, from: at, to: at + blip });
       report.resets++;
     }
-    if (o.operator && serverUp && random() < 0.3) {
+    if (o.operator?.revoke && serverUp && random() < 0.3) {
       const at = Date.now();
       if (await revokeOne()) {
         report.revokes++;
         faults.push({ kind: "revoke", from: at, to: Date.now() });
       }
     }
+    if (o.operator?.capacity && serverUp && random() < 0.2)
+      await setCapacity(1 + Math.floor(random() * 4));
     if (!serverUp || (o.serverKills && Date.now() > nextServerKill)) {
       const from = Date.now();
       if (serverUp) {
@@ -508,7 +557,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   if (left.left > 0) log(`left on the server at the end: ${JSON.stringify(left)}`);
   report.waitersStuck = left.left;
 
-  const verdict = check([...holds.values()], writes, CAPACITIES, endOfRun);
+  const verdict = check([...holds.values()], writes, CAPACITIES, endOfRun, capacityChanges);
   report.overlaps = verdict.overlaps.length;
   report.staleWritesAccepted = verdict.staleWritesAccepted.length;
   report.staleWritesRejected = writes.filter((w) => !w.accepted).length;
@@ -572,6 +621,7 @@ server restarts (kill -9):                 ${r.serverRestarts}
 server crashes (died on its own):          ${r.serverCrashes}
 connection resets:                         ${r.resets}
 holders revoked by the operator:           ${r.revokes}
+semaphore capacity changes (operator):     ${r.capacityChanges}
 leases lost (told):                        ${r.leasesLost}
   near an injected fault:                  ${r.leasesLostNearFault}
   else near an event-loop stall:           ${r.leasesLostNearStall}
@@ -602,7 +652,10 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     session: (env.CHAOS_SESSION ?? "websocket") as ChaosSession,
     loops: range(env.CHAOS_LOOPS),
     resets: env.CHAOS_RESETS !== "0",
-    operator: env.CHAOS_OPERATOR === "1",
+    operator:
+      env.CHAOS_OPERATOR === undefined
+        ? undefined
+        : { revoke: true, capacity: env.CHAOS_OPERATOR === "capacity" },
     refuse: (env.CHAOS_REFUSE ?? "reset") as Refuse,
     clientKillRate:
       env.CHAOS_CLIENT_KILL_RATE === undefined ? undefined : Number(env.CHAOS_CLIENT_KILL_RATE),
