@@ -37,23 +37,19 @@ describe("chaos checker", () => {
     expect(v.overlaps).toEqual([]);
   });
 
-  it("counts holders against the capacity an operator set, with a slack for grants told late", () => {
+  it("counts each holder against the capacity its grant was made under, by fencing token", () => {
     const holds = [hold("a", 1, 0, 9_000), hold("b", 2, 100, 9_000), hold("c", 3, 5_000, 9_000)];
-    // Raised to 3 at 4 s: the third holder at 5 s is fine.
+    // Raised to 3 after token 2: the third grant (token 3) is fine.
     expect(
-      check(holds, [], { l: 2 }, 10_000, [{ name: "l", at: 4_000, capacity: 3 }]).overlaps,
+      check(holds, [], { l: 2 }, 10_000, [{ name: "l", token: 2, capacity: 3 }]).overlaps,
     ).toEqual([]);
     // Never raised: it is not.
     expect(check(holds, [], { l: 2 }, 10_000).overlaps).toHaveLength(1);
-    // Cut to 1 at 200 ms: the second holder, told 100 ms after... before the cut, is fine; a
-    // third told long after the cut is an overlap.
-    expect(
-      check(holds.slice(0, 2), [], { l: 2 }, 10_000, [{ name: "l", at: 200, capacity: 1 }])
-        .overlaps,
-    ).toEqual([]);
-    expect(
-      check(holds, [], { l: 2 }, 10_000, [{ name: "l", at: 200, capacity: 1 }]).overlaps,
-    ).toHaveLength(1);
+    // Cut to 1 after token 2: the first two were granted under 2, fine however late told; the
+    // third, granted after the cut while two were held, is an overlap.
+    const cut = [{ name: "l", token: 2, capacity: 1 }];
+    expect(check(holds.slice(0, 2), [], { l: 2 }, 10_000, cut).overlaps).toEqual([]);
+    expect(check(holds, [], { l: 2 }, 10_000, cut).overlaps).toHaveLength(1);
   });
 
   it("allows up to `capacity` holders of a semaphore", () => {

@@ -31,18 +31,15 @@ export interface Verdict {
   staleWritesAccepted: Write[];
 }
 
-/** An operator changed a resource's capacity (admin API) at `at`. */
+/**
+ * An operator changed a resource's capacity (admin API): grants with a fencing token above
+ * `token` were made under `capacity` (tokens only grow, so they order grants exactly).
+ */
 export interface CapacityChange {
   name: string;
-  at: number;
+  token: number;
   capacity: number;
 }
-
-/**
- * How long after a capacity change a holder may be told of a grant made under the capacity
- * before it (ms): a grant and the client hearing of it are not the same instant.
- */
-export const CHANGE_SLACK = 1_000;
 
 export function check(
   holds: Hold[],
@@ -53,19 +50,16 @@ export function check(
 ): Verdict {
   const overlaps: Verdict["overlaps"] = [];
   for (const [name, initial] of Object.entries(capacities)) {
-    // The capacity a grant told at `t` may have been made under: the largest in force during
-    // the CHANGE_SLACK before `t`. (A cut takes nothing from holders; it only stops grants, so
-    // counting at each start is the whole check.)
-    const mine = changes.filter((c) => c.name === name).sort((a, b) => a.at - b.at);
-    const capacityAt = (t: number) => {
+    // The capacity a grant was made under, by its token. (A cut takes nothing from holders; it
+    // only stops grants, so counting at each grant is the whole check.)
+    const mine = changes.filter((c) => c.name === name).sort((a, b) => a.token - b.token);
+    const capacityFor = (token: number) => {
       let inForce = initial;
-      let most = 0;
       for (const c of mine) {
-        if (c.at > t) break;
-        if (c.at > t - CHANGE_SLACK) most = Math.max(most, inForce);
+        if (c.token >= token) break;
         inForce = c.capacity;
       }
-      return Math.max(most, inForce);
+      return inForce;
     };
     // Sweep: +1 at each start, -1 at each end; ends sort before starts at the same instant.
     const events = holds
@@ -81,7 +75,7 @@ export function check(
       if (e.delta < 0) open.delete(e.h);
       else {
         open.add(e.h);
-        if (open.size > capacityAt(e.at))
+        if (open.size > capacityFor(e.h.token))
           overlaps.push({
             name,
             at: e.at,

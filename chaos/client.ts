@@ -149,6 +149,7 @@ function why(reason: unknown): string {
   if (message.includes("was confirmed within")) return "silence";
   if (message.includes("no longer knows")) return "forgotten";
   if (message.includes("refused this client")) return "gave-up";
+  if (message.includes("an operator revoked it")) return "revoked";
   const ended = /the server ended it as (\w+)/.exec(message);
   return ended ? `ended-${ended[1]}` : "other";
 }

@@ -67,9 +67,8 @@ export interface ChaosOptions {
    * An operator at work: at random ticks, revokes a random holder through the admin API (its
    * client must be told before the next is granted: revoked units are held back for `grace`),
    * and with `capacity`, sets the semaphore's capacity between 1 and 4 (a raise serves the line
-   * at once, a cut lets holders finish). The checker then counts a holder against the largest
-   * capacity in force in the second before it was told of its grant (check.ts, CHANGE_SLACK): a
-   * heuristic on a loaded machine, so the suite's run does not change capacities.
+   * at once, a cut lets holders finish). The checker counts each holder against the capacity
+   * its grant was made under, told apart by fencing token (check.ts).
    */
   operator?: { revoke: boolean; capacity: boolean };
   /** How a reset's blip refuses new connections (proxy.ts). Default `"reset"`. */
@@ -371,31 +370,32 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   /** The operator's capacity changes on the semaphore ("pool"), for the checker. */
   const capacityChanges: CapacityChange[] = [];
   const setCapacity = async (capacity: number) => {
-    const before = Date.now();
     try {
       const auth = { authorization: "Bearer chaos-operator", "content-type": "application/json" };
-      const { namespaces } = (await (
-        await fetch(`${url}/v1/admin/namespaces`, {
+      const admin = (path: string, init: RequestInit = {}) =>
+        fetch(`${url}/v1/admin${path}`, {
+          ...init,
           headers: auth,
           signal: AbortSignal.timeout(2_000),
-        })
-      ).json()) as { namespaces: Array<{ id: string }> };
+        });
+      const { namespaces } = (await (await admin("/namespaces")).json()) as {
+        namespaces: Array<{ id: string }>;
+      };
       if (namespaces[0] === undefined) return;
-      const res = await fetch(`${url}/v1/admin/namespaces/${namespaces[0].id}/limits/pool`, {
+      const before = await admin(`/namespaces/${namespaces[0].id}/resources/pool`);
+      if (before.status !== 200) return;
+      const { lastToken: tokenBefore } = (await before.json()) as { lastToken: number };
+      const res = await admin(`/namespaces/${namespaces[0].id}/limits/pool`, {
         method: "PUT",
-        headers: auth,
         body: JSON.stringify({ capacity }),
-        signal: AbortSignal.timeout(2_000),
       });
       if (res.status !== 200) return; // below a live load (409), or the server went down
-      // A raise may serve waiters before its answer: counted from when it was sent. A cut
-      // stops grants only once applied: counted from its answer.
+      const { lastToken: tokenAfter } = (await res.json()) as { lastToken: number };
+      // A raise grants inside the call: grants after the token read before it may be under the
+      // new capacity. A cut stops grants once applied: those after its answer's token are.
       const previous = capacityChanges.at(-1)?.capacity ?? CAPACITIES.pool!;
-      capacityChanges.push({
-        name: "pool",
-        at: capacity > previous ? before : Date.now(),
-        capacity,
-      });
+      const token = capacity > previous ? tokenBefore : tokenAfter;
+      capacityChanges.push({ name: "pool", token, capacity });
       report.capacityChanges++;
     } catch {} // the server is down
   };

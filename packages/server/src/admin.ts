@@ -115,7 +115,7 @@ export function adminRoutes(
           ),
         );
       }
-      return resourceDetail(resource, clock.now());
+      return resourceDetail(space, resource, clock.now());
     },
   );
 
@@ -150,7 +150,7 @@ export function adminRoutes(
       if (result !== undefined && "ok" in result) {
         return sendProblem(reply, problem(409, result.code, result.detail, result.field));
       }
-      return resourceDetail(result!, clock.now());
+      return resourceDetail(space, result!, clock.now());
     },
   );
 
@@ -226,7 +226,7 @@ export function namespaceView(space: Namespace, offset: number, limit: number) {
 }
 
 /** A resource with its holders and its line (the first 1,000 of each). */
-export function resourceDetail(resource: Resource, now: number) {
+export function resourceDetail(space: Namespace, resource: Resource, now: number) {
   const holders = [];
   for (const h of resource.holders) {
     if (holders.length >= MAX_LISTED) break;
@@ -251,6 +251,9 @@ export function resourceDetail(resource: Resource, now: number) {
     queued: resource.line.size,
     holders,
     line,
+    // Every grant after this answer has a larger token (tokens count per namespace): what a
+    // checker needs to tell grants before a capacity change from grants after it.
+    lastToken: space.token,
   };
 }
 

@@ -47,7 +47,7 @@ export function dashboardRoutes(
           ...(space ? namespaceView(space, 0, 50) : { total: 0, resources: [] }),
           resource:
             space && name !== undefined && space.resources.has(name)
-              ? resourceDetail(space.resources.get(name)!, options.clock.now())
+              ? resourceDetail(space, space.resources.get(name)!, options.clock.now())
               : null,
         });
       };

@@ -183,7 +183,17 @@ export const OPENAPI = {
       },
       AdminResource: {
         type: "object",
-        required: ["name", "capacity", "used", "heldBack", "active", "queued", "holders", "line"],
+        required: [
+          "name",
+          "capacity",
+          "used",
+          "heldBack",
+          "active",
+          "queued",
+          "holders",
+          "line",
+          "lastToken",
+        ],
         additionalProperties: false,
         properties: {
           name: { type: "string" },
@@ -194,6 +204,7 @@ export const OPENAPI = {
           queued: { type: "integer" },
           holders: { type: "array", items: ref("AdminRequest") },
           line: { type: "array", items: ref("AdminRequest") },
+          lastToken: { type: "integer", minimum: 0 },
         },
       },
     },
