@@ -499,6 +499,15 @@ describe("Engine: operators' limits (admin API)", () => {
     expect(engine.resource("k", "pool")).toMatchObject({ capacity: 10 });
   });
 
+  it("restores a limited namespace's tokens from the store, not from the clock", () => {
+    // Found by the operator chaos run: limits were restored before the tokens, so a namespace
+    // with a limit restarted its tokens from the clock (backwards, had the clock stepped back).
+    const { engine, clock, acquire } = setup();
+    clock.t = 1; // the clock says 1 ms: 1,000 µs, far below the saved token
+    engine.restore([], 1_000, new Map([["k", 5_000]]), 0, new Map(), new Map([["k\0lock", 2]]));
+    expect(acquire("a").fencingToken).toBe(5_001);
+  });
+
   it("restores limits before requests: a restored resource has its operator's capacity", () => {
     const { engine } = setup();
     engine.restore([], 1_000, new Map(), 0, new Map(), new Map([["k\0api", 7]]));

@@ -389,15 +389,16 @@ export class Engine {
     limits: ReadonlyMap<string, number> = new Map(),
   ): Array<{ ns: string; session: string; until: number }> {
     const now = this.clock.now();
+    const restored = new Map<string, { ns: string; session: string; until: number }>();
+    // Tokens first: a namespace made before they are known would start from the clock.
+    this.tokenFloor = tokenFloor;
+    for (const [ns, token] of tokens) this.tokens.set(ns, token);
     for (const [key, capacity] of limits) {
       const [ns, name] = key.split("\0") as [string, string];
       const space = this.namespace(ns);
       space.limits.set(name, capacity);
       if (!space.resources.has(name)) this.createResource(space, name, capacity);
     }
-    const restored = new Map<string, { ns: string; session: string; until: number }>();
-    this.tokenFloor = tokenFloor;
-    for (const [ns, token] of tokens) this.tokens.set(ns, token);
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
       const resource =
