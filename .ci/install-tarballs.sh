@@ -20,7 +20,7 @@ npm install --engine-strict --no-audit --no-fund ./ratequeue-core-*.tgz ./ratequ
 npx ratequeue-server --port 0 --memory > server.out 2> server.err &
 server_pid=$!
 for _ in $(seq 100); do grep -q "ready at" server.out && break; sleep 0.1; done
-url="$(grep -o 'http://[0-9.:]*' server.out)"
+url="$(grep 'ready at' server.out | grep -o 'http://[0-9.:]*' | head -1)"
 RATEQUEUE_URL="$url" node --input-type=module -e '
   import { createRateQueue } from "@ratequeue/sdk";
   const rq = createRateQueue({ apiKey: "tarball-check" });

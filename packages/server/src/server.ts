@@ -53,7 +53,13 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   );
   backend.engine.observer = withLifecycleLogs(metrics, app.log);
   try {
-    await app.listen({ host: resolved.host, port: resolved.port });
+    // Fastify's own line says "listening" without the URL: the ready line names it, once (scripts
+    // read the URL from it).
+    await app.listen({
+      host: resolved.host,
+      port: resolved.port,
+      listenTextResolver: () => "server listening",
+    });
   } catch (error) {
     await backend.close(); // releases the data directory
     throw error;

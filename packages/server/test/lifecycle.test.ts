@@ -44,6 +44,10 @@ describe("server lifecycle", () => {
     child.kill("SIGTERM");
     const [code] = await once(child, "exit");
     expect(code).toBe(0);
+    // Its URL once, in the ready line, though its logs (info by default) go to stdout too:
+    // scripts grep the URL from it (.ci/install-tarballs.sh took two once, one from Fastify).
+    expect(out.match(/http:\/\/127\.0\.0\.1:\d+/g)).toEqual([url]);
+    expect(out).toContain(`RateQueue server ready at ${url}`);
   });
 
   it("rejects an unknown flag with a usage message and exit code 2", async () => {
