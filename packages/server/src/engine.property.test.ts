@@ -460,7 +460,11 @@ function run(ops: Op[]): void {
         const sessionId = req.session.id;
         const remembered = engine.get("ns", req.id) === req;
         const before = engine.resource("ns", req.name)?.queued ?? 0;
-        if (sessionId !== undefined) {
+        // A create the engine refuses (a load over the capacity, which an operator may have cut
+        // since) is refused before the session is looked at: not a contact (as in acquire()).
+        const refused =
+          engine.get("ns", req.id) === undefined && req.load > capacity.get(req.name)!;
+        if (sessionId !== undefined && !refused) {
           const current = engine.findSession("ns", sessionId);
           if (current !== undefined) {
             heard(model(current));
