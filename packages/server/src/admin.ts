@@ -11,6 +11,12 @@ export const ADMIN_PREFIX = "/v1/admin";
 /** At most this many of a resource's holders and waiters are listed one by one. */
 const MAX_LISTED = 1_000;
 
+/** The token of a request's `Authorization: Bearer …` header, or "" without one. */
+export function bearer(req: FastifyRequest): string {
+  const header = req.headers.authorization;
+  return header?.startsWith("Bearer ") ? header.slice(7).trim() : "";
+}
+
 /**
  * The checks of routes for operators (`/metrics`, `/v1/admin/...`): they see every namespace, so
  * they take admin keys (`--admin-key`), never API keys. Without admin keys they answer only in
@@ -22,8 +28,7 @@ export function refuseNonAdmin(
   reply: FastifyReply,
   what: string,
 ): FastifyReply | undefined {
-  const header = req.headers.authorization;
-  const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : "";
+  const token = bearer(req);
   if (options.adminKeys.length === 0) {
     if (options.apiKeys.length === 0) return undefined; // open development mode
     return sendProblem(

@@ -9,7 +9,7 @@ import {
   type RequestState,
 } from "@ratequeue/core";
 import Fastify, { type FastifyInstance, type FastifyReply, LogController } from "fastify";
-import { ADMIN_PREFIX, adminRoutes, refuseNonAdmin } from "./admin.js";
+import { ADMIN_PREFIX, adminRoutes, bearer, refuseNonAdmin } from "./admin.js";
 import type { Backend, PollOptions, SessionBackend } from "./backend.js";
 import { ConnectionGuard } from "./connections.js";
 import { DASHBOARD_PATH, dashboardRoutes } from "./dashboard.js";
@@ -166,8 +166,7 @@ export function buildApp(
     // The dashboard's page and script hold no data; what they show comes from the admin API.
     if (path === DASHBOARD_PATH || path.startsWith(`${DASHBOARD_PATH}/`)) return;
     if (req.method === "OPTIONS" && options.corsOrigins.length > 0) return;
-    const header = req.headers.authorization;
-    const who = authenticate(header?.startsWith("Bearer ") ? header.slice(7).trim() : "");
+    const who = authenticate(bearer(req));
     if ("status" in who) {
       reply.header("www-authenticate", 'Bearer realm="ratequeue"');
       return sendProblem(reply, problem(401, "unauthorized", who.detail));

@@ -1,3 +1,5 @@
+import { FINAL_STATES } from "@ratequeue/core";
+
 /**
  * The OpenAPI 3.1 document of the HTTP API, served at `GET /v1/openapi.json`. Written by hand,
  * next to docs/protocol.md, and kept honest by test/openapi.test.ts, which checks the real
@@ -68,18 +70,7 @@ export const OPENAPI = {
           field: { type: "string" },
         },
       },
-      RequestState: {
-        enum: [
-          "queued",
-          "active",
-          "released",
-          "cancelled",
-          "timed_out",
-          "expired",
-          "dropped",
-          "revoked",
-        ],
-      },
+      RequestState: { enum: ["queued", "active", ...FINAL_STATES] },
       RequestSnapshot: {
         type: "object",
         required: ["id", "resource", "state", "load", "priority", "capacity"],

@@ -60,10 +60,11 @@ export class SqliteStore implements Store {
   /** Highest fencing token per namespace, and those not yet in SQLite. */
   private readonly tokens = new Map<string, number>();
   private dirtyTokens = new Set<string>();
-  /** Recovery deadlines not yet in SQLite, by `ns\0session`: the deadline, or null if cleared. */
-  private pendingRecovery = new Map<string, number | null>();
-  /** Operators' limits not yet in SQLite, by `ns\0name`: the capacity, or null if lifted. */
-  private pendingLimits = new Map<string, number | null>();
+  /**
+   * Writes to the small keyed tables (`recovering`: a restored session's deadline; `limits`: an
+   * operator's capacity) not yet in SQLite, by `table\0ns\0key`: the value, or null if removed.
+   */
+  private pendingKeyed = new Map<string, number | null>();
   private journalBytes = 0;
   private checkpointTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -182,20 +183,8 @@ export class SqliteStore implements Store {
     for (const r of requests) this.raiseToken(r.ns, r.fencingToken);
     if (legacy > 0) for (const ns of this.tokens.keys()) this.raiseToken(ns, legacy);
     this.dirtyTokens.clear();
-    const recovering = new Map<string, number>();
-    for (const row of this.db.all("SELECT ns, session, until FROM recovering") as Array<{
-      ns: string;
-      session: string;
-      until: number;
-    }>)
-      recovering.set(`${row.ns}\0${row.session}`, Number(row.until));
-    const limits = new Map<string, number>();
-    for (const row of this.db.all("SELECT ns, name, capacity FROM limits") as Array<{
-      ns: string;
-      name: string;
-      capacity: number;
-    }>)
-      limits.set(`${row.ns}\0${row.name}`, Number(row.capacity));
+    const recovering = this.readKeyed("recovering");
+    const limits = this.readKeyed("limits");
     return {
       requests,
       recovering,
@@ -219,18 +208,26 @@ export class SqliteStore implements Store {
   }
 
   recovering(ns: string, session: string, until: number): void {
-    this.pendingRecovery.set(`${ns}\0${session}`, until);
+    this.pendingKeyed.set(`recovering\0${ns}\0${session}`, until);
     this.records.push(JSON.stringify(["u", ns, session, until]));
   }
 
   limit(ns: string, name: string, capacity: number | undefined): void {
-    this.pendingLimits.set(`${ns}\0${name}`, capacity ?? null);
+    this.pendingKeyed.set(`limits\0${ns}\0${name}`, capacity ?? null);
     this.records.push(JSON.stringify(["l", ns, name, capacity ?? null]));
   }
 
   recovered(ns: string, session: string): void {
-    this.pendingRecovery.set(`${ns}\0${session}`, null);
+    this.pendingKeyed.set(`recovering\0${ns}\0${session}`, null);
     this.records.push(JSON.stringify(["x", ns, session]));
+  }
+
+  /** A small keyed table, by `ns\0key`. */
+  private readKeyed(table: KeyedTable): Map<string, number> {
+    const rows = this.db.all(
+      `SELECT ns, ${KEYED[table]} AS k, ${VALUE[table]} AS v FROM ${table}`,
+    ) as Array<{ ns: string; k: string; v: number }>;
+    return new Map(rows.map((r) => [`${r.ns}\0${r.k}`, Number(r.v)]));
   }
 
   /** Makes the current operation's writes durable: one append to the journal. */
@@ -316,12 +313,7 @@ export class SqliteStore implements Store {
    * nothing to apply.
    */
   private startCheckpoint({ setAside: rotate } = { setAside: true }): boolean {
-    if (
-      this.pending.size === 0 &&
-      this.dirtyTokens.size === 0 &&
-      this.pendingRecovery.size === 0 &&
-      this.pendingLimits.size === 0
-    )
+    if (this.pending.size === 0 && this.dirtyTokens.size === 0 && this.pendingKeyed.size === 0)
       return false;
     if (rotate) {
       closeSync(this.journal);
@@ -338,29 +330,17 @@ export class SqliteStore implements Store {
       }
     this.saveTokens([...this.dirtyTokens].map((ns) => [ns, this.tokens.get(ns)!] as const));
     this.dirtyTokens = new Set();
-    if (this.pendingRecovery.size > 0) {
-      // Few (one per session restored by a restart): at once, in one transaction.
+    if (this.pendingKeyed.size > 0) {
+      // Few (a session per restart, a limit per operator's change): at once, in one transaction.
       this.db.exec("BEGIN");
-      for (const [key, until] of this.pendingRecovery) {
-        const [ns, session] = key.split("\0");
-        if (until === null)
-          this.db.run("DELETE FROM recovering WHERE ns = ? AND session = ?", [ns!, session!]);
-        else
-          this.db.run("INSERT OR REPLACE INTO recovering VALUES (?, ?, ?)", [ns!, session!, until]);
+      for (const [key, value] of this.pendingKeyed) {
+        const [table, ns, k] = key.split("\0") as [KeyedTable, string, string];
+        if (value === null)
+          this.db.run(`DELETE FROM ${table} WHERE ns = ? AND ${KEYED[table]} = ?`, [ns, k]);
+        else this.db.run(`INSERT OR REPLACE INTO ${table} VALUES (?, ?, ?)`, [ns, k, value]);
       }
       this.db.exec("COMMIT");
-      this.pendingRecovery = new Map();
-    }
-    if (this.pendingLimits.size > 0) {
-      this.db.exec("BEGIN");
-      for (const [key, capacity] of this.pendingLimits) {
-        const [ns, name] = key.split("\0");
-        if (capacity === null)
-          this.db.run("DELETE FROM limits WHERE ns = ? AND name = ?", [ns!, name!]);
-        else this.db.run("INSERT OR REPLACE INTO limits VALUES (?, ?, ?)", [ns!, name!, capacity]);
-      }
-      this.db.exec("COMMIT");
-      this.pendingLimits = new Map();
+      this.pendingKeyed = new Map();
     }
     return true;
   }
@@ -496,6 +476,11 @@ type JournalRecord =
   | ["x", string, string]
   | ["l", string, string, number | null]
   | ["t", number];
+
+/** The small keyed tables: their key column, and their value column. */
+type KeyedTable = "recovering" | "limits";
+const KEYED = { recovering: "session", limits: "name" } as const;
+const VALUE = { recovering: "until", limits: "capacity" } as const;
 
 /** Writes applied to SQLite per event-loop turn during a checkpoint (~0.1 ms each through WASM). */
 const CHUNK = 64;
