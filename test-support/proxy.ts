@@ -4,7 +4,9 @@
  *   server: both see ECONNRESET), and connections opened in the next `ms` are reset at once;
  * - `blackhole()`: a failover that loses the path — every open connection is reset, and from then
  *   on new connections are accepted but never forwarded nor answered (as good as dropped SYNs
- *   for a client: it hears nothing, and only its own timers can tell it so).
+ *   for a client: it hears nothing, and only its own timers can tell it so);
+ * - `mute()`: what the server sends on the open connections is no longer passed on (the
+ *   client's messages still are): for a message the server writes that its client must not read.
  *
  * Otherwise it is transparent: bytes both ways at once (no Nagle delay: the liveness budget is
  * 200 ms), and a close on one side is passed on to the other.
@@ -25,8 +27,13 @@ export interface TestProxy extends AsyncDisposable {
   blip(ms: number): void;
   /** Resets every connection, then accepts new ones but never forwards or answers a byte. */
   blackhole(): void;
-  /** Resets every connection and closes the port for `ms` (connects are refused), then listens again. */
-  refuse(ms: number): Promise<void>;
+  /**
+   * Resets every connection and closes the port (connects are refused) for `ms`, or until
+   * `until` settles; then listens again.
+   */
+  refuse(ms: number | Promise<unknown>): Promise<void>;
+  /** Drops what the server sends on the connections open now (new ones are transparent). */
+  mute(): void;
   /** Resolves the next time the server sends a client a byte through the proxy. */
   nextReply(): Promise<void>;
 }
@@ -37,6 +44,8 @@ export async function startProxy(target: string): Promise<TestProxy> {
   const sockets = new Set<net.Socket>();
   let refuseUntil = 0;
   let blackholed = false;
+  /** The server side of each forwarded connection, with its client. */
+  const pairs = new Map<net.Socket, net.Socket>();
   let replied: Array<() => void> = [];
 
   const track = (socket: net.Socket) => {
@@ -57,6 +66,8 @@ export async function startProxy(target: string): Promise<TestProxy> {
     track(upstream);
     client.pipe(upstream);
     upstream.pipe(client);
+    pairs.set(upstream, client);
+    upstream.on("close", () => pairs.delete(upstream));
     upstream.on("data", () => {
       const waiting = replied;
       replied = [];
@@ -89,8 +100,11 @@ export async function startProxy(target: string): Promise<TestProxy> {
     async refuse(ms) {
       resetAll();
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      await new Promise((resolve) => setTimeout(resolve, ms));
+      await (typeof ms === "number" ? new Promise((resolve) => setTimeout(resolve, ms)) : ms);
       await new Promise<void>((resolve) => server.listen(address.port, "127.0.0.1", resolve));
+    },
+    mute() {
+      for (const [upstream, client] of pairs) upstream.unpipe(client);
     },
     nextReply: () => new Promise<void>((resolve) => replied.push(resolve)),
     async [Symbol.asyncDispose]() {

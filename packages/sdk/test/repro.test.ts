@@ -403,6 +403,51 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
       await lease.release();
     });
 
+    // Issue 12, found by the chaos run with an operator: a revoke ended the request and removed
+    // it from the store at once, and told the holder by an event kept in memory. A server killed
+    // before that event reached the holder restarted without the request: the holder still
+    // believed (counting on the recovery window), and the restarted server granted the next.
+    it("a lease revoked just before a crash: the holder is told when it comes back, before the next is granted", async () => {
+      await using server = await durableServer();
+      const { url } = server;
+      await using proxy = await startProxy(url);
+      const a = await connect(proxy.url).acquire("lock");
+      let lostAt = Number.POSITIVE_INFINITY;
+      a.signal.addEventListener("abort", () => {
+        lostAt = performance.now();
+      });
+      proxy.mute(); // the revoke's event never reaches the holder
+      const admin = (path: string, init?: RequestInit) =>
+        fetch(`${url}/v1/admin${path}`, init).then((r) => r.json());
+      const [{ id: ns }] = (await admin("/namespaces")).namespaces;
+      const revoked = await admin(`/namespaces/${ns}/requests/${a.id}/revoke`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ reason: "maintenance" }),
+      });
+      expect(revoked.state).toBe("revoked");
+      // The holder's port refuses (it counts on the recovery window) while the server is
+      // killed and restarted; it comes back once the restarted server listens.
+      const restarted = deferred();
+      const refusing = proxy.refuse(restarted.promise);
+      await server.restart();
+      const b = connect(url)
+        .acquire("lock")
+        .then((lease) => ({ lease, grantedAt: performance.now() }));
+      await eventually(async () => {
+        const state = await resourceState({ url }, "lock");
+        return state.queued === 1 || state.holders.length > 0;
+      });
+      restarted.resolve();
+      await refusing;
+      const { lease, grantedAt } = await b;
+      expect(a.signal.reason).toBeInstanceOf(LeaseLostError);
+      expect(a.signal.reason).toMatchObject({ reason: "maintenance" });
+      expect(lostAt).toBeLessThan(grantedAt);
+      expect(lease.fencingToken).toBeGreaterThan(a.fencingToken);
+      await lease.release();
+    });
+
     // Found by the chaos run: a server restarted on its data directory numbers a session's
     // events from 1 again, and a client that had acknowledged more took them for replays and
     // dropped them — a grant never heard of, an end never told (two holders at once).

@@ -53,7 +53,13 @@ export interface SavedRequest {
   expiresIn: number;
   lockDelay: number;
   seq: number;
-  state: "queued" | "active";
+  /**
+   * `revoked`: an operator revoked it while it held, and its client may not have heard yet: its
+   * units stay held back until the client is told (see `Engine.restore`).
+   */
+  state: "queued" | "active" | "revoked";
+  /** Why an operator revoked it (`revoked` only). */
+  reason?: string;
   fencingToken: number;
   /** Clock time (ms) the hold expires, if active. */
   expiresAt: number;
@@ -75,7 +81,13 @@ export function saved(req: Request): SavedRequest {
     expiresIn: req.expiresIn,
     lockDelay: req.lockDelay,
     seq: req.seq,
-    state: req.state === "active" ? "active" : "queued",
+    state:
+      req.state === "active"
+        ? "active"
+        : req.state === "revoked" && req.heldBackOn !== undefined
+          ? "revoked"
+          : "queued",
+    ...(req.reason === undefined ? {} : { reason: req.reason }),
     fencingToken: req.fencingToken,
     expiresAt: req.expiresAt,
     waitUntil: req.waitUntil,
@@ -221,6 +233,8 @@ export interface EngineObserver {
 export class Engine {
   /** Told of every grant and end (metrics), if set. */
   observer: EngineObserver | undefined;
+  /** Told when an ended request's held-back units go back to its resource, if set. */
+  onHoldBackEnd: ((req: Request) => void) | undefined;
   /** Live requests that hold units (the rest of `liveCount` wait). */
   activeCount = 0;
   private readonly namespaces = new Map<string, Namespace>();
@@ -387,8 +401,14 @@ export class Engine {
     recovering: ReadonlyMap<string, number> = new Map(),
     /** Operators' limits (`ns\0name` → capacity), kept while idle. */
     limits: ReadonlyMap<string, number> = new Map(),
-  ): Array<{ ns: string; session: string; until: number }> {
+  ): {
+    /** The sessions restored, and when each must be back by. */
+    sessions: Array<{ ns: string; session: string; until: number }>;
+    /** Revoked holders whose clients may not know it yet (see `SavedRequest.state`). */
+    revoked: Request[];
+  } {
     const now = this.clock.now();
+    const revoked: Request[] = [];
     const restored = new Map<string, { ns: string; session: string; until: number }>();
     // Tokens first: a namespace made before they are known would start from the clock.
     this.tokenFloor = tokenFloor;
@@ -429,6 +449,25 @@ export class Engine {
       req.seq = r.seq;
       req.createdAt = now;
       this.seq = Math.max(this.seq, r.seq);
+      space.token = Math.max(space.token, r.fencingToken);
+      if (r.state === "revoked") {
+        // Revoked before the restart, its client perhaps not told: it may still believe it
+        // holds. Its units stay held back until it is told (`toldOfEnd`), or until its session
+        // is given up — by then its client has given the lease up by its own rule.
+        req.fencingToken = r.fencingToken;
+        req.reason = r.reason;
+        req.state = "revoked";
+        req.endedAt = now;
+        req.resource = undefined;
+        resource.used += req.load;
+        resource.heldBack += req.load;
+        req.heldBackOn = resource;
+        this.heap.set(req, session.holdUntil);
+        space.requests.set(req.id, req);
+        this.retain(space, req, now);
+        revoked.push(req);
+        continue;
+      }
       if (r.state === "active") {
         resource.holders.push(req);
         resource.used += req.load;
@@ -438,7 +477,6 @@ export class Engine {
         req.expiresAt = r.expiresAt;
         req.grantedAt = now;
         this.activeCount++;
-        space.token = Math.max(space.token, r.fencingToken);
       } else {
         resource.line.push(req);
         session.queued++;
@@ -450,7 +488,18 @@ export class Engine {
     // Holders saved as active may have left room (e.g. a release that was not yet saved).
     for (const space of this.namespaces.values())
       for (const resource of space.resources.values()) this.pump(resource, now);
-    return [...restored.values()];
+    return { sessions: [...restored.values()], revoked };
+  }
+
+  /**
+   * The client of ended request `req` was told of its end (its event sent, or its poll
+   * answered): units still held back for it go back within `grace` (its lock delay, if longer)
+   * — the client acts on the news, or gives the lease up by the liveness rule, within that.
+   */
+  toldOfEnd(req: Request): void {
+    if (req.heldBackOn === undefined) return;
+    const at = this.clock.now() + Math.max(this.config.grace, req.lockDelay);
+    if (at < req.deadline) this.heap.set(req, at);
   }
 
   /** The request, live or recently ended. */
@@ -853,6 +902,7 @@ export class Engine {
     this.heap.delete(req);
     resource.used -= req.load;
     resource.heldBack -= req.load;
+    this.onHoldBackEnd?.(req);
     this.pump(resource, now);
     this.forgetIfIdle(req.ns, resource);
   }
@@ -871,7 +921,12 @@ export class Engine {
     req.resource = undefined;
     this.heap.delete(req);
     this.liveCount--;
-    const space = req.ns;
+    this.retain(req.ns, req, now);
+    if (!this.forgetSessionIfIdle(session, now)) this.scheduleSession(session);
+  }
+
+  /** Remembers ended request `req` for `retention`. */
+  private retain(space: Namespace, req: Request, now: number): void {
     if (space.retainedTail) space.retainedTail.retainedNext = req;
     else {
       space.retainedHead = req;
@@ -880,7 +935,6 @@ export class Engine {
     space.retainedTail = req;
     space.retainedCount++;
     this.retainedCount++;
-    if (!this.forgetSessionIfIdle(session, now)) this.scheduleSession(session);
   }
 
   /** A session's liveness deadline came: end what it no longer keeps, forget it if empty. */

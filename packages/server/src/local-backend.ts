@@ -104,20 +104,26 @@ export class LocalBackend implements Backend, SessionBackend {
         if (req.session.id !== undefined && req !== this.answering) this.log(req);
         if (req.resource === undefined) {
           this.unwatch(req); // ended: nothing to hasten
-          this.store?.remove(req.ns.key, req.id);
+          // A revoked holder may not have heard yet: kept, until its units go back, so that a
+          // restart in between still holds them back for it (see `SavedRequest.state`).
+          if (req.state === "revoked" && req.heldBackOn !== undefined) this.store?.save(saved(req));
+          else this.store?.remove(req.ns.key, req.id);
         } else {
           this.store?.save(saved(req)); // granted
         }
       },
       (session) => this.logs.delete(session),
     );
+    this.engine.onHoldBackEnd = (req) => {
+      if (req.state === "revoked") this.store?.remove(req.ns.key, req.id);
+    };
     if (store) {
       const { requests, tokens, tokenFloor, recovering, limits } = store.load();
       for (const r of requests)
         trace?.(
           `${r.id} restored ${r.state} ${r.name} token=${r.fencingToken} session=${r.session}`,
         );
-      const restored = this.engine.restore(
+      const { sessions, revoked } = this.engine.restore(
         requests,
         recoveryWindow,
         tokens,
@@ -125,9 +131,12 @@ export class LocalBackend implements Backend, SessionBackend {
         recovering,
         limits,
       );
+      // A revoke the client may not have heard of before the restart: its session's first
+      // event when it comes back (a request without a session hears it from its next poll).
+      for (const req of revoked) if (req.session.id !== undefined) this.log(req);
       // Each restored session has until its deadline to come back — the first restart's, if
       // it has not come back since: restarts in a row must not keep a dead client's leases.
-      for (const { ns, session, until } of restored) {
+      for (const { ns, session, until } of sessions) {
         const key = `${ns}\0${session}`;
         this.recoveringSessions.add(key);
         if (recovering.get(key) !== until) store.recovering(ns, session, until);
@@ -159,7 +168,13 @@ export class LocalBackend implements Backend, SessionBackend {
 
   async poll(ns: string, id: string, known: RequestState | undefined, poll: PollOptions) {
     const req = this.engine.get(ns, id);
-    return req === undefined ? undefined : this.wait(req, known, poll);
+    if (req === undefined) return undefined;
+    // Its client asks after it, and hears it ended: units held back for it go back soon.
+    if (known !== undefined && req.resource === undefined) {
+      this.engine.toldOfEnd(req);
+      this.arm();
+    }
+    return this.wait(req, known, poll);
   }
 
   async release(ns: string, id: string): Promise<RequestSnapshot | undefined> {
@@ -270,11 +285,15 @@ export class LocalBackend implements Backend, SessionBackend {
    */
   private render(log: SessionLog): ServerMessage[] {
     const now = this.clock.now();
-    return log.events.map(({ req, message }) =>
-      message.t === "state" && message.state === "active"
-        ? { ...message, expiresIn: Math.max(0, req.expiresAt - now) }
-        : message,
-    );
+    const rendered = log.events.map(({ req, message }) => {
+      if (message.t !== "state") return message;
+      if (message.state === "active")
+        return { ...message, expiresIn: Math.max(0, req.expiresAt - now) };
+      this.engine.toldOfEnd(req); // being sent: a revoked holder hears of it now
+      return message;
+    });
+    this.arm(); // its units may go back sooner now
+    return rendered;
   }
 
   private logOf(session: Session): SessionLog {

@@ -105,10 +105,13 @@ export class SqliteStore implements Store {
       const columns = this.db.all("PRAGMA table_info(requests)") as Array<{ name: string }>;
       if (!columns.some((c) => c.name === "session"))
         this.db.exec("ALTER TABLE requests ADD COLUMN session TEXT");
+      // Added with revokes: why an operator revoked a request (state `revoked`).
+      if (!columns.some((c) => c.name === "reason"))
+        this.db.exec("ALTER TABLE requests ADD COLUMN reason TEXT");
       this.secret = readSecret(join(dir, "secret.key"), this.holdsData());
       this.upsert = this.db.prepare(
         `INSERT OR REPLACE INTO requests VALUES
-          (:ns, :id, :name, :load, :priority, :capacity, :asked, :expiresIn, :lockDelay, :seq, :state, :token, :expiresAt, :waitUntil, :session)`,
+          (:ns, :id, :name, :load, :priority, :capacity, :asked, :expiresIn, :lockDelay, :seq, :state, :token, :expiresAt, :waitUntil, :session, :reason)`,
       );
       this.delete = this.db.prepare("DELETE FROM requests WHERE ns = ? AND id = ?");
       this.setToken = this.db.prepare(
@@ -163,23 +166,26 @@ export class SqliteStore implements Store {
       token: number;
     }>)
       this.raiseToken(row.ns, Number(row.token));
-    const requests = rows.map((r) => ({
-      ns: String(r.ns),
-      id: String(r.id),
-      session: r.session === null || r.session === undefined ? undefined : String(r.session),
-      name: String(r.name),
-      load: Number(r.load),
-      priority: Number(r.priority),
-      capacity: Number(r.capacity),
-      askedCapacity: r.asked_capacity === null ? undefined : Number(r.asked_capacity),
-      expiresIn: Number(r.expires_in),
-      lockDelay: Number(r.lock_delay),
-      seq: Number(r.seq),
-      state: r.state === "active" ? ("active" as const) : ("queued" as const),
-      fencingToken: Number(r.token),
-      expiresAt: Number(r.expires_at),
-      waitUntil: r.wait_until === null ? Number.POSITIVE_INFINITY : Number(r.wait_until),
-    }));
+    const requests = rows.map(
+      (r): SavedRequest => ({
+        ns: String(r.ns),
+        id: String(r.id),
+        session: r.session === null || r.session === undefined ? undefined : String(r.session),
+        name: String(r.name),
+        load: Number(r.load),
+        priority: Number(r.priority),
+        capacity: Number(r.capacity),
+        askedCapacity: r.asked_capacity === null ? undefined : Number(r.asked_capacity),
+        expiresIn: Number(r.expires_in),
+        lockDelay: Number(r.lock_delay),
+        seq: Number(r.seq),
+        state: r.state === "active" || r.state === "revoked" ? r.state : "queued",
+        ...(r.reason === null || r.reason === undefined ? {} : { reason: String(r.reason) }),
+        fencingToken: Number(r.token),
+        expiresAt: Number(r.expires_at),
+        waitUntil: r.wait_until === null ? Number.POSITIVE_INFINITY : Number(r.wait_until),
+      }),
+    );
     for (const r of requests) this.raiseToken(r.ns, r.fencingToken);
     if (legacy > 0) for (const ns of this.tokens.keys()) this.raiseToken(ns, legacy);
     this.dirtyTokens.clear();
@@ -400,6 +406,7 @@ export class SqliteStore implements Store {
       ":expiresAt": r.expiresAt,
       ":waitUntil": Number.isFinite(r.waitUntil) ? r.waitUntil : null,
       ":session": r.session ?? null,
+      ":reason": r.reason ?? null,
     });
   }
 

@@ -135,6 +135,74 @@ describe("a server with a data directory", () => {
     expect((await client(fifth).resource("s")).body).toMatchObject({ active: 1 });
   });
 
+  // Issue 12: a revoke's holder may not have heard of it when the server stops (its event is
+  // sent after the revoke is committed). The restarted server holds the units back for it until
+  // it is told — its next poll — or until its session is given up, never less.
+  describe("a holder revoked just before a restart", () => {
+    async function revokeThenStop(
+      dataDir: string,
+      held: (api: ReturnType<typeof client>) => Promise<unknown>,
+    ) {
+      const first = await startTestServer({ dataDir });
+      const api = client(first);
+      await held(api);
+      const admin = (path: string, method = "GET", body?: unknown) =>
+        api.call<{ namespaces: Array<{ id: string }>; state: string }>(
+          method,
+          `/v1/admin${path}`,
+          body,
+        );
+      const [{ id: ns } = { id: "" }] = (await admin("/namespaces")).body.namespaces;
+      const revoked = await admin(`/namespaces/${ns}/requests/held/revoke`, "POST", {
+        reason: "ops",
+      });
+      expect(revoked.body).toMatchObject({ state: "revoked", reason: "ops" });
+      await first.close(); // within grace of the revoke
+    }
+
+    it("keeps its units from the next until its poll hears of the revoke (a request of its own)", async () => {
+      const dataDir = tempDir();
+      await revokeThenStop(dataDir, (api) => api.acquire("held", { resource: "r" }));
+      await using second = await startTestServer({ dataDir, recoveryWindow: 60_000 });
+      const api = client(second);
+      expect((await api.acquire("next", { resource: "r" }, 0)).body.state).toBe("queued");
+      expect((await api.resource("r")).body).toMatchObject({ active: 0, queued: 1 });
+      // The holder asks after its lease: revoked, with the reason; the next follows it.
+      expect((await api.poll("held", "active", 0)).body).toMatchObject({
+        state: "revoked",
+        reason: "ops",
+      });
+      // Well before the recovery window: the holder was told, so grace is enough.
+      let snap = (await api.poll("next", "queued", 10_000)).body;
+      while (snap.state === "queued") snap = (await api.poll("next", "queued", 10_000)).body;
+      expect(snap.state).toBe("active");
+    });
+
+    it("keeps its units until its session's recovery window ends, if the session never comes back", async () => {
+      const dataDir = tempDir();
+      await revokeThenStop(dataDir, (api) =>
+        api.call("POST", "/v1/sessions/dead?wait=0", [{ t: "acquire", id: "held", resource: "r" }]),
+      );
+      const window = 1_000;
+      const second = await startTestServer({ dataDir, recoveryWindow: window });
+      const deadline = performance.now() + window;
+      const api = client(second);
+      expect((await api.acquire("next", { resource: "r" }, 0)).body.state).toBe("queued");
+      expect((await api.poll("held")).body).toMatchObject({ state: "revoked", reason: "ops" });
+      let snap = (await api.poll("next", "queued", 5_000)).body;
+      while (snap.state === "queued") snap = (await api.poll("next", "queued", 5_000)).body;
+      expect(snap.state).toBe("active");
+      expect(performance.now()).toBeGreaterThanOrEqual(deadline - 50);
+      await api.release("next");
+      await second.close();
+      // Its units went back: the store no longer keeps it.
+      await using third = await startTestServer({ dataDir, recoveryWindow: 60_000 });
+      expect((await client(third).acquire("after", { resource: "r" }, 0)).body.state).toBe(
+        "active",
+      );
+    });
+  });
+
   it("refuses a second server on the same data directory", async () => {
     const dataDir = tempDir();
     await using _first = await startTestServer({ dataDir });
