@@ -605,7 +605,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
 
 /** The figures in one line. */
 export function summary(r: ChaosReport): string {
-  return `${r.session}: ${r.grants} grants, ${r.clientKills} client kills, ${r.serverRestarts} server restarts, ${r.resets} resets, longest without a grant ${r.longestWithoutGrant} ms, ${r.leasesLost} leases lost (${r.leasesLostNearFault} near a fault, ${r.leasesLostNearStall} near a stall, ${r.leasesLostUnexplained} with nothing near), ${r.overlaps} overlaps, ${r.staleWritesAccepted} stale writes accepted, ${r.waitersStuck} stuck`;
+  return `${r.session}: ${r.grants} grants, ${r.clientKills} client kills, ${r.serverRestarts} server restarts, ${r.resets} resets, ${r.revokes} revokes, ${r.capacityChanges} capacity changes, longest without a grant ${r.longestWithoutGrant} ms, ${r.leasesLost} leases lost (${r.leasesLostNearFault} near a fault, ${r.leasesLostNearStall} near a stall, ${r.leasesLostUnexplained} with nothing near), ${r.overlaps} overlaps, ${r.staleWritesAccepted} stale writes accepted, ${r.waitersStuck} stuck`;
 }
 
 /** The report as the command prints it. */
