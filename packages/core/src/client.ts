@@ -76,10 +76,15 @@ export class ProtocolClient {
    * `AcquireTimeoutError` when `timeout` elapses. Either way no request is left in the line:
    * it is cancelled on the server, and a grant that raced the abort is released.
    */
-  async acquire(params: AcquireParams): Promise<Grant> {
-    const body = checkAcquireParams(params);
-    params.signal?.throwIfAborted();
-    return this.session.acquire(body, params.signal);
+  acquire(params: AcquireParams): Promise<Grant> {
+    // Not `async`: one promise less per call counts when thousands are made at once.
+    try {
+      const body = checkAcquireParams(params);
+      params.signal?.throwIfAborted();
+      return this.session.acquire(body, params.signal);
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   /**

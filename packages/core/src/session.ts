@@ -110,6 +110,26 @@ class Held implements LeaseHandle {
   }
 }
 
+/**
+ * Acquires begun per turn of the event loop; more in one turn wait for the next (see
+ * `acquire`). One costs tens of µs (most of it the garbage collector's, for what a waiting
+ * request keeps): 256 keep a turn to a few ms.
+ */
+const ADMIT_PER_TURN = 256;
+/** Messages per frame (or HTTP exchange) at most; more wait for the next (see `flush`). */
+const MAX_BATCH = 256;
+
+/** Runs `fn` at the next turn of the event loop, after pending I/O and timers. */
+const nextTurn: (fn: () => void) => void =
+  typeof setImmediate === "function" ? (fn) => setImmediate(fn) : (fn) => setTimeout(fn, 0);
+
+function closedError(resource: string): RateQueueError {
+  return new RateQueueError("this RateQueue client was closed: create a new one to acquire", {
+    code: "client_closed",
+    resource,
+  });
+}
+
 /** After `timeout`, how long to wait for the server's own `timed_out` before giving up, ms. */
 const TIMEOUT_SLACK = 500;
 /** A release that no server has answered after this long rejects with ServiceUnavailableError (it stays queued). */
@@ -219,49 +239,90 @@ export class ClientSession {
    */
   acquire(body: AcquireBody, signal?: AbortSignal): Promise<LeaseHandle> {
     signal?.throwIfAborted();
-    if (this.shutDown) {
-      return Promise.reject(
-        new RateQueueError("this RateQueue client was closed: create a new one to acquire", {
-          code: "client_closed",
-          resource: body.resource,
-        }),
+    if (this.shutDown) return Promise.reject(closedError(body.resource));
+    return new Promise<LeaseHandle>((resolve, reject) => {
+      // A burst (thousands of acquires in one synchronous loop) is taken in slices, one per
+      // turn of the event loop: done at once, it would block the loop long enough for this
+      // process's own holders to miss their pongs and give their leases up (liveness rule).
+      if (this.admitted >= ADMIT_PER_TURN || this.backlog.length > 0) {
+        this.backlog.push({ body, signal, resolve, reject });
+        this.nextTurn();
+        return;
+      }
+      this.admitted++;
+      this.nextTurn();
+      this.begin(body, signal, resolve, reject);
+    });
+  }
+
+  /** Acquires waiting for a later turn (see `acquire`), oldest first. */
+  private backlog: Array<{
+    body: AcquireBody;
+    signal: AbortSignal | undefined;
+    resolve: (lease: LeaseHandle) => void;
+    reject: (error: unknown) => void;
+  }> = [];
+  /** Acquires begun in this turn of the event loop. */
+  private admitted = 0;
+  private turnQueued = false;
+
+  /** At the next turn: a new slice of acquires may begin (the backlog's oldest first). */
+  private nextTurn(): void {
+    if (this.turnQueued) return;
+    this.turnQueued = true;
+    nextTurn(() => {
+      this.turnQueued = false;
+      const slice = this.backlog.splice(0, ADMIT_PER_TURN);
+      this.admitted = slice.length;
+      if (this.backlog.length > 0 || slice.length > 0) this.nextTurn();
+      for (const { body, signal, resolve, reject } of slice) {
+        if (signal?.aborted) reject(signal.reason);
+        else if (this.shutDown) reject(closedError(body.resource));
+        else this.begin(body, signal, resolve, reject);
+      }
+    });
+  }
+
+  /** Starts acquire: the request is tracked and sent; `resolve` once granted. */
+  private begin(
+    body: AcquireBody,
+    signal: AbortSignal | undefined,
+    resolve: (lease: LeaseHandle) => void,
+    reject: (error: unknown) => void,
+  ): void {
+    let id: string = crypto.randomUUID();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const cleanup = () => {
+      clearTimeout(timer);
+      stopWatching?.();
+    };
+    const giveUp = (error: unknown) => {
+      const entry = this.entries.get(id);
+      if (entry?.acquire === undefined) return;
+      entry.acquire = undefined;
+      cleanup();
+      this.abandon(entry);
+      reject(error);
+    };
+    const stopWatching = signal && onAbort(signal, () => giveUp(signal.reason));
+    if (body.timeout !== undefined && body.timeout > 0) {
+      timer = setTimeout(
+        () => giveUp(timeoutError(body.resource, body.timeout!)),
+        body.timeout + TIMEOUT_SLACK,
       );
     }
-    return new Promise<LeaseHandle>((resolve, reject) => {
-      let id: string = crypto.randomUUID();
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const cleanup = () => {
-        clearTimeout(timer);
-        stopWatching?.();
-      };
-      const giveUp = (error: unknown) => {
-        const entry = this.entries.get(id);
-        if (entry?.acquire === undefined) return;
-        entry.acquire = undefined;
+    this.track(id, body, {
+      resolve: (lease) => {
         cleanup();
-        this.abandon(entry);
+        resolve(lease);
+      },
+      reject: (error) => {
+        cleanup();
         reject(error);
-      };
-      const stopWatching = signal && onAbort(signal, () => giveUp(signal.reason));
-      if (body.timeout !== undefined && body.timeout > 0) {
-        timer = setTimeout(
-          () => giveUp(timeoutError(body.resource, body.timeout!)),
-          body.timeout + TIMEOUT_SLACK,
-        );
-      }
-      this.track(id, body, {
-        resolve: (lease) => {
-          cleanup();
-          resolve(lease);
-        },
-        reject: (error) => {
-          cleanup();
-          reject(error);
-        },
-        moved: (next) => {
-          id = next; // abort and timeout give up the request as it is now
-        },
-      });
+      },
+      moved: (next) => {
+        id = next; // abort and timeout give up the request as it is now
+      },
     });
   }
 
@@ -361,15 +422,41 @@ export class ClientSession {
     }
   }
 
-  /** Sends what accumulated in this turn as one frame (a batch). */
+  /**
+   * Sends what accumulated in this turn as one frame (a batch) — at most `MAX_BATCH` messages:
+   * the rest go at the next turn, so that neither side spends longer than a few ms on one frame
+   * while a holder's ping waits behind it.
+   */
   private readonly flush = (): void => {
     this.flushQueued = false;
     if (!this.connected || this.link === undefined || this.outbox.length === 0) return;
-    const batch = this.outbox;
-    this.outbox = [];
+    if (this.marker !== undefined) return; // the server is still on the last slice
+    let batch = this.outbox;
+    if (batch.length > MAX_BATCH && this.mode === "websocket") {
+      // The next slice goes when the server has answered this one (the pong of a ping sent
+      // after it: answers come in order). Over HTTP, each exchange carries one slice and the
+      // next waits for its answer anyway.
+      batch = this.outbox.splice(0, MAX_BATCH);
+      this.marker = this.newPing(batch);
+    } else this.outbox = [];
     this.link.send(batch);
     this.armPing();
   };
+
+  /**
+   * While a burst goes out in slices (see `flush`): the ping whose pong lets the next slice go.
+   * Without this, slices would pile up in the server's socket ahead of a holder's ping.
+   */
+  private marker: number | undefined;
+
+  /** Appends a ping to `batch`; its number. */
+  private newPing(batch: ClientMessage[]): number {
+    const n = ++this.pingN;
+    this.pings.set(n, performance.now());
+    if (this.pings.size > 64) this.pings.delete(this.pings.keys().next().value!);
+    batch.push({ t: "ping", n, ack: this.ack });
+    return n;
+  }
 
   private armPing(): void {
     if (this.pingTimer !== undefined || !this.live()) return;
@@ -381,11 +468,10 @@ export class ClientSession {
     // Over HTTP the session poll, answered every `ping` ms, is the ping.
     if (!this.connected || !this.live() || this.mode === "http") return;
     if (this.link === this.byeFrom) return; // the server said bye: the next link pings
-    const n = ++this.pingN;
-    this.pings.set(n, performance.now());
-    if (this.pings.size > 64) this.pings.delete(this.pings.keys().next().value!);
-    this.outbox.push({ t: "ping", n, ack: this.ack });
-    this.flush();
+    // In a frame of its own, at once: a ping must not wait behind a burst of other messages.
+    const ping: ClientMessage[] = [];
+    this.newPing(ping);
+    this.link?.send(ping);
     this.armPing();
   };
 
@@ -599,7 +685,7 @@ export class ClientSession {
     const timeout = new AbortController();
     /** One POST: the outbox out (none for a poll), answers and events back. */
     const exchange = async (wait = 0): Promise<boolean> => {
-      const messages = wait > 0 || !this.connected ? [] : this.outbox.splice(0);
+      const messages = wait > 0 || !this.connected ? [] : this.outbox.splice(0, MAX_BATCH);
       if (wait === 0) sending = true;
       const sent = performance.now();
       this.sending(messages, sent);
@@ -744,6 +830,10 @@ export class ClientSession {
         const sent = this.pings.get(m.n);
         this.pings.delete(m.n);
         if (sent !== undefined) this.answered(sent);
+        if (m.n === this.marker) {
+          this.marker = undefined; // the server is through the last slice: the next one
+          this.flush();
+        }
         return;
       }
       case "bye":
@@ -796,6 +886,7 @@ export class ClientSession {
       if (entry.outstanding) resend.push(entry.outstanding);
     }
     this.outbox = resend; // stale pings are dropped
+    this.marker = undefined; // its pong went with the old connection
     this.flush();
     this.armPing();
     this.setIdle();

@@ -320,6 +320,32 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
       );
       expect(results.filter((r) => r !== "ok")).toEqual([]);
     });
+
+    // Found with bench scenario 6's setting: acquires started in one synchronous loop were all
+    // sent at once. Over HTTP a batch of more than ~150 exceeded the server's 16 KiB body limit,
+    // and the session retried that exchange for ever: none reached the line. Over a WebSocket,
+    // thousands in one frame kept the server busy past `grace` with a holder's ping behind them.
+    // They now go 256 per frame or exchange, the next only once the server has answered the last
+    // (a session's body may have 4 MiB), and a ping goes in a frame of its own.
+    it("1,000 acquires started in one loop all reach the line; a holder in the same process keeps its lease", async () => {
+      // The server in its own process: this one's event loop is the client's alone.
+      await using server = await durableServer();
+      const { url } = server;
+      const rq = connect(url);
+      const held = await rq.acquire("lock");
+      const crowd = new AbortController();
+      setMaxListeners(0, crowd.signal);
+      const waiting = Array.from({ length: 1_000 }, () =>
+        rq.acquire("lock", { signal: crowd.signal }).catch((e: Error) => e),
+      );
+      await queued({ url }, "lock", 1_000, 20_000);
+      expect(held.signal.aborted, String(held.signal.reason)).toBe(false);
+      crowd.abort();
+      for (const outcome of await Promise.all(waiting)) expect(outcome).toBe(crowd.signal.reason); // every waiter left the line; none was granted
+      await held.release();
+      expect(held.signal.aborted, String(held.signal.reason)).toBe(false);
+      await eventually(async () => (await resourceState({ url }, "lock")).queued === 0);
+    }, 30_000);
   });
 
   describe("a durable server killed with SIGKILL and restarted on the same port", () => {
@@ -385,9 +411,13 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
       a.signal.addEventListener("abort", () => {
         lostAt = performance.now();
       });
-      // The port refuses (the holder counts on the recovery window) while the server restarts.
-      const refusing = proxy.refuse(1_000);
+      // The port refuses (the holder counts on the recovery window) while the server restarts —
+      // until it listens again: a proxy that accepted while nothing listened behind it would
+      // reset the holder's connections, and a reset ends the extension (liveness.ts).
+      const restarted = deferred();
+      const refusing = proxy.refuse(restarted.promise);
       await server.restart();
+      restarted.resolve();
       await refusing;
       await (await rq.acquire("probe", { timeout: 0 })).release(); // back on the new server
       expect(a.signal.aborted, String(a.signal.reason)).toBe(false);

@@ -194,7 +194,7 @@ export function buildApp(
         problem(
           413,
           "payload_too_large",
-          `the body is larger than ${options.bodyLimit} bytes: requests are small JSON objects`,
+          `the body is larger than the server accepts: a request is a small JSON object (${options.bodyLimit} bytes at most), a session's batch of messages at most 4 MiB`,
         ),
       );
     }

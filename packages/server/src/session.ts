@@ -340,6 +340,8 @@ export function sessionRoute(
 
   app.post<{ Params: { id: string }; Querystring: Record<string, string> }>(
     `${API_PREFIX}/sessions/:id`,
+    // A batch of messages, as large as a WebSocket frame may be (not one request's 16 KiB).
+    { bodyLimit: MAX_FRAME },
     async (req, reply) => {
       const ns = req.namespace;
       const sid = req.params.id;
