@@ -120,7 +120,7 @@ const ADMIT_PER_TURN = 256;
 const MAX_BATCH = 256;
 
 /** Runs `fn` at the next turn of the event loop, after pending I/O and timers. */
-const nextTurn: (fn: () => void) => void =
+const atNextTurn: (fn: () => void) => void =
   typeof setImmediate === "function" ? (fn) => setImmediate(fn) : (fn) => setTimeout(fn, 0);
 
 function closedError(resource: string): RateQueueError {
@@ -246,11 +246,11 @@ export class ClientSession {
       // process's own holders to miss their pongs and give their leases up (liveness rule).
       if (this.admitted >= ADMIT_PER_TURN || this.backlog.length > 0) {
         this.backlog.push({ body, signal, resolve, reject });
-        this.nextTurn();
+        this.admitNextTurn();
         return;
       }
       this.admitted++;
-      this.nextTurn();
+      this.admitNextTurn();
       this.begin(body, signal, resolve, reject);
     });
   }
@@ -267,14 +267,14 @@ export class ClientSession {
   private turnQueued = false;
 
   /** At the next turn: a new slice of acquires may begin (the backlog's oldest first). */
-  private nextTurn(): void {
+  private admitNextTurn(): void {
     if (this.turnQueued) return;
     this.turnQueued = true;
-    nextTurn(() => {
+    atNextTurn(() => {
       this.turnQueued = false;
       const slice = this.backlog.splice(0, ADMIT_PER_TURN);
       this.admitted = slice.length;
-      if (this.backlog.length > 0 || slice.length > 0) this.nextTurn();
+      if (this.backlog.length > 0 || slice.length > 0) this.admitNextTurn();
       for (const { body, signal, resolve, reject } of slice) {
         if (signal?.aborted) reject(signal.reason);
         else if (this.shutDown) reject(closedError(body.resource));
