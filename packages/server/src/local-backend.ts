@@ -17,7 +17,6 @@ import {
   type Refusal,
   type Request,
   type Session,
-  saved,
 } from "./engine.js";
 import type { Store } from "./store.js";
 
@@ -106,10 +105,10 @@ export class LocalBackend implements Backend, SessionBackend {
           this.unwatch(req); // ended: nothing to hasten
           // A revoked holder may not have heard yet: kept, until its units go back, so that a
           // restart in between still holds them back for it (see `SavedRequest.state`).
-          if (req.state === "revoked" && req.heldBackOn !== undefined) this.store?.save(saved(req));
+          if (req.state === "revoked" && req.heldBackOn !== undefined) this.store?.save(req);
           else this.store?.remove(req.ns.key, req.id);
         } else {
-          this.store?.save(saved(req)); // granted
+          this.store?.save(req); // granted
         }
       },
       (session) => this.logs.delete(session),
@@ -158,7 +157,7 @@ export class LocalBackend implements Backend, SessionBackend {
   ): Promise<RequestSnapshot | Refusal> {
     const result = this.engine.acquire(ns, id, body);
     if (result.ok && result.created && result.request.resource !== undefined) {
-      this.store?.save(saved(result.request));
+      this.store?.save(result.request);
     }
     if (result.ok && poll.address !== undefined) result.request.session.address = poll.address;
     this.settle();
@@ -264,7 +263,7 @@ export class LocalBackend implements Backend, SessionBackend {
   ): RequestSnapshot | Refusal {
     const result = this.engine.acquire(ns, id, body, sessionId);
     if (result.ok && result.created && result.request.resource !== undefined) {
-      this.store?.save(saved(result.request));
+      this.store?.save(result.request);
     }
     this.settle();
     return result.ok ? this.engine.snapshot(result.request) : result;

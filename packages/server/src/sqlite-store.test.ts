@@ -1,8 +1,9 @@
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import sqlite from "node-sqlite3-wasm";
 import { describe, expect, it } from "vitest";
 import { SqliteStore } from "./sqlite-store.js";
 
@@ -138,6 +139,104 @@ describe("SqliteStore without a kill", () => {
       }
     } finally {
       store.close();
+    }
+  });
+
+  it("keeps removals and saves made while a checkpoint is half applied", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
+    const store = new SqliteStore(dir);
+    const expected = new Set<string>();
+    for (let i = 0; i < 3_000; i++) {
+      store.save({ ...request(`w-${i}`, 0), state: "queued" as const });
+      expected.add(`w-${i}`);
+    }
+    store.save(request("kept", 1));
+    expected.add("kept");
+    store.commit();
+    store.close(); // "kept" and the waiters in SQLite
+    const second = new SqliteStore(dir);
+    second.remove("k", "kept");
+    expected.delete("kept");
+    for (let i = 0; i < 3_000; i += 2) {
+      second.remove("k", `w-${i}`);
+      expected.delete(`w-${i}`);
+    }
+    for (let i = 0; i < 3_000; i++)
+      second.save({ ...request(`n-${i}`, 2), state: "queued" as const });
+    second.commit();
+    // A checkpoint begins and applies its first slice; the rest waits for later turns.
+    const internals = second as unknown as { checkpoint(): void; applying?: Map<string, unknown> };
+    internals.checkpoint();
+    expect(internals.applying?.size).toBeGreaterThan(0);
+    // Meanwhile: removals of rows applied, not yet applied, and never in SQLite; new saves.
+    for (let i = 0; i < 3_000; i += 3) {
+      second.remove("k", `n-${i}`);
+      if (i % 2 === 1) {
+        second.remove("k", `w-${i}`);
+        expected.delete(`w-${i}`);
+      }
+    }
+    for (let i = 0; i < 3_000; i++) if (i % 3 !== 0) expected.add(`n-${i}`);
+    second.save(request("late", 3));
+    expected.add("late");
+    second.commit();
+    await new Promise((resolve) => setTimeout(resolve, 50)); // the checkpoint ends, or nearly
+    second.close();
+    const third = new SqliteStore(dir);
+    try {
+      expect(new Set(ids(third))).toEqual(expected);
+    } finally {
+      third.close();
+    }
+  });
+
+  it("opens a database of the version that keyed requests by (ns, id) in WAL mode, and keeps its requests", () => {
+    const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
+    const legacy = new sqlite.Database(join(dir, "ratequeue.db"));
+    legacy.exec(`
+      PRAGMA journal_mode = WAL;
+      CREATE TABLE requests (
+        ns TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
+        load INTEGER NOT NULL, priority INTEGER NOT NULL, capacity INTEGER NOT NULL,
+        asked_capacity INTEGER, expires_in INTEGER NOT NULL, lock_delay INTEGER NOT NULL,
+        seq INTEGER NOT NULL, state TEXT NOT NULL, token INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL, wait_until INTEGER,
+        PRIMARY KEY (ns, id)
+      );
+      ALTER TABLE requests ADD COLUMN session TEXT;
+      ALTER TABLE requests ADD COLUMN reason TEXT;
+      CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+      INSERT INTO meta VALUES ('ns_hashed', 1);
+      INSERT INTO requests VALUES ('k', 'old-holder', 'r', 1, 10, 1, NULL, 60000, 0, 7, 'active', 7, ${
+        Date.now() + 60_000
+      }, NULL, 's1', NULL);
+      INSERT INTO requests VALUES ('k', 'old-waiter', 'r', 1, 10, 1, NULL, 60000, 0, 8, 'queued', 0, 0, NULL, 's1', NULL);
+    `);
+    legacy.close();
+    writeFileSync(join(dir, "secret.key"), Buffer.alloc(32, 1), { mode: 0o600 });
+
+    const store = new SqliteStore(dir);
+    expect(store.load().requests).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ id: "old-holder", state: "active", fencingToken: 7 }),
+        expect.objectContaining({ id: "old-waiter", state: "queued", session: "s1" }),
+      ]),
+    );
+    // Rows of the old form are updated and removed in place, beside new ones.
+    store.remove("k", "old-holder");
+    store.save({ ...request("old-waiter", 9), state: "active" as const });
+    store.save(request("new", 10));
+    store.commit();
+    store.close();
+    const again = new SqliteStore(dir);
+    try {
+      expect(ids(again)).toEqual(["new", "old-waiter"]);
+      expect(again.load().requests.find((r) => r.id === "old-waiter")).toMatchObject({
+        state: "active",
+        fencingToken: 9,
+      });
+    } finally {
+      again.close();
     }
   });
 });

@@ -1,4 +1,4 @@
-import type { SavedRequest } from "./engine.js";
+import type { Request, SavedRequest } from "./engine.js";
 
 /** What a store hands back at start: the live requests and the fencing tokens to continue from. */
 export interface StoredState {
@@ -29,8 +29,11 @@ export interface Store {
   readonly secret: Buffer;
   /** Everything saved by the previous run. */
   load(): StoredState;
-  /** Creates or updates a live request. */
-  save(request: SavedRequest): void;
+  /**
+   * Creates or updates a live request. A store may keep the `Request` itself and read it again
+   * when it writes it out later: by then it holds the same or a later committed state.
+   */
+  save(request: Request | SavedRequest): void;
   /** Forgets an ended request. */
   remove(ns: string, id: string): void;
   /** Session `session`, restored by a restart, has until `until` (clock ms) to come back. */
