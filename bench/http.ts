@@ -6,14 +6,27 @@ const CLI = fileURLToPath(new URL("../packages/server/src/cli.ts", import.meta.u
 
 /**
  * Starts `ratequeue-server --port 0` in its own process (so client and server do not share a
- * thread); in memory unless `args` say otherwise.
+ * thread); in memory unless `args` say otherwise. `SERVER_NODE_ARGS` adds flags to its `node`
+ * (e.g. `--cpu-prof --cpu-prof-dir=prof` to profile the server under a benchmark).
  */
 export async function spawnServer(
   args: string[] = ["--memory"],
 ): Promise<{ url: string; pid: number; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, ["--import", "tsx", CLI, "--port", "0", ...args], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      ...(process.env.SERVER_NODE_ARGS?.split(" ").filter(Boolean) ?? []),
+      "--import",
+      "tsx",
+      CLI,
+      "--port",
+      "0",
+      ...args,
+    ],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
   const url = await new Promise<string>((resolve, reject) => {
     let out = "";
     child.stdout!.setEncoding("utf8").on("data", (c: string) => {
