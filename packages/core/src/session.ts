@@ -27,6 +27,7 @@ import {
   withRetries,
 } from "./retry.js";
 import type { Transport } from "./transport.js";
+import { utf8Length } from "./validate.js";
 
 /**
  * The client side of a session (docs/protocol.md, "Sessions"): one connection to the server that
@@ -694,20 +695,23 @@ export class ClientSession {
         wait + (this.config.requestTimeout ?? 10_000),
       );
       try {
+        const payload = JSON.stringify(messages);
         const res = await this.config.transport({
           method: "POST",
           url: `${this.base}${API_PREFIX}/sessions/${this.id}?after=${this.ack}${
             this.run === undefined ? "" : `&run=${encodeURIComponent(this.run)}`
           }&wait=${wait}`,
           headers,
-          body: JSON.stringify(messages),
+          body: payload,
           signal: timeout.signal,
         });
         const text = await res.text();
         if (closed || this.link !== link) return false;
         if (res.status !== 200) {
-          if (res.status === 400 || res.status === 401 || res.status === 403) {
-            this.fatal(res.status, text);
+          // Only 408, 429 and 5xx may pass next time. Any other refusal would come back for ever
+          // (an older server's smaller body limit: 413): it fails the session.
+          if (res.status < 500 && res.status !== 408 && res.status !== 429) {
+            this.fatal(res.status, text, utf8Length(payload));
             return false;
           }
           throw new TransientError(
@@ -775,11 +779,15 @@ export class ClientSession {
   private httpPoll: (() => Promise<void>) | undefined;
   private pollStart: ReturnType<typeof setTimeout> | undefined;
 
-  /** The server refused the session itself (bad key, bad request): fail everything waiting. */
-  private fatal(status: number, text: string): void {
+  /**
+   * The server refused the session itself (bad key), or an exchange of `bytes` as no retry would
+   * change (a bad request; a batch over its body limit): the session stops, so everything waiting
+   * fails and every lease is lost (the server hands them on once it hears nothing).
+   */
+  private fatal(status: number, text: string, bytes?: number): void {
     let problem: { detail?: string; code?: string; field?: string } = {};
     try {
-      problem = JSON.parse(text);
+      problem = JSON.parse(text) ?? {};
     } catch {}
     const detail = problem.detail ?? `HTTP ${status}`;
     const error =
@@ -787,11 +795,14 @@ export class ClientSession {
         ? new AuthenticationError(`the server refused the API key (HTTP ${status}): ${detail}`, {
             status,
           })
-        : new RateQueueError(detail, {
-            status,
-            code: problem.code ?? `http_${status}`,
-            field: problem.field,
-          });
+        : new RateQueueError(
+            `the server refused a session exchange of ${bytes} bytes (HTTP ${status}): ${detail}${
+              status === 413
+                ? "; the batch is too large for this server or a proxy in front of it: upgrade the server, raise the proxy's body limit, or start fewer acquires at once"
+                : ""
+            }`,
+            { status, code: problem.code ?? `http_${status}`, field: problem.field },
+          );
     const waiter = this.welcomeWaiter;
     this.welcomeWaiter = undefined;
     this.close();
@@ -918,7 +929,12 @@ export class ClientSession {
       this.ack = seq;
     }
     const entry = this.entries.get(snap.id);
-    if (entry === undefined) return;
+    if (entry === undefined) {
+      // A grant nobody here waits for (the session failed while it was queued): release it, or
+      // the server would keep it for this session.
+      if (snap.state === "active") this.enqueue({ t: "release", id: snap.id });
+      return;
+    }
     if (seq === undefined) {
       const answered = this.answerTo(entry);
       if (answered === undefined) return;
