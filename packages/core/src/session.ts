@@ -42,6 +42,7 @@ export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
+  /** `open`, `message` (`data`), `error`, `close` (`code`: 1009 says a frame was too big). */
   // biome-ignore lint/suspicious/noExplicitAny: the event types differ between runtimes
   addEventListener(type: string, listener: (event: any) => void): void;
 }
@@ -587,11 +588,15 @@ export class ClientSession {
   private openWebSocket(): Link {
     const url = `${this.base.replace(/^http/, "ws")}${API_PREFIX}${SESSION_PATH}`;
     let ws: WebSocketLike;
+    /** The largest frame sent on this link: its size, should the server close it as too big. */
+    let big = "";
     const link: Link = {
       send: (messages) => {
         this.sending(messages, performance.now());
         try {
-          ws.send(JSON.stringify(messages.length === 1 ? messages[0] : messages));
+          const frame = JSON.stringify(messages.length === 1 ? messages[0] : messages);
+          if (frame.length > big.length) big = frame;
+          ws.send(frame);
         } catch (error) {
           // The socket cannot be used from here (in a Worker: a socket of another request; or
           // it closed under us): the session goes on over a new connection, which resends.
@@ -620,15 +625,14 @@ export class ClientSession {
       // A server is up and will hear the hello: a recovery extension ends (liveness.ts).
       this.budget.contacted(this.helloSentAt);
       this.armBudget();
-      ws.send(
-        JSON.stringify({
-          t: "hello",
-          key: this.config.apiKey,
-          session: this.id,
-          after: this.ack,
-          run: this.run,
-        }),
-      );
+      big = JSON.stringify({
+        t: "hello",
+        key: this.config.apiKey,
+        session: this.id,
+        after: this.ack,
+        run: this.run,
+      });
+      ws.send(big);
     });
     ws.addEventListener("message", (event: { data: unknown }) => {
       if (this.link !== link) return;
@@ -645,9 +649,13 @@ export class ClientSession {
     ws.addEventListener("error", (event: { error?: unknown }) => {
       lastError = event.error ?? event;
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event: { code?: number }) => {
       clearTimeout(connectTimer);
-      if (!this.welcomed) void this.failedAttempt(link, lastError);
+      // 1009: a frame was larger than the server (an older one) or a proxy accepts, and would
+      // be as often as it is resent. Not 1008: our server sends the problem first (a 401 fails
+      // the session there), or closes a connection whose hello came too late — a new one may pass.
+      if (event.code === 1009 && this.link === link) this.fatal(413, "", utf8Length(big), true);
+      else if (!this.welcomed) void this.failedAttempt(link, lastError);
       else this.disconnected(link, lastError);
     });
     return link;
@@ -781,10 +789,11 @@ export class ClientSession {
 
   /**
    * The server refused the session itself (bad key), or an exchange of `bytes` as no retry would
-   * change (a bad request; a batch over its body limit): the session stops, so everything waiting
-   * fails and every lease is lost (the server hands them on once it hears nothing).
+   * change (a bad request; a batch over its body limit; `closed`: a WebSocket frame over its
+   * size limit, code 1009): the session stops, so everything waiting fails and every lease is
+   * lost (the server hands them on once it hears nothing).
    */
-  private fatal(status: number, text: string, bytes?: number): void {
+  private fatal(status: number, text: string, bytes?: number, closed?: boolean): void {
     let problem: { detail?: string; code?: string; field?: string } = {};
     try {
       problem = JSON.parse(text) ?? {};
@@ -796,12 +805,20 @@ export class ClientSession {
             status,
           })
         : new RateQueueError(
-            `the server refused a session exchange of ${bytes} bytes (HTTP ${status}): ${detail}${
+            `the server ${
+              closed
+                ? `closed the WebSocket (code 1009) on a frame of ${bytes} bytes`
+                : `refused a session exchange of ${bytes} bytes (HTTP ${status}): ${detail}`
+            }${
               status === 413
-                ? "; the batch is too large for this server or a proxy in front of it: upgrade the server, raise the proxy's body limit, or start fewer acquires at once"
+                ? "; the batch is too large for this server or a proxy in front of it: upgrade the server, raise the proxy's size limit, or start fewer acquires at once"
                 : ""
             }`,
-            { status, code: problem.code ?? `http_${status}`, field: problem.field },
+            {
+              status,
+              code: problem.code ?? (closed ? "payload_too_large" : `http_${status}`),
+              field: problem.field,
+            },
           );
     const waiter = this.welcomeWaiter;
     this.welcomeWaiter = undefined;
