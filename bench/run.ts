@@ -44,6 +44,12 @@ row(
 );
 const withMetrics = median(await repeat(() => cyclesPerSecond(1, cycles, true)));
 row("engine grant+release, one name, counted by /metrics (cycles/s)", fmt(withMetrics));
+const rated = median(await repeat(() => cyclesPerSecond(1, cycles, false, true)));
+row(
+  "engine grant+release, one name with 3 rate limits stacked (cycles/s; cost ÷ none)",
+  `${fmt(rated)} (${(plain / rated).toFixed(2)}×)`,
+  "≤ 1.3×",
+);
 row(
   "engine hand-overs, one lock with 100 waiting (/s)",
   fmt(median(await repeat(() => handoversPerSecond(cycles)))),

@@ -4,6 +4,11 @@ import { type Engine, Namespace, type Request, type Resource } from "./engine.js
 import type { LocalBackend } from "./local-backend.js";
 import type { ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem } from "./problem.js";
+import { parseRates } from "./rate.js";
+
+/** What the limits route takes, as its errors say. */
+const LIMITS_BODY =
+  'send {"capacity": N} (a whole number from 1 to 1000000000), {"rates": [{"limit": N, "window": ms, "kind": "sliding" | "fixed", "counts": "requests" | "load"}]}, or both';
 
 /** Where the admin API lives (docs/protocol.md, "Admin API"). */
 export const ADMIN_PREFIX = "/v1/admin";
@@ -124,38 +129,49 @@ export function adminRoutes(
     },
   );
 
-  // An operator's limit on a resource's capacity: applies at once, and stays (while idle, and
-  // across restarts) until lifted with DELETE.
+  // An operator's limits on a resource — its capacity, its rate limits, or both: they apply at
+  // once, and stay (while idle, and across restarts) until lifted. A PUT sets what it names and
+  // lifts what it leaves out; DELETE lifts them all.
   app.put<{ Params: { ns: string; "*": string }; Body: unknown }>(
     `${ADMIN_PREFIX}/namespaces/:ns/limits/*`,
     { onRequest: guard },
     async (req, reply) => {
       const space = namespace(engine, req.params.ns, reply);
       if (!(space instanceof Namespace)) return space;
-      const capacity = (req.body as { capacity?: unknown } | undefined)?.capacity;
+      const body = (req.body ?? {}) as { capacity?: unknown; rates?: unknown };
+      const bad = (detail: string, field: string) =>
+        sendProblem(reply, problem(400, "invalid_request", detail, field));
+      if (typeof body !== "object" || Array.isArray(body)) return bad(LIMITS_BODY, "capacity");
+      for (const key of Object.keys(body))
+        if (key !== "capacity" && key !== "rates")
+          return bad(`unknown field ${JSON.stringify(key)}: ${LIMITS_BODY}`, key);
+      const { capacity } = body;
+      if (capacity === undefined && body.rates === undefined) return bad(LIMITS_BODY, "capacity");
       if (
-        !Number.isSafeInteger(capacity) ||
-        (capacity as number) < 1 ||
-        (capacity as number) > 1e9
+        capacity !== undefined &&
+        (!Number.isSafeInteger(capacity) || (capacity as number) < 1 || (capacity as number) > 1e9)
       ) {
-        return sendProblem(
-          reply,
-          problem(
-            400,
-            "invalid_request",
-            'send {"capacity": N} with N a whole number from 1 to 1000000000',
-            "capacity",
-          ),
-        );
+        return bad("capacity must be a whole number from 1 to 1000000000", "capacity");
       }
+      const rates = body.rates === undefined ? [] : parseRates(body.rates);
+      if (typeof rates === "string") return bad(rates, "rates");
       const name = req.params["*"];
-      const bad = checkName(name);
-      if (bad) return sendProblem(reply, problem(400, "invalid_request", bad, "name"));
-      const result = backend.setLimit(space.key, name, capacity as number);
-      if (result !== undefined && "ok" in result) {
-        return sendProblem(reply, problem(409, result.code, result.detail, result.field));
+      const badName = checkName(name);
+      if (badName) return bad(badName, "name");
+      // Rates first: a refused capacity then leaves them as they were, and the other way round.
+      const previousRates = space.rates.get(name);
+      const rated = backend.setRates(space.key, name, rates.length > 0 ? rates : undefined);
+      if (rated !== undefined && "ok" in rated)
+        return sendProblem(reply, problem(409, rated.code, rated.detail, rated.field));
+      const limited = backend.setLimit(space.key, name, capacity as number | undefined);
+      if (limited !== undefined && "ok" in limited) {
+        backend.setRates(space.key, name, previousRates);
+        return sendProblem(reply, problem(409, limited.code, limited.detail, limited.field));
       }
-      return resourceDetail(space, result!, clock.now());
+      const resource = space.resources.get(name);
+      return resource
+        ? resourceDetail(space, resource, clock.now())
+        : { name, capacity: null, rates: [] };
     },
   );
 
@@ -166,12 +182,13 @@ export function adminRoutes(
       const space = namespace(engine, req.params.ns, reply);
       if (!(space instanceof Namespace)) return space;
       const name = req.params["*"];
-      if (!space.limits.has(name)) {
+      if (!space.limits.has(name) && !space.rates.has(name)) {
         return sendProblem(
           reply,
           problem(404, "not_found", `no limit is set on ${JSON.stringify(name)}`, "name"),
         );
       }
+      backend.setRates(space.key, name, undefined);
       backend.setLimit(space.key, name, undefined);
       return reply.code(204).send();
     },
@@ -259,7 +276,17 @@ export function resourceDetail(space: Namespace, resource: Resource, now: number
     // Every grant after this answer has a larger token (tokens count per namespace): what a
     // checker needs to tell grants before a capacity change from grants after it.
     lastToken: space.token,
+    // An operator's limits: the capacity it set (null: the requests' own), and its rate limits
+    // with what each has counted in its window now (`fullUntil`: counted as full until then,
+    // after a restart).
+    limit: space.limits.get(resource.name) ?? null,
+    rates: rateView(resource, now),
   };
+}
+
+function rateView(resource: Resource, now: number) {
+  const usage = resource.rate?.usage(now) ?? [];
+  return (resource.rate?.specs ?? []).map((spec, i) => ({ ...spec, ...usage[i] }));
 }
 
 function who(r: Request) {

@@ -2,6 +2,7 @@ import { FINAL_STATES } from "@ratequeue/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { Engine, type EngineConfig, type Request, type Session } from "./engine.js";
+import type { RateLimitSpec } from "./rate.js";
 
 /**
  * Random operation sequences against the engine, checking its invariants after every step:
@@ -28,7 +29,9 @@ import { Engine, type EngineConfig, type Request, type Session } from "./engine.
  *   engine holds nothing (`stats()` all zeros).
  * An operator takes part too (admin API): it revokes requests, and raises and cuts capacities
  * — exclusion is then checked at every grant against the capacity in force (after a cut,
- * holders may hold more until they finish, and nothing is granted meanwhile).
+ * holders may hold more until they finish, and nothing is granted meanwhile) — and sets and
+ * lifts a rate limit, stacked with the capacity: no window ever holds more grants (or load)
+ * than its limit, and the first waiter that fits every limit is not kept waiting.
  */
 
 const CONFIG: EngineConfig = {
@@ -80,7 +83,9 @@ type Op =
   | { kind: "tick"; ms: number; late: boolean }
   // An operator (admin API): revokes a request; sets a resource's capacity (raise or cut).
   | { kind: "revoke"; pick: number }
-  | { kind: "limit"; res: number; capacity: number };
+  | { kind: "limit"; res: number; capacity: number }
+  // Sets a resource's rate limit (`limit` 0: lifts it).
+  | { kind: "rates"; res: number; limit: number; window: number; fixed: boolean; load: boolean };
 
 const body = {
   res: fc.integer({ min: 0, max: NAMES.length - 1 }),
@@ -121,6 +126,14 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     res: fc.integer({ min: 0, max: NAMES.length - 1 }),
     capacity: fc.integer({ min: 1, max: 4 }),
   }),
+  fc.record({
+    kind: fc.constant("rates" as const),
+    res: fc.integer({ min: 0, max: NAMES.length - 1 }),
+    limit: fc.integer({ min: 0, max: 3 }),
+    window: fc.constantFrom(50, 300, 1_000, 2_500),
+    fixed: fc.boolean(),
+    load: fc.boolean(),
+  }),
   fc.record({ kind: fc.constant("sleave" as const), session }),
   {
     weight: 3,
@@ -159,6 +172,8 @@ const COVERED = [
   "operator cut",
   "operator raise",
   "operator revoke",
+  "operator rates",
+  "waited for a rate limit",
 ];
 
 function run(ops: Op[]): void {
@@ -171,6 +186,28 @@ function run(ops: Op[]): void {
   const models = new Map<Session, Model>();
   let lastToken = 0;
   let grants = 0;
+  /**
+   * Rate limits in force, by name: the limit, the first grant made after it was set, and the
+   * first grant made since a limit has been in force without a break (indexes in `granted`).
+   */
+  const rates = new Map<string, { spec: RateLimitSpec; since: number; firstSet: number }>();
+  /** Every grant: what, when, how much. */
+  const granted: Array<{ name: string; t: number; load: number }> = [];
+  const amount = (spec: RateLimitSpec, load: number) => (spec.counts === "load" ? load : 1);
+  /** What `spec` counts at `now` of the grants on `name`, from grant number `from` on. */
+  const counted = (name: string, spec: RateLimitSpec, from: number, now: number) => {
+    const start =
+      spec.kind === "fixed" ? Math.floor(now / spec.window) * spec.window : now - spec.window + 1;
+    return granted
+      .slice(from)
+      .filter((g) => g.name === name && g.t >= start)
+      .reduce((n, g) => n + amount(spec, g.load), 0);
+  };
+  /** Whether a request of `load` is refused outright on `name` (it could never be granted). */
+  const overLimit = (name: string, load: number) => {
+    const r = rates.get(name);
+    return r !== undefined && amount(r.spec, load) > r.spec.limit;
+  };
   /** Capacities in force: the first request's, then an operator's (never lifted here). */
   const capacity = new Map(NAMES.map(({ name, capacity }) => [name, capacity]));
   /** Units held by live holders and by dead ones whose units are held back. */
@@ -221,6 +258,16 @@ function run(ops: Op[]): void {
     expect(held(req.name), `${req.id} granted over the capacity`).toBeLessThanOrEqual(
       capacity.get(req.name)!,
     );
+    // Rates: no window holds more than its limit (counting the grants since it was set; the
+    // engine may count earlier ones too, which only makes it stricter).
+    granted.push({ name: req.name, t: clock.t, load: req.load });
+    const r = rates.get(req.name);
+    if (r !== undefined) {
+      expect(
+        counted(req.name, r.spec, r.since, clock.t),
+        `${req.id} granted over ${JSON.stringify(r.spec)} at ${clock.t}`,
+      ).toBeLessThanOrEqual(r.spec.limit);
+    }
     // Fencing: strictly increasing, globally and so per resource.
     expect(req.fencingToken).toBeGreaterThan(lastToken);
     lastToken = req.fencingToken;
@@ -319,6 +366,16 @@ function run(ops: Op[]): void {
         .sort((a, b) => b.priority - a.priority || arrival.get(a)! - arrival.get(b)!)[0];
       if (first === undefined || away(first.session)) continue;
       const used = engine.resource("ns", name)?.used ?? 0;
+      const r = rates.get(name);
+      // Every grant since a limit has been in force counts at most what the engine counts.
+      if (
+        used + first.load <= cap &&
+        r !== undefined &&
+        counted(name, r.spec, r.firstSet, clock.t) + amount(r.spec, first.load) > r.spec.limit
+      ) {
+        seen.add("waited for a rate limit");
+        continue;
+      }
       expect(used + first.load, `${first.id} could be served`).toBeGreaterThan(cap);
     }
   }
@@ -341,7 +398,7 @@ function run(ops: Op[]): void {
     // The message arrives before the engine handles it: a returning session is back first. A
     // load over the capacity is refused before the session is looked at: not a contact (the
     // transports touch the session for every message anyway).
-    const refused = o.load > capacity.get(spec.name)!;
+    const refused = o.load > capacity.get(spec.name)! || overLimit(spec.name, o.load);
     const known = sessionId === undefined ? undefined : engine.findSession("ns", sessionId);
     if (known !== undefined && !refused) heard(model(known));
     const r = engine.acquire(
@@ -463,7 +520,8 @@ function run(ops: Op[]): void {
         // A create the engine refuses (a load over the capacity, which an operator may have cut
         // since) is refused before the session is looked at: not a contact (as in acquire()).
         const refused =
-          engine.get("ns", req.id) === undefined && req.load > capacity.get(req.name)!;
+          engine.get("ns", req.id) === undefined &&
+          (req.load > capacity.get(req.name)! || overLimit(req.name, req.load));
         if (sessionId !== undefined && !refused) {
           const current = engine.findSession("ns", sessionId);
           if (current !== undefined) {
@@ -573,13 +631,50 @@ function run(ops: Op[]): void {
           seen.add(o.capacity > before ? "operator raise" : "operator cut");
         break;
       }
+      case "rates": {
+        const { name } = NAMES[o.res]!;
+        if (o.limit === 0) {
+          rates.delete(name); // lifted: the line may be served within the call
+          engine.setRates("ns", name, undefined);
+          break;
+        }
+        const spec: RateLimitSpec = {
+          limit: o.limit,
+          window: o.window,
+          kind: o.fixed ? "fixed" : "sliding",
+          counts: o.load ? "load" : "requests",
+        };
+        const refused = created.some(
+          (r) => r.name === name && r.state === "queued" && amount(spec, r.load) > spec.limit,
+        );
+        // In force from now on: the line may be served within the call (onGrant checks).
+        const previous = rates.get(name);
+        if (!refused)
+          rates.set(name, {
+            spec,
+            since: granted.length,
+            firstSet: previous?.firstSet ?? granted.length,
+          });
+        const result = engine.setRates("ns", name, [spec]);
+        if (refused) {
+          expect(result).toMatchObject({ ok: false, code: "capacity_mismatch", field: "rates" });
+          break;
+        }
+        expect(result).not.toHaveProperty("ok");
+        seen.add("operator rates");
+        break;
+      }
     }
     check();
   }
 
   // (d) Every client goes away: everything must end, and then be forgotten (the operator
   // lifts its limits first: a limited resource is kept while idle).
-  for (const { name } of NAMES) engine.setLimit("ns", name, undefined);
+  for (const { name } of NAMES) {
+    engine.setLimit("ns", name, undefined);
+    rates.delete(name);
+    engine.setRates("ns", name, undefined);
+  }
   for (const [session, m] of models) {
     if (session.id === undefined && [...session.requests].length === 0) {
       m.pollers = 0; // its request ended: polls on it no longer reach the session

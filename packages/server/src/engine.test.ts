@@ -514,3 +514,122 @@ describe("Engine: operators' limits (admin API)", () => {
     expect(engine.resource("k", "api")).toMatchObject({ capacity: 7, used: 0 });
   });
 });
+
+describe("Engine: rate limits stacked with the capacity", () => {
+  const rate = (limit: number, window: number, more: object = {}) => ({
+    limit,
+    window,
+    kind: "sliding" as const,
+    counts: "requests" as const,
+    ...more,
+  });
+
+  it("grants no more than the limit in any window, in arrival order, and wakes the line when it may", () => {
+    const { engine, acquire, tick } = setup();
+    expect(engine.setRates("k", "api", [rate(2, 1_000)])).not.toHaveProperty("ok");
+    const a = acquire("a", { resource: "api", capacity: 10 });
+    tick(100);
+    const b = acquire("b", { resource: "api", capacity: 10 });
+    const c = acquire("c", { resource: "api", capacity: 10 });
+    const d = acquire("d", { resource: "api", capacity: 10, priority: 1 });
+    expect([a.state, b.state, c.state]).toEqual(["active", "active", "queued"]);
+    engine.release("k", "a"); // a release gives no rate back
+    expect(c.state).toBe("queued");
+    expect(engine.nextDeadline()).toBe(1_000 + 1_000); // a's grant leaves the window
+    tick(899);
+    expect(c.state).toBe("queued");
+    tick(1);
+    expect([c.state, d.state]).toEqual(["active", "queued"]); // b still counts
+    tick(100);
+    expect(d.state).toBe("active");
+  });
+
+  it("counts load when told to, refuses a load no window could hold, and keeps the head first", () => {
+    const { engine, acquire, tick } = setup();
+    engine.setRates("k", "llm", [rate(100, 60_000, { counts: "load" }), rate(3, 60_000)]);
+    const big = engine.acquire("k", "x", { resource: "llm", capacity: 200, load: 101 });
+    expect(big).toMatchObject({ ok: false, code: "capacity_mismatch", field: "load" });
+    expect(!big.ok && big.detail).toContain("100 units of load per 60000 ms");
+    const a = acquire("a", { resource: "llm", capacity: 200, load: 60 });
+    const b = acquire("b", { resource: "llm", capacity: 200, load: 50 });
+    const c = acquire("c", { resource: "llm", capacity: 200, load: 1 });
+    // b does not fit the 100 tokens; c would, but never passes b.
+    expect([a.state, b.state, c.state]).toEqual(["active", "queued", "queued"]);
+    for (const r of [a, b, c]) engine.attach(r); // a poll open on each: they live on
+    tick(60_000);
+    expect([b.state, c.state]).toEqual(["active", "active"]);
+  });
+
+  it("counts fixed windows on the clock's boundaries", () => {
+    const { engine, acquire, tick, clock } = setup();
+    clock.t = 10_900; // 100 ms before a 1 s boundary
+    engine.setRates("k", "api", [rate(1, 1_000, { kind: "fixed" })]);
+    const a = acquire("a", { resource: "api", capacity: 5 });
+    const b = acquire("b", { resource: "api", capacity: 5 });
+    expect([a.state, b.state]).toEqual(["active", "queued"]);
+    tick(99);
+    expect(b.state).toBe("queued");
+    tick(1); // 11,000: a new window
+    expect(b.state).toBe("active");
+  });
+
+  it("stacks with the capacity: a request waits while any limit would be exceeded", () => {
+    const { engine, acquire, tick } = setup();
+    engine.setRates("k", "api", [rate(10, 1_000)]);
+    const a = acquire("a", { resource: "api", capacity: 1 });
+    const b = acquire("b", { resource: "api", capacity: 1 });
+    expect(b.state).toBe("queued"); // room in the rate, none in the capacity
+    tick(2_000);
+    expect(b.state).toBe("queued");
+    engine.release("k", a.id);
+    expect(b.state).toBe("active");
+  });
+
+  it("refuses limits a waiter could never fit, applies new ones to the line at once, and lifts them", () => {
+    const { engine, acquire } = setup();
+    engine.setRates("k", "api", [rate(1, 10_000)]);
+    acquire("a", { resource: "api", capacity: 5 });
+    const b = acquire("b", { resource: "api", capacity: 5, load: 3 });
+    expect(b.state).toBe("queued");
+    expect(engine.setRates("k", "api", [rate(2, 10_000, { counts: "load" })])).toMatchObject({
+      ok: false,
+      field: "rates",
+    });
+    // A raise counts the grants already made (a's), and serves b at once.
+    engine.setRates("k", "api", [rate(2, 10_000)]);
+    expect(b.state).toBe("active");
+    const c = acquire("c", { resource: "api", capacity: 5 });
+    expect(c.state).toBe("queued");
+    engine.setRates("k", "api", undefined);
+    expect(c.state).toBe("active");
+  });
+
+  it("keeps a rate-limited resource while idle, so that a new request cannot reset its count", () => {
+    const { engine, acquire } = setup();
+    engine.setRates("k", "api", [rate(1, 60_000)]);
+    acquire("a", { resource: "api" });
+    engine.release("k", "a");
+    const b = acquire("b", { resource: "api", capacity: 3 }); // idle: its capacity is b's
+    expect(b.state).toBe("queued");
+    expect(engine.resource("k", "api")).toMatchObject({ capacity: 3, queued: 1 });
+  });
+
+  it("after a restart counts each limit as full for the window that holds it", () => {
+    const { engine, acquire, tick } = setup();
+    engine.restore(
+      [],
+      14_000,
+      new Map(),
+      0,
+      new Map(),
+      new Map(),
+      new Map([["k\0api", [rate(5, 1_000)]]]),
+    );
+    const a = acquire("a", { resource: "api", capacity: 5 });
+    expect(a.state).toBe("queued");
+    tick(999);
+    expect(a.state).toBe("queued");
+    tick(1);
+    expect(a.state).toBe("active");
+  });
+});

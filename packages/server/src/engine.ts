@@ -11,6 +11,7 @@ import { DeadlineHeap } from "./internal/deadline-heap.js";
 import { Line } from "./internal/line.js";
 import { List } from "./internal/list.js";
 import { type LivenessConfig, Session } from "./liveness.js";
+import { amountOf, describeRate, type RateLimitSpec, RateState } from "./rate.js";
 
 export { Session };
 
@@ -152,10 +153,15 @@ export class Request {
   }
 }
 
-/** A named resource, alive while anything holds or waits on it. */
+/** A named resource, alive while anything holds or waits on it (or an operator's limit is set). */
 export class Resource {
   /** Units held, including those held back by a lock delay. */
   used = 0;
+  /** Its rate limits and what they have counted (an operator's `rates`), if any. */
+  rate: RateState | undefined = undefined;
+  /** When its line's head fits its rate limits again; owned by the engine's rate heap. */
+  deadline = 0;
+  heapIndex = -1;
   /** Units held back by the lock delay of holders that ended without a release. */
   heldBack = 0;
   readonly line = new Line<Request>();
@@ -177,6 +183,8 @@ export class Namespace {
    * and such a resource is kept while idle.
    */
   readonly limits = new Map<string, number>();
+  /** Rate limits an operator set (admin API), by resource name: kept, like `limits`. */
+  readonly rates = new Map<string, readonly RateLimitSpec[]>();
   /**
    * Its ended requests, oldest first, remembered for `retention` — at most `maxRetained` of
    * them: a quota per namespace, so that one key's traffic never makes another's forgotten.
@@ -196,7 +204,8 @@ export class Namespace {
       this.requests.size === 0 &&
       this.resources.size === 0 &&
       this.sessions.size === 0 &&
-      this.limits.size === 0
+      this.limits.size === 0 &&
+      this.rates.size === 0
     );
   }
 }
@@ -245,6 +254,8 @@ export class Engine {
   private readonly sessionNs = new Map<Session, Namespace>();
   /** Namespaces with ended requests, by when their oldest is forgotten. */
   private readonly retentionHeap = new DeadlineHeap<Namespace>();
+  /** Resources whose line's head waits for their rate limits, by when it fits. */
+  private readonly rateHeap = new DeadlineHeap<Resource>();
   /** Last tokens of namespaces that were forgotten, to go on from if they come back. */
   private readonly tokens = new Map<string, number>();
   /** No namespace's tokens start below this. */
@@ -303,6 +314,15 @@ export class Engine {
       known ?? this.createResource(space, body.resource, body.capacity ?? DEFAULT_CAPACITY);
     if (
       known !== undefined &&
+      known.used === 0 &&
+      known.line.size === 0 &&
+      !space.limits.has(body.resource)
+    ) {
+      // Kept while idle for its rate limits: its capacity is still the next request's to set.
+      known.capacity = body.capacity ?? DEFAULT_CAPACITY;
+    }
+    if (
+      known !== undefined &&
       body.capacity !== undefined &&
       body.capacity !== resource.capacity &&
       !space.limits.has(body.resource) // an operator's limit wins over what requests ask
@@ -321,6 +341,16 @@ export class Engine {
         code: "capacity_mismatch",
         field: "load",
         detail: `load ${load} exceeds the capacity (${resource.capacity}) of resource ${JSON.stringify(body.resource)}: it could never be granted`,
+      };
+    }
+    const over = resource.rate?.specs.find((spec) => amountOf(spec, load) > spec.limit);
+    if (over !== undefined) {
+      this.forgetIfIdle(space, resource);
+      return {
+        ok: false,
+        code: "capacity_mismatch",
+        field: "load",
+        detail: `load ${load} exceeds the rate limit of resource ${JSON.stringify(body.resource)} (${describeRate(over)}): it could never be granted`,
       };
     }
 
@@ -347,7 +377,7 @@ export class Engine {
     req.lockDelay = body.lockDelay ?? 0;
     req.seq = ++this.seq;
     req.createdAt = now;
-    if (resource.line.size === 0 && resource.used + load <= resource.capacity) {
+    if (resource.line.size === 0 && this.fits(resource, load, now)) {
       this.grant(resource, req, now); // the common, uncontended case: no line to join
     } else {
       resource.line.push(req);
@@ -401,6 +431,11 @@ export class Engine {
     recovering: ReadonlyMap<string, number> = new Map(),
     /** Operators' limits (`ns\0name` → capacity), kept while idle. */
     limits: ReadonlyMap<string, number> = new Map(),
+    /**
+     * Operators' rate limits (`ns\0name` → limits). The grants the previous run counted are
+     * unknown: each limit counts as full for the window that holds the restart.
+     */
+    rates: ReadonlyMap<string, readonly RateLimitSpec[]> = new Map(),
   ): {
     /** The sessions restored, and when each must be back by. */
     sessions: Array<{ ns: string; session: string; until: number }>;
@@ -418,6 +453,15 @@ export class Engine {
       const space = this.namespace(ns);
       space.limits.set(name, capacity);
       if (!space.resources.has(name)) this.createResource(space, name, capacity);
+    }
+    for (const [key, specs] of rates) {
+      const [ns, name] = key.split("\0") as [string, string];
+      const space = this.namespace(ns);
+      space.rates.set(name, specs);
+      const resource =
+        space.resources.get(name) ?? this.createResource(space, name, DEFAULT_CAPACITY);
+      resource.rate = new RateState(specs);
+      resource.rate.saturate(now);
     }
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
@@ -610,7 +654,11 @@ export class Engine {
   /** Clock time of the next deadline, if any: call `advance()` then. */
   nextDeadline(): number | undefined {
     let due = this.heap.peek()?.deadline;
-    for (const at of [this.sessionHeap.peek()?.deadline, this.retentionHeap.peek()?.deadline]) {
+    for (const at of [
+      this.sessionHeap.peek()?.deadline,
+      this.retentionHeap.peek()?.deadline,
+      this.rateHeap.peek()?.deadline,
+    ]) {
       if (at !== undefined && (due === undefined || at < due)) due = at;
     }
     return due;
@@ -634,6 +682,14 @@ export class Engine {
       session = this.sessionHeap.peek()
     ) {
       this.expireSession(session, now);
+    }
+    for (
+      let resource = this.rateHeap.peek();
+      resource !== undefined && resource.deadline <= now;
+      resource = this.rateHeap.peek()
+    ) {
+      this.rateHeap.delete(resource);
+      this.pump(resource, now);
     }
     this.forgetEnded(now);
   }
@@ -744,6 +800,8 @@ export class Engine {
 
   private createResource(space: Namespace, name: string, capacity: number): Resource {
     const resource = new Resource(name, space.limits.get(name) ?? capacity);
+    const rates = space.rates.get(name);
+    if (rates !== undefined) resource.rate = new RateState(rates);
     space.resources.set(name, resource);
     this.resourceCount++;
     return resource;
@@ -763,14 +821,37 @@ export class Engine {
     return undefined;
   }
 
-  /** Grants from the head of the line while the head fits. `quiet` is not announced (its creator answers). */
+  /** Whether a request of `load` fits the resource's capacity and rate limits at `now`. */
+  private fits(resource: Resource, load: number, now: number): boolean {
+    return (
+      resource.used + load <= resource.capacity &&
+      (resource.rate === undefined || resource.rate.fits(load, now))
+    );
+  }
+
+  /**
+   * Grants from the head of the line while the head fits. `quiet` is not announced (its creator
+   * answers). A head that fits the capacity but not the rate limits is served when they let it
+   * (the rate heap wakes the resource then); nothing passes it meanwhile.
+   */
   private pump(resource: Resource, now: number, quiet?: Request): void {
     for (
       let head = this.serviceable(resource);
       head !== undefined;
       head = this.serviceable(resource)
     ) {
-      if (resource.used + head.load > resource.capacity) return;
+      if (resource.used + head.load > resource.capacity) {
+        this.rateHeap.delete(resource); // a release pumps it again
+        return;
+      }
+      if (resource.rate !== undefined) {
+        const at = resource.rate.fitsAt(head.load, now);
+        if (at > now) {
+          if (at === Number.POSITIVE_INFINITY) this.rateHeap.delete(resource);
+          else this.rateHeap.set(resource, at);
+          return;
+        }
+      }
       resource.line.unlink(head);
       head.session.queued--;
       this.grant(resource, head, now);
@@ -780,6 +861,7 @@ export class Engine {
         this.onChange(head);
       }
     }
+    this.rateHeap.delete(resource);
   }
 
   private grant(resource: Resource, req: Request, now: number): void {
@@ -791,6 +873,7 @@ export class Engine {
     req.expiresAt = now + req.expiresIn;
     req.grantedAt = now;
     this.activeCount++;
+    resource.rate?.take(req.load, now);
     this.observer?.granted(req, now);
   }
 
@@ -847,6 +930,47 @@ export class Engine {
     space.limits.set(name, capacity);
     resource ??= this.createResource(space, name, capacity);
     resource.capacity = capacity;
+    this.pump(resource, now);
+    return resource;
+  }
+
+  /**
+   * An operator sets resource `name`'s rate limits (`undefined`: lifts them). They apply to the
+   * line at once, counting the grants the resource has kept; the resource is kept while idle.
+   * Refused if a waiter's load exceeds a limit (it could never be granted, and would stop the
+   * line behind it).
+   */
+  setRates(
+    ns: string,
+    name: string,
+    specs: readonly RateLimitSpec[] | undefined,
+  ): Resource | Refusal | undefined {
+    const space = this.namespace(ns);
+    const now = this.clock.now();
+    let resource = space.resources.get(name);
+    if (specs === undefined || specs.length === 0) {
+      space.rates.delete(name);
+      if (resource !== undefined) {
+        resource.rate = undefined;
+        this.pump(resource, now);
+        this.forgetIfIdle(space, resource);
+      } else this.forgetNamespaceIfEmpty(space);
+      return resource;
+    }
+    for (const r of resource?.line ?? []) {
+      const over = specs.find((spec) => amountOf(spec, r.load) > spec.limit);
+      if (over !== undefined) {
+        return {
+          ok: false,
+          code: "capacity_mismatch",
+          field: "rates",
+          detail: `${describeRate(over)} is below what request ${r.id} (load ${r.load}) on ${JSON.stringify(name)} needs: it could never be granted. Allow at least that, or revoke that request first`,
+        };
+      }
+    }
+    space.rates.set(name, specs);
+    if (resource === undefined) resource = this.createResource(space, name, DEFAULT_CAPACITY);
+    else resource.rate = new RateState(specs, resource.rate, now);
     this.pump(resource, now);
     return resource;
   }
@@ -973,6 +1097,7 @@ export class Engine {
       resource.used === 0 &&
       resource.line.size === 0 &&
       !space.limits.has(resource.name) &&
+      !space.rates.has(resource.name) &&
       space.resources.get(resource.name) === resource
     ) {
       space.resources.delete(resource.name);

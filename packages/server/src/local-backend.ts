@@ -18,6 +18,7 @@ import {
   type Request,
   type Session,
 } from "./engine.js";
+import type { RateLimitSpec } from "./rate.js";
 import type { Store } from "./store.js";
 
 /** A session's events (grants, and ends its client did not ask for) until its client acknowledges them. */
@@ -117,7 +118,7 @@ export class LocalBackend implements Backend, SessionBackend {
       if (req.state === "revoked") this.store?.remove(req.ns.key, req.id);
     };
     if (store) {
-      const { requests, tokens, tokenFloor, recovering, limits } = store.load();
+      const { requests, tokens, tokenFloor, recovering, limits, rates } = store.load();
       for (const r of requests)
         trace?.(
           `${r.id} restored ${r.state} ${r.name} token=${r.fencingToken} session=${r.session}`,
@@ -129,6 +130,7 @@ export class LocalBackend implements Backend, SessionBackend {
         tokenFloor,
         recovering,
         limits,
+        rates,
       );
       // A revoke the client may not have heard of before the restart: its session's first
       // event when it comes back (a request without a session hears it from its next poll).
@@ -325,6 +327,17 @@ export class LocalBackend implements Backend, SessionBackend {
   setLimit(ns: string, name: string, capacity: number | undefined) {
     const result = this.engine.setLimit(ns, name, capacity);
     if (!(result !== undefined && "ok" in result)) this.store?.limit(ns, name, capacity);
+    this.settle();
+    return result;
+  }
+
+  /**
+   * An operator sets (or, with `undefined`, lifts) resource `name`'s rate limits (admin API);
+   * kept in the store. They apply to the line at once.
+   */
+  setRates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined) {
+    const result = this.engine.setRates(ns, name, specs);
+    if (!(result !== undefined && "ok" in result)) this.store?.rates(ns, name, specs);
     this.settle();
     return result;
   }

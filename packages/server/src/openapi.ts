@@ -184,6 +184,8 @@ export const OPENAPI = {
           "holders",
           "line",
           "lastToken",
+          "limit",
+          "rates",
         ],
         additionalProperties: false,
         properties: {
@@ -196,6 +198,43 @@ export const OPENAPI = {
           holders: { type: "array", items: ref("AdminRequest") },
           line: { type: "array", items: ref("AdminRequest") },
           lastToken: { type: "integer", minimum: 0 },
+          limit: {
+            type: ["integer", "null"],
+            description: "The capacity an operator set (null: the requests' own)",
+          },
+          rates: {
+            type: "array",
+            description:
+              "Its rate limits, each with what it has counted in its window now (`fullUntil`: counted as full until then, clock ms, after a restart)",
+            items: {
+              allOf: [ref("RateLimit")],
+              type: "object",
+              required: ["used"],
+              properties: {
+                used: { type: "integer", minimum: 0 },
+                fullUntil: { type: "integer" },
+              },
+            },
+          },
+        },
+      },
+      RateLimit: {
+        type: "object",
+        required: ["limit", "window"],
+        properties: {
+          limit: { type: "integer", minimum: 1, maximum: 1_000_000_000 },
+          window: { type: "integer", minimum: 1, maximum: 86_400_000, description: "ms" },
+          kind: {
+            enum: ["sliding", "fixed"],
+            default: "sliding",
+            description:
+              "sliding: any `window` ms in a row; fixed: windows aligned on the clock (a minute's starts on the minute)",
+          },
+          counts: {
+            enum: ["requests", "load"],
+            default: "requests",
+            description: "What a grant uses up: 1, or its load",
+          },
         },
       },
     },
@@ -403,7 +442,7 @@ export const OPENAPI = {
       parameters: [ns, path("name", "A resource name, percent-encoded")],
       put: {
         summary:
-          "Set the resource's capacity (an operator's limit): a raise serves the line at once",
+          "Set the resource's limits — its capacity, its rate limits, or both (what the body leaves out is lifted): they apply to the line at once, all together",
         security: admin,
         requestBody: {
           required: true,
@@ -411,8 +450,12 @@ export const OPENAPI = {
             "application/json": {
               schema: {
                 type: "object",
-                required: ["capacity"],
-                properties: { capacity: { type: "integer", minimum: 1, maximum: 1_000_000_000 } },
+                minProperties: 1,
+                additionalProperties: false,
+                properties: {
+                  capacity: { type: "integer", minimum: 1, maximum: 1_000_000_000 },
+                  rates: { type: "array", maxItems: 8, items: ref("RateLimit") },
+                },
               },
             },
           },
@@ -423,7 +466,7 @@ export const OPENAPI = {
         },
       },
       delete: {
-        summary: "Lift the limit",
+        summary: "Lift the resource's limits (capacity and rates)",
         security: admin,
         responses: { "204": { description: "Lifted" }, ...problems(401, 403, 404) },
       },

@@ -39,6 +39,9 @@ describe("SqliteStore", () => {
       expect(byId.revoked).toMatchObject({ state: "revoked", reason: "ops", fencingToken: 100 });
       expect(byId.waiter).toMatchObject({ state: "queued", waitUntil: Number.POSITIVE_INFINITY });
       expect(tokens.get("k")).toBe(104); // "gone" ended, but its token is not given again
+      expect(store.load().rates).toEqual(
+        new Map([["k\0r", [{ limit: 500, window: 60_000, kind: "sliding", counts: "load" }]]]),
+      );
     } finally {
       store.close();
     }
@@ -52,6 +55,7 @@ describe("SqliteStore", () => {
         reason: "ops",
       });
       expect(loaded.tokens.get("k")).toBe(104);
+      expect([...loaded.rates.keys()]).toEqual(["k\0r"]);
     } finally {
       again.close();
     }

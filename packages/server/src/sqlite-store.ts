@@ -18,6 +18,7 @@ import sqlite from "node-sqlite3-wasm";
 import { lockDirectory } from "./dir-lock.js";
 import { Request, type SavedRequest, saved } from "./engine.js";
 import { namespaceId } from "./keys.js";
+import type { RateLimitSpec } from "./rate.js";
 import type { Store, StoredState } from "./store.js";
 
 /**
@@ -77,7 +78,7 @@ export class SqliteStore implements Store {
    * Writes to the small keyed tables (`recovering`: a restored session's deadline; `limits`: an
    * operator's capacity) not yet in SQLite, by `table\0ns\0key`: the value, or null if removed.
    */
-  private pendingKeyed = new Map<string, number | null>();
+  private pendingKeyed = new Map<string, number | string | null>();
   private journalBytes = 0;
   private checkpointTimer: ReturnType<typeof setTimeout> | undefined;
 
@@ -100,6 +101,10 @@ export class SqliteStore implements Store {
         CREATE TABLE IF NOT EXISTS tokens (ns TEXT PRIMARY KEY, token INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS limits (
           ns TEXT NOT NULL, name TEXT NOT NULL, capacity INTEGER NOT NULL,
+          PRIMARY KEY (ns, name)
+        );
+        CREATE TABLE IF NOT EXISTS rates (
+          ns TEXT NOT NULL, name TEXT NOT NULL, specs TEXT NOT NULL,
           PRIMARY KEY (ns, name)
         );
         CREATE TABLE IF NOT EXISTS recovering (
@@ -211,12 +216,18 @@ export class SqliteStore implements Store {
     for (const r of requests) this.raiseToken(r.ns, r.fencingToken);
     if (legacy > 0) for (const ns of this.tokens.keys()) this.raiseToken(ns, legacy);
     this.dirtyTokens.clear();
-    const recovering = this.readKeyed("recovering");
-    const limits = this.readKeyed("limits");
+    const numbers = (table: KeyedTable) =>
+      new Map([...this.readKeyed(table)].map(([k, v]) => [k, Number(v)]));
+    const recovering = numbers("recovering");
+    const limits = numbers("limits");
+    const rates = new Map(
+      [...this.readKeyed("rates")].map(([k, v]) => [k, JSON.parse(String(v)) as RateLimitSpec[]]),
+    );
     return {
       requests,
       recovering,
       limits,
+      rates,
       tokens: new Map(this.tokens),
       tokenFloor: Math.max(legacy, meta("token_hwm")),
     };
@@ -246,17 +257,22 @@ export class SqliteStore implements Store {
     this.records.push(JSON.stringify(["l", ns, name, capacity ?? null]));
   }
 
+  rates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined): void {
+    this.pendingKeyed.set(`rates\0${ns}\0${name}`, specs ? JSON.stringify(specs) : null);
+    this.records.push(JSON.stringify(["g", ns, name, specs ?? null]));
+  }
+
   recovered(ns: string, session: string): void {
     this.pendingKeyed.set(`recovering\0${ns}\0${session}`, null);
     this.records.push(JSON.stringify(["x", ns, session]));
   }
 
   /** A small keyed table, by `ns\0key`. */
-  private readKeyed(table: KeyedTable): Map<string, number> {
+  private readKeyed(table: KeyedTable): Map<string, number | string> {
     const rows = this.db.all(
       `SELECT ns, ${KEYED[table]} AS k, ${VALUE[table]} AS v FROM ${table}`,
-    ) as Array<{ ns: string; k: string; v: number }>;
-    return new Map(rows.map((r) => [`${r.ns}\0${r.k}`, Number(r.v)]));
+    ) as Array<{ ns: string; k: string; v: number | string }>;
+    return new Map(rows.map((r) => [`${r.ns}\0${r.k}`, r.v]));
   }
 
   /** Makes the current operation's writes durable: one append to the journal. */
@@ -471,6 +487,8 @@ export class SqliteStore implements Store {
         this.recovered(record[1], record[2]);
       } else if (record[0] === "l") {
         this.limit(record[1], record[2], record[3] ?? undefined);
+      } else if (record[0] === "g") {
+        this.rates(record[1], record[2], record[3] ?? undefined);
       } else {
         // A journal of a version with one token counter for all namespaces.
         this.db.run(
@@ -509,6 +527,7 @@ type JournalRecord =
   | ["u", string, string, number]
   | ["x", string, string]
   | ["l", string, string, number | null]
+  | ["g", string, string, RateLimitSpec[] | null]
   | ["t", number];
 
 /** The requests table: a row id the store hands out (see `rows`), then the saved request. */
@@ -540,9 +559,9 @@ const COPIED_COLUMNS = [
 ];
 
 /** The small keyed tables: their key column, and their value column. */
-type KeyedTable = "recovering" | "limits";
-const KEYED = { recovering: "session", limits: "name" } as const;
-const VALUE = { recovering: "until", limits: "capacity" } as const;
+type KeyedTable = "recovering" | "limits" | "rates";
+const KEYED = { recovering: "session", limits: "name", rates: "name" } as const;
+const VALUE = { recovering: "until", limits: "capacity", rates: "specs" } as const;
 
 /**
  * How long a checkpoint may run per event-loop turn, ms: a request waiting on the server waits

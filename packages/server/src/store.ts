@@ -1,4 +1,5 @@
 import type { Request, SavedRequest } from "./engine.js";
+import type { RateLimitSpec } from "./rate.js";
 
 /** What a store hands back at start: the live requests and the fencing tokens to continue from. */
 export interface StoredState {
@@ -14,6 +15,8 @@ export interface StoredState {
   recovering: Map<string, number>;
   /** Operators' limits (admin API), by `ns\0name`: the capacity. */
   limits: Map<string, number>;
+  /** Operators' rate limits (admin API), by `ns\0name`. */
+  rates: Map<string, RateLimitSpec[]>;
 }
 
 /**
@@ -40,6 +43,8 @@ export interface Store {
   recovering(ns: string, session: string, until: number): void;
   /** An operator set resource `name`'s capacity (`undefined`: lifted the limit). */
   limit(ns: string, name: string, capacity: number | undefined): void;
+  /** An operator set resource `name`'s rate limits (`undefined`: lifted them). */
+  rates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined): void;
   /** Session `session` came back (or ended): a later restart gives it a window of its own. */
   recovered(ns: string, session: string): void;
   /** Commits what the current operation wrote. */

@@ -233,10 +233,81 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     expect((await limit(second.url, ns, "api/llm")).status).toBe(404);
   });
 
+  it("rate limits stack with the capacity, count grants not releases, and stay across a restart (full for the window that holds it)", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-rates-"));
+    const first = await startTestServer({ dataDir, repollGrace: 30_000 });
+    const api = client(first, "alpha");
+    await api.acquire("h", { resource: "llm", capacity: 1_000 }); // before the limits: not counted
+    const ns = (await get(first.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+    const rates = [
+      { limit: 2, window: 60_000 }, // 2 requests a minute (sliding)
+      { limit: 500, window: 60_000, kind: "fixed", counts: "load" }, // 500 tokens a minute
+    ];
+    const set = await limit(first.url, ns, "llm", { capacity: 1_000, rates });
+    expect(set.status).toBe(200);
+    expect(set.body).toMatchObject({
+      limit: 1_000,
+      rates: [
+        { limit: 2, window: 60_000, kind: "sliding", counts: "requests", used: 0 },
+        { limit: 500, window: 60_000, kind: "fixed", counts: "load", used: 0 },
+      ],
+    });
+    expect(
+      (await api.acquire("a", { resource: "llm", capacity: 1_000, load: 100 })).body.state,
+    ).toBe("active");
+    await api.release("a"); // gives back its capacity, not its rate
+    expect((await api.acquire("b", { resource: "llm", capacity: 1_000 })).body.state).toBe(
+      "active",
+    );
+    // Room in the capacity (2 of 1,000 held), none in the rate: c waits, in line.
+    expect((await api.acquire("c", { resource: "llm", capacity: 1_000 }, 0)).body.state).toBe(
+      "queued",
+    );
+    // A load no window could hold is refused at once, saying which limit.
+    const huge = await api.acquire("d", { resource: "llm", capacity: 1_000, load: 501 });
+    expect(huge.status).toBe(409);
+    expect((huge.body as unknown as { detail: string }).detail).toMatch(
+      /500 units of load per 60000 ms \(fixed\).*never be granted/,
+    );
+    const view = (await get(first.url, `/v1/admin/namespaces/${ns}/resources/llm`)).body;
+    expect(view).toMatchObject({ used: 2, queued: 1, rates: [{ used: 2 }, { used: 101 }] });
+    await first.close();
+
+    await using second = await startTestServer({ dataDir, recoveryWindow: 60_000 });
+    const after = (await get(second.url, `/v1/admin/namespaces/${ns}/resources/llm`)).body;
+    // The grants before the restart are not kept: each limit counts as full for its window.
+    expect(after.limit).toBe(1_000);
+    expect(after.rates).toHaveLength(2);
+    for (const r of after.rates) expect(r.fullUntil).toBeGreaterThan(Date.now());
+    expect(after).toMatchObject({ queued: 1 }); // c kept its place, and still waits
+    expect((await limit(second.url, ns, "llm")).status).toBe(204); // lifted: c is served
+    expect((await client(second, "alpha").resource("llm")).body).toMatchObject({ queued: 0 });
+  });
+
+  it("refuses rate limits a waiter could never fit, and leaves the limits as they were", async () => {
+    await using server = await startTestServer();
+    const api = client(server, "alpha");
+    await api.acquire("big", { resource: "pool", capacity: 4, load: 4 });
+    expect((await api.acquire("w", { resource: "pool", capacity: 4, load: 2 }, 0)).body.state).toBe(
+      "queued",
+    );
+    const ns = (await get(server.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+    await limit(server.url, ns, "pool", { rates: [{ limit: 10, window: 1_000 }] });
+    const res = await limit(server.url, ns, "pool", {
+      rates: [{ limit: 1, window: 1_000, counts: "load" }],
+    });
+    expect(res.status).toBe(409);
+    expect(res.body.detail).toMatch(/request w \(load 2\).*could never be granted/);
+    const view = (await get(server.url, `/v1/admin/namespaces/${ns}/resources/pool`)).body;
+    expect(view.rates).toMatchObject([{ limit: 10, window: 1_000 }]);
+  });
+
   it.each([
     [{ capacity: 0 }, 400, /whole number from 1/],
     [{ capacity: 1.5 }, 400, /whole number from 1/],
     [{}, 400, /capacity/],
+    [{ capacity: 2, rate: [] }, 400, /unknown field "rate"/],
+    [{ rates: [{ limit: 5 }] }, 400, /rates\[0\]\.window must be a whole number of ms/],
     [{ capacity: 1 }, 409, /below the load \(2\) of request big/],
   ])("%j → %i", async (body, status, detail) => {
     await using server = await startTestServer();
