@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { bytesPerHeldLock, cyclesPerSecond, handoversPerSecond } from "./engine.js";
 import { httpCycleLatencies, httpCyclesPerSecond, spawnServer } from "./http.js";
 import { holderKillHandovers, waiterKillDepartures } from "./kill.js";
+import { llmThroughput } from "./llm.js";
 import { contendedLock } from "./sdk.js";
 import { rawHttpSessionCycles, rawWebSocketCycles, sdkSessionCycles } from "./session.js";
 
@@ -184,6 +185,15 @@ try {
   row(
     `SIGKILLed waiter → gone from the line (${kills} kills: median / max ms)`,
     `${median(departures).toFixed(0)} / ${Math.max(...departures).toFixed(0)}`,
+  );
+
+  // Issue 13's example: 30 workers, a fake LLM API's requests and tokens per window, through
+  // one resource's rate limits.
+  const llm = await llmThroughput(server.url, quick);
+  row(
+    `LLM example: 30 workers, ${llm.limits.rpm} requests and ${fmt(llm.limits.tpm)} tokens per ${llm.limits.window} ms (429s; share of the most the API allows)`,
+    `${llm.limited} 429s; ${llm.served} served in ${(llm.span / 1000).toFixed(1)} s = ${(llm.share * 100).toFixed(1)}%`,
+    "0; ≥ 95%",
   );
 } finally {
   await server.stop();
