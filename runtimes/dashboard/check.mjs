@@ -1,7 +1,8 @@
 // The dashboard in a real browser (Debian's /usr/bin/chromium, headless, driven by playwright-core):
 // a server with SDK clients holding and waiting; the page asks for the admin key, shows the
 // resource, its holder and its line live, a waiter moving up when the holder releases, a capacity
-// change, and a force-release whose reason reaches the holder's LeaseLostError.
+// change, rate limits set by an operator, and a force-release whose reason reaches the holder's
+// LeaseLostError.
 //
 // Usage: node dashboard/check.mjs [--screenshot FILE]   (CHROMIUM=/path/to/chromium for another binary)
 import { createRateQueue } from "@ratequeue/sdk";
@@ -83,6 +84,28 @@ try {
   check(
     (await page.textContent("#detail-name")).includes("capacity 2"),
     "a capacity change applies at once",
+  );
+
+  // Rate limits an operator sets (admin API) show live, with what each has counted.
+  const ns = (
+    await (
+      await fetch(`${server.url}/v1/admin/namespaces`, { headers: { authorization: "Bearer ops" } })
+    ).json()
+  ).namespaces[0].id;
+  await fetch(`${server.url}/v1/admin/namespaces/${ns}/limits/reports%2Fnightly`, {
+    method: "PUT",
+    headers: { authorization: "Bearer ops", "content-type": "application/json" },
+    body: JSON.stringify({ rates: [{ limit: 5, window: 60000 }] }),
+  });
+  await page.waitForFunction(
+    () =>
+      document.querySelector("#detail-name")?.textContent.includes("of 5 requests per 60000 ms"),
+    undefined,
+    { timeout: 10_000 },
+  );
+  check(
+    (await page.textContent("#detail-name")).includes("capacity 2"),
+    "shows rate limits beside the capacity, which a capacity-only change kept",
   );
 
   // Force-release the first waiter's lease, with a reason its client is told.

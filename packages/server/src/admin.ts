@@ -8,7 +8,7 @@ import { parseRates } from "./rate.js";
 
 /** What the limits route takes, as its errors say. */
 const LIMITS_BODY =
-  'send {"capacity": N} (a whole number from 1 to 1000000000), {"rates": [{"limit": N, "window": ms, "kind": "sliding" | "fixed", "counts": "requests" | "load"}]}, or both';
+  'send {"capacity": N} (a whole number from 1 to 1000000000), {"rates": [{"limit": N, "window": ms, "kind": "sliding" | "fixed", "counts": "requests" | "load"}]}, or both (null lifts one)';
 
 /** Where the admin API lives (docs/protocol.md, "Admin API"). */
 export const ADMIN_PREFIX = "/v1/admin";
@@ -130,8 +130,9 @@ export function adminRoutes(
   );
 
   // An operator's limits on a resource — its capacity, its rate limits, or both: they apply at
-  // once, and stay (while idle, and across restarts) until lifted. A PUT sets what it names and
-  // lifts what it leaves out; DELETE lifts them all.
+  // once, and stay (while idle, and across restarts) until lifted. A PUT changes what it names
+  // and leaves the rest as it was (so a client that knows only `capacity` never lifts rates);
+  // `null` (or `rates: []`) lifts one; DELETE lifts them all.
   app.put<{ Params: { ns: string; "*": string }; Body: unknown }>(
     `${ADMIN_PREFIX}/namespaces/:ns/limits/*`,
     { onRequest: guard },
@@ -149,29 +150,35 @@ export function adminRoutes(
       if (capacity === undefined && body.rates === undefined) return bad(LIMITS_BODY, "capacity");
       if (
         capacity !== undefined &&
+        capacity !== null &&
         (!Number.isSafeInteger(capacity) || (capacity as number) < 1 || (capacity as number) > 1e9)
       ) {
-        return bad("capacity must be a whole number from 1 to 1000000000", "capacity");
+        return bad("capacity must be a whole number from 1 to 1000000000, or null", "capacity");
       }
-      const rates = body.rates === undefined ? [] : parseRates(body.rates);
+      const rates =
+        body.rates === undefined || body.rates === null ? body.rates : parseRates(body.rates);
       if (typeof rates === "string") return bad(rates, "rates");
       const name = req.params["*"];
       const badName = checkName(name);
       if (badName) return bad(badName, "name");
-      // Rates first: a refused capacity then leaves them as they were, and the other way round.
+      // Rates first: a refused capacity then puts them back, so a refused PUT changes nothing.
       const previousRates = space.rates.get(name);
-      const rated = backend.setRates(space.key, name, rates.length > 0 ? rates : undefined);
-      if (rated !== undefined && "ok" in rated)
-        return sendProblem(reply, problem(409, rated.code, rated.detail, rated.field));
-      const limited = backend.setLimit(space.key, name, capacity as number | undefined);
-      if (limited !== undefined && "ok" in limited) {
-        backend.setRates(space.key, name, previousRates);
-        return sendProblem(reply, problem(409, limited.code, limited.detail, limited.field));
+      if (rates !== undefined) {
+        const rated = backend.setRates(space.key, name, rates?.length ? rates : undefined);
+        if (rated !== undefined && "ok" in rated)
+          return sendProblem(reply, problem(409, rated.code, rated.detail, rated.field));
+      }
+      if (capacity !== undefined) {
+        const limited = backend.setLimit(space.key, name, (capacity as number | null) ?? undefined);
+        if (limited !== undefined && "ok" in limited) {
+          if (rates !== undefined) backend.setRates(space.key, name, previousRates);
+          return sendProblem(reply, problem(409, limited.code, limited.detail, limited.field));
+        }
       }
       const resource = space.resources.get(name);
-      return resource
-        ? resourceDetail(space, resource, clock.now())
-        : { name, capacity: null, rates: [] };
+      // Lifted, and nothing holds or waits on it: forgotten, as a resource nobody uses is.
+      if (resource === undefined) return reply.code(204).send();
+      return resourceDetail(space, resource, clock.now());
     },
   );
 

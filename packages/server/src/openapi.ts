@@ -442,7 +442,7 @@ export const OPENAPI = {
       parameters: [ns, path("name", "A resource name, percent-encoded")],
       put: {
         summary:
-          "Set the resource's limits — its capacity, its rate limits, or both (what the body leaves out is lifted): they apply to the line at once, all together",
+          "Set the resource's limits — its capacity, its rate limits, or both (what the body leaves out stays as it was; null, or rates: [], lifts one): they apply to the line at once, all together",
         security: admin,
         requestBody: {
           required: true,
@@ -453,8 +453,8 @@ export const OPENAPI = {
                 minProperties: 1,
                 additionalProperties: false,
                 properties: {
-                  capacity: { type: "integer", minimum: 1, maximum: 1_000_000_000 },
-                  rates: { type: "array", maxItems: 8, items: ref("RateLimit") },
+                  capacity: { type: ["integer", "null"], minimum: 1, maximum: 1_000_000_000 },
+                  rates: { type: ["array", "null"], maxItems: 8, items: ref("RateLimit") },
                 },
               },
             },
@@ -462,6 +462,9 @@ export const OPENAPI = {
         },
         responses: {
           "200": json(ref("AdminResource"), "The resource"),
+          "204": {
+            description: "Every limit lifted, and nothing holds or waits on it: forgotten",
+          },
           ...problems(400, 401, 403, 404, 409),
         },
       },

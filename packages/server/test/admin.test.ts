@@ -284,6 +284,30 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     expect((await client(second, "alpha").resource("llm")).body).toMatchObject({ queued: 0 });
   });
 
+  it("a PUT changes what it names and leaves the rest: a client that knows only capacity never lifts rates", async () => {
+    await using server = await startTestServer();
+    const api = client(server, "alpha");
+    await api.acquire("h", { resource: "pool" });
+    const ns = (await get(server.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+    const rates = [{ limit: 5, window: 1_000 }];
+    expect((await limit(server.url, ns, "pool", { rates })).body).toMatchObject({
+      limit: null,
+      rates: [{ limit: 5 }],
+    });
+    expect((await limit(server.url, ns, "pool", { capacity: 3 })).body).toMatchObject({
+      limit: 3,
+      rates: [{ limit: 5 }],
+    });
+    expect((await limit(server.url, ns, "pool", { rates: null })).body).toMatchObject({
+      limit: 3,
+      rates: [],
+    });
+    await api.release("h");
+    // The last limit lifted on an idle resource: it is forgotten, as a resource nobody uses is.
+    expect((await limit(server.url, ns, "pool", { capacity: null })).status).toBe(204);
+    expect((await limit(server.url, ns, "pool")).status).toBe(404);
+  });
+
   it("refuses rate limits a waiter could never fit, and leaves the limits as they were", async () => {
     await using server = await startTestServer();
     const api = client(server, "alpha");
