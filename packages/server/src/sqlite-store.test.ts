@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import sqlite from "node-sqlite3-wasm";
 import { describe, expect, it } from "vitest";
+import { namespaceId } from "./keys.js";
 import { SqliteStore } from "./sqlite-store.js";
 
 const WRITER = fileURLToPath(new URL("../test/fixtures/journal-writer.ts", import.meta.url));
@@ -191,6 +192,72 @@ describe("SqliteStore without a kill", () => {
       expect(new Set(ids(third))).toEqual(expected);
     } finally {
       third.close();
+    }
+  });
+
+  it("a request removed while the checkpoint that deletes it is half applied, then made and removed again, is removed once", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
+    const first = new SqliteStore(dir);
+    first.save(request("K", 1));
+    first.commit();
+    first.close(); // K in SQLite
+    const store = new SqliteStore(dir);
+    for (let i = 0; i < 20_000; i++)
+      store.save({ ...request(`w-${i}`, 0), state: "queued" as const });
+    store.remove("k", "K"); // last in the checkpoint: not reached by its first slice
+    store.commit();
+    const internals = store as unknown as { checkpoint(): void; applying?: Map<string, unknown> };
+    internals.checkpoint();
+    expect(internals.applying?.has("k\0K")).toBe(true);
+    store.save(request("K", 2)); // the id used again, and ended again
+    store.commit();
+    store.remove("k", "K");
+    store.commit();
+    await new Promise((resolve) => setTimeout(resolve, 300)); // that checkpoint, and the next
+    store.close();
+    const again = new SqliteStore(dir);
+    try {
+      expect(ids(again)).not.toContain("K");
+      expect(ids(again)).toHaveLength(20_000);
+    } finally {
+      again.close();
+    }
+  });
+
+  it("opens a database of the version that kept API keys in clear: hashed, its requests are removed and saved by the hashed namespace", () => {
+    const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
+    const legacy = new sqlite.Database(join(dir, "ratequeue.db"));
+    legacy.exec(`
+      CREATE TABLE requests (
+        ns TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
+        load INTEGER NOT NULL, priority INTEGER NOT NULL, capacity INTEGER NOT NULL,
+        asked_capacity INTEGER, expires_in INTEGER NOT NULL, lock_delay INTEGER NOT NULL,
+        seq INTEGER NOT NULL, state TEXT NOT NULL, token INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL, wait_until INTEGER,
+        PRIMARY KEY (ns, id)
+      );
+      INSERT INTO requests VALUES ('secret-api-key', 'held', 'r', 1, 10, 1, NULL, 60000, 0, 7, 'active', 7, ${
+        Date.now() + 60_000
+      }, NULL);
+    `);
+    legacy.close();
+    const secret = Buffer.alloc(32, 7);
+    writeFileSync(join(dir, "secret.key"), secret, { mode: 0o600 });
+    const hashed = namespaceId(secret, "secret-api-key");
+
+    const store = new SqliteStore(dir);
+    expect(store.load().requests).toEqual([
+      expect.objectContaining({ ns: hashed, id: "held", state: "active" }),
+    ]);
+    store.remove(hashed, "held");
+    store.save({ ...request("next", 8), ns: hashed });
+    store.commit();
+    store.close();
+    const again = new SqliteStore(dir);
+    try {
+      expect(again.load().requests.map((r) => [r.ns, r.id])).toEqual([[hashed, "next"]]);
+    } finally {
+      again.close();
     }
   });
 

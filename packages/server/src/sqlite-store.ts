@@ -138,14 +138,7 @@ export class SqliteStore implements Store {
           VALUES (?${", ?".repeat(COPIED_COLUMNS.length)})`,
       );
       this.delete = this.db.prepare("DELETE FROM requests WHERE rid = ?");
-      for (const r of this.db.all("SELECT rid, ns, id FROM requests") as Array<{
-        rid: number;
-        ns: string;
-        id: string;
-      }>) {
-        this.rows.set(`${r.ns}\0${r.id}`, Number(r.rid));
-        this.nextRow = Math.max(this.nextRow, Number(r.rid) + 1);
-      }
+      this.readRows();
       this.setToken = this.db.prepare(
         "INSERT INTO tokens VALUES (?, ?) ON CONFLICT (ns) DO UPDATE SET token = max(token, excluded.token)",
       );
@@ -154,7 +147,7 @@ export class SqliteStore implements Store {
       this.replay(this.journalFile);
       this.journal = openSync(this.journalFile, "a");
       this.checkpointNow(); // the replayed records go to SQLite, and the journals are emptied
-      this.hashNamespaces();
+      if (this.hashNamespaces()) this.readRows(); // keyed by the hashed namespaces now
     } catch (error) {
       // Leave nothing open and nothing held: the caller may try again in this process.
       if (this.journal !== undefined) closeSync(this.journal);
@@ -411,9 +404,12 @@ export class SqliteStore implements Store {
       this.applying!.delete(key);
       const row = this.rows.get(key);
       if (r === null) {
-        // A key removed that SQLite never held is not in `pending` (see `remove`).
-        this.rows.delete(key);
-        this.delete.run([row!]);
+        // Removed: unless SQLite no longer holds it (the checkpoint before deleted it, and the
+        // id was used again and ended meanwhile).
+        if (row !== undefined) {
+          this.rows.delete(key);
+          this.delete.run([row]);
+        }
       } else if (row === undefined) {
         this.rows.set(key, this.nextRow);
         this.write(this.nextRow++, r instanceof Request ? saved(r) : r);
@@ -502,10 +498,10 @@ export class SqliteStore implements Store {
 
   /**
    * Data directories of versions that stored API keys in clear, as namespaces: stored as keyed
-   * hashes from now on (once, in one transaction).
+   * hashes from now on (once, in one transaction). True if it did.
    */
-  private hashNamespaces(): void {
-    if (this.db.get("SELECT value FROM meta WHERE key = 'ns_hashed'")) return;
+  private hashNamespaces(): boolean {
+    if (this.db.get("SELECT value FROM meta WHERE key = 'ns_hashed'")) return false;
     this.db.exec("BEGIN");
     for (const table of ["requests", "tokens"]) {
       const rows = this.db.all(`SELECT DISTINCT ns FROM ${table}`) as Array<{ ns: string }>;
@@ -517,6 +513,20 @@ export class SqliteStore implements Store {
     this.db.run("INSERT OR REPLACE INTO meta VALUES ('ns_hashed', 1)");
     this.db.exec("COMMIT");
     this.tokens.clear(); // read again, hashed, by load()
+    return true;
+  }
+
+  /** The row id of every request SQLite holds (see `rows`). */
+  private readRows(): void {
+    this.rows.clear();
+    for (const r of this.db.all("SELECT rid, ns, id FROM requests") as Array<{
+      rid: number;
+      ns: string;
+      id: string;
+    }>) {
+      this.rows.set(`${r.ns}\0${r.id}`, Number(r.rid));
+      this.nextRow = Math.max(this.nextRow, Number(r.rid) + 1);
+    }
   }
 }
 
