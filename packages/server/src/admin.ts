@@ -161,24 +161,17 @@ export function adminRoutes(
       const name = req.params["*"];
       const badName = checkName(name);
       if (badName) return bad(badName, "name");
-      // Rates first: a refused capacity then puts them back, so a refused PUT changes nothing.
-      const previousRates = space.rates.get(name);
-      if (rates !== undefined) {
-        const rated = backend.setRates(space.key, name, rates?.length ? rates : undefined);
-        if (rated !== undefined && "ok" in rated)
-          return sendProblem(reply, problem(409, rated.code, rated.detail, rated.field));
-      }
-      if (capacity !== undefined) {
-        const limited = backend.setLimit(space.key, name, (capacity as number | null) ?? undefined);
-        if (limited !== undefined && "ok" in limited) {
-          if (rates !== undefined) backend.setRates(space.key, name, previousRates);
-          return sendProblem(reply, problem(409, limited.code, limited.detail, limited.field));
-        }
-      }
-      const resource = space.resources.get(name);
+      // Both at once: a refusal of either changes nothing, and nothing is granted in between.
+      const result = backend.setLimits(space.key, name, {
+        ...(capacity === undefined ? {} : { capacity: capacity as number | null }),
+        ...(rates === undefined ? {} : { rates }),
+      });
+      if (result !== undefined && "ok" in result)
+        return sendProblem(reply, problem(409, result.code, result.detail, result.field));
       // Lifted, and nothing holds or waits on it: forgotten, as a resource nobody uses is.
-      if (resource === undefined) return reply.code(204).send();
-      return resourceDetail(space, resource, clock.now());
+      if (result === undefined) return reply.code(204).send();
+      const current = engine.findNamespace(space.key) ?? space; // forgotten and made anew, maybe
+      return resourceDetail(current, result, clock.now());
     },
   );
 
@@ -195,8 +188,7 @@ export function adminRoutes(
           problem(404, "not_found", `no limit is set on ${JSON.stringify(name)}`, "name"),
         );
       }
-      backend.setRates(space.key, name, undefined);
-      backend.setLimit(space.key, name, undefined);
+      backend.setLimits(space.key, name, { capacity: null, rates: null });
       return reply.code(204).send();
     },
   );

@@ -454,15 +454,6 @@ export class Engine {
       space.limits.set(name, capacity);
       if (!space.resources.has(name)) this.createResource(space, name, capacity);
     }
-    for (const [key, specs] of rates) {
-      const [ns, name] = key.split("\0") as [string, string];
-      const space = this.namespace(ns);
-      space.rates.set(name, specs);
-      const resource =
-        space.resources.get(name) ?? this.createResource(space, name, DEFAULT_CAPACITY);
-      resource.rate = new RateState(specs);
-      resource.rate.saturate(now);
-    }
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
       const resource =
@@ -528,6 +519,17 @@ export class Engine {
       this.record(space, req);
       this.schedule(req);
       this.scheduleSession(session);
+    }
+    // Rate limits last: a resource the saved requests made keeps their capacity. The grants of
+    // the previous run are not known: each limit counts as full for the window that holds now.
+    for (const [key, specs] of rates) {
+      const [ns, name] = key.split("\0") as [string, string];
+      const space = this.namespace(ns);
+      space.rates.set(name, specs);
+      const resource =
+        space.resources.get(name) ?? this.createResource(space, name, DEFAULT_CAPACITY);
+      resource.rate = new RateState(specs);
+      resource.rate.saturate(now);
     }
     // Holders saved as active may have left room (e.g. a release that was not yet saved).
     for (const space of this.namespaces.values())
@@ -765,7 +767,7 @@ export class Engine {
       resources: this.resourceCount,
       live: this.liveCount,
       retained: this.retainedCount,
-      timers: this.heap.size + this.sessionHeap.size,
+      timers: this.heap.size + this.sessionHeap.size + this.rateHeap.size,
       sessions: this.sessionNs.size,
     };
   }
@@ -906,32 +908,7 @@ export class Engine {
    * live request (it could never be granted, and would stop the line behind it).
    */
   setLimit(ns: string, name: string, capacity: number | undefined): Resource | Refusal | undefined {
-    const space = this.namespace(ns);
-    const now = this.clock.now();
-    let resource = space.resources.get(name);
-    if (capacity === undefined) {
-      space.limits.delete(name);
-      if (resource !== undefined) this.forgetIfIdle(space, resource);
-      else this.forgetNamespaceIfEmpty(space);
-      return resource;
-    }
-    if (resource !== undefined) {
-      for (const r of [...resource.holders, ...resource.line]) {
-        if (r.load > capacity) {
-          return {
-            ok: false,
-            code: "capacity_mismatch",
-            field: "capacity",
-            detail: `capacity ${capacity} is below the load (${r.load}) of request ${r.id} on ${JSON.stringify(name)}: it could never be granted. Set at least ${r.load}, or revoke that request first`,
-          };
-        }
-      }
-    }
-    space.limits.set(name, capacity);
-    resource ??= this.createResource(space, name, capacity);
-    resource.capacity = capacity;
-    this.pump(resource, now);
-    return resource;
+    return this.setLimits(ns, name, { capacity: capacity ?? null });
   }
 
   /**
@@ -945,34 +922,67 @@ export class Engine {
     name: string,
     specs: readonly RateLimitSpec[] | undefined,
   ): Resource | Refusal | undefined {
-    const space = this.namespace(ns);
-    const now = this.clock.now();
-    let resource = space.resources.get(name);
-    if (specs === undefined || specs.length === 0) {
-      space.rates.delete(name);
-      if (resource !== undefined) {
-        resource.rate = undefined;
-        this.pump(resource, now);
-        this.forgetIfIdle(space, resource);
-      } else this.forgetNamespaceIfEmpty(space);
-      return resource;
-    }
-    for (const r of resource?.line ?? []) {
-      const over = specs.find((spec) => amountOf(spec, r.load) > spec.limit);
-      if (over !== undefined) {
-        return {
-          ok: false,
-          code: "capacity_mismatch",
-          field: "rates",
-          detail: `${describeRate(over)} is below what request ${r.id} (load ${r.load}) on ${JSON.stringify(name)} needs: it could never be granted. Allow at least that, or revoke that request first`,
-        };
+    return this.setLimits(ns, name, { rates: specs ?? null });
+  }
+
+  /**
+   * An operator changes resource `name`'s limits at once (see `setLimit` and `setRates`): what
+   * `change` names (`null` lifts it), all or nothing — a refusal of either changes neither, and
+   * nothing is granted in between.
+   */
+  setLimits(
+    ns: string,
+    name: string,
+    change: { capacity?: number | null; rates?: readonly RateLimitSpec[] | null },
+  ): Resource | Refusal | undefined {
+    const { capacity, rates } = change;
+    const existing = this.namespaces.get(ns)?.resources.get(name);
+    if (existing !== undefined && typeof capacity === "number") {
+      for (const r of [...existing.holders, ...existing.line]) {
+        if (r.load > capacity) {
+          return {
+            ok: false,
+            code: "capacity_mismatch",
+            field: "capacity",
+            detail: `capacity ${capacity} is below the load (${r.load}) of request ${r.id} on ${JSON.stringify(name)}: it could never be granted. Set at least ${r.load}, or revoke that request first`,
+          };
+        }
       }
     }
-    space.rates.set(name, specs);
-    if (resource === undefined) resource = this.createResource(space, name, DEFAULT_CAPACITY);
-    else resource.rate = new RateState(specs, resource.rate, now);
+    if (existing !== undefined && rates) {
+      for (const r of existing.line) {
+        const over = rates.find((spec) => amountOf(spec, r.load) > spec.limit);
+        if (over !== undefined) {
+          return {
+            ok: false,
+            code: "capacity_mismatch",
+            field: "rates",
+            detail: `${describeRate(over)} is below what request ${r.id} (load ${r.load}) on ${JSON.stringify(name)} needs: it could never be granted. Allow at least that, or revoke that request first`,
+          };
+        }
+      }
+    }
+    const space = this.namespace(ns);
+    const now = this.clock.now();
+    if (capacity === null) space.limits.delete(name);
+    else if (capacity !== undefined) space.limits.set(name, capacity);
+    if (rates === null || rates?.length === 0) space.rates.delete(name);
+    else if (rates !== undefined) space.rates.set(name, rates);
+    let resource = space.resources.get(name);
+    if (resource === undefined) {
+      if (space.limits.has(name) || space.rates.has(name))
+        resource = this.createResource(space, name, DEFAULT_CAPACITY); // takes both, as set
+      else this.forgetNamespaceIfEmpty(space);
+      return resource;
+    }
+    if (typeof capacity === "number") resource.capacity = capacity;
+    if (rates !== undefined) {
+      const specs = space.rates.get(name);
+      resource.rate = specs === undefined ? undefined : new RateState(specs, resource.rate, now);
+    }
     this.pump(resource, now);
-    return resource;
+    this.forgetIfIdle(space, resource);
+    return space.resources.get(name);
   }
 
   /**

@@ -325,10 +325,7 @@ export class LocalBackend implements Backend, SessionBackend {
    * in the store. A raise grants waiters at once.
    */
   setLimit(ns: string, name: string, capacity: number | undefined) {
-    const result = this.engine.setLimit(ns, name, capacity);
-    if (!(result !== undefined && "ok" in result)) this.store?.limit(ns, name, capacity);
-    this.settle();
-    return result;
+    return this.setLimits(ns, name, { capacity: capacity ?? null });
   }
 
   /**
@@ -336,8 +333,21 @@ export class LocalBackend implements Backend, SessionBackend {
    * kept in the store. They apply to the line at once.
    */
   setRates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined) {
-    const result = this.engine.setRates(ns, name, specs);
-    if (!(result !== undefined && "ok" in result)) this.store?.rates(ns, name, specs);
+    return this.setLimits(ns, name, { rates: specs ?? null });
+  }
+
+  /** An operator changes resource `name`'s limits at once (`Engine.setLimits`); kept in the store. */
+  setLimits(
+    ns: string,
+    name: string,
+    change: { capacity?: number | null; rates?: readonly RateLimitSpec[] | null },
+  ) {
+    const result = this.engine.setLimits(ns, name, change);
+    if (!(result !== undefined && "ok" in result)) {
+      if (change.capacity !== undefined) this.store?.limit(ns, name, change.capacity ?? undefined);
+      if (change.rates !== undefined)
+        this.store?.rates(ns, name, change.rates?.length ? change.rates : undefined);
+    }
     this.settle();
     return result;
   }

@@ -46,6 +46,8 @@ describe("RateState", () => {
       r.take(5, t);
     }
     expect(r.usage(100_000)).toEqual([{ used: 99 }, { used: 0 }]);
+    // Under steady traffic it keeps about the longest window's grants, not all of them.
+    expect(r.kept).toBeLessThanOrEqual(2 * 100 + 64);
     expect(r.idle(200_000)).toBe(true);
   });
 
@@ -59,5 +61,10 @@ describe("RateState", () => {
     restarted.saturate(90_000);
     expect(restarted.fitsAt(1, 90_000)).toBe(120_000); // the end of the minute that holds it
     expect(restarted.usage(90_000)).toEqual([{ used: 0, fullUntil: 120_000 }]);
+    // Limits set again after the restart still count its window as full (the same, a new one).
+    const again = new RateState([{ ...sliding(5, 60_000), kind: "fixed" }], restarted, 100_000);
+    expect(again.fitsAt(1, 100_000)).toBe(120_000);
+    const longer = new RateState([sliding(5, 120_000)], again, 100_000);
+    expect(longer.fitsAt(1, 100_000)).toBe(210_000);
   });
 });

@@ -72,10 +72,11 @@ export function describeRate(spec: RateLimitSpec): string {
  */
 export class RateState {
   readonly specs: readonly RateLimitSpec[];
-  /** Grants, oldest first: when, and the load. From `head` on; the rest is spent. */
+  /** Grants, oldest first: when, and the load (those before every cursor are spent). */
   private times: number[] = [];
   private loads: number[] = [];
-  private head = 0;
+  /** When a restart forgot the grants before it, if one did (see `saturate`). */
+  private restartedAt: number | undefined;
   /** Per limit: the first grant it counts, and its count over those. */
   private readonly from: number[];
   private readonly used: number[];
@@ -88,12 +89,15 @@ export class RateState {
     this.used = specs.map(() => 0);
     this.fullUntil = specs.map(() => Number.NEGATIVE_INFINITY);
     if (previous !== undefined) {
-      // New limits count the grants the resource has kept (the old ones' longest window).
-      this.times = previous.times.slice(previous.head);
-      this.loads = previous.loads.slice(previous.head);
+      // New limits count the grants the resource has kept (the old ones' longest window)...
+      const kept = previous.oldest();
+      this.times = previous.times.slice(kept);
+      this.loads = previous.loads.slice(kept);
       specs.forEach((spec, i) => {
         for (const load of this.loads) this.used[i]! += amountOf(spec, load);
       });
+      // ...and, like the old ones, as full for the window that holds a restart.
+      if (previous.restartedAt !== undefined) this.saturate(previous.restartedAt);
       this.advance(now);
     }
   }
@@ -103,6 +107,7 @@ export class RateState {
    * the window that holds `now`, so that no window sees more than its limit across the restart.
    */
   saturate(now: number): void {
+    this.restartedAt = now;
     this.specs.forEach((spec, i) => {
       this.fullUntil[i] =
         spec.kind === "fixed" ? windowStart(spec, now) + spec.window : now + spec.window;
@@ -174,15 +179,24 @@ export class RateState {
       }
       this.from[i] = k;
     });
-    // Grants no limit counts any more are dropped, in chunks (amortized O(1)).
-    const oldest = this.from.length === 0 ? this.times.length : Math.min(...this.from);
-    if (oldest - this.head > 64 && oldest - this.head > (this.times.length - this.head) / 2) {
-      const drop = oldest;
-      this.times = this.times.slice(drop);
-      this.loads = this.loads.slice(drop);
-      for (let i = 0; i < this.from.length; i++) this.from[i]! -= drop;
-      this.head = 0;
-    } else this.head = oldest;
+    // Grants no limit counts any more are dropped once they are most of what is kept
+    // (amortized O(1) a grant; what is kept stays within twice the longest window's grants).
+    const spent = this.oldest();
+    if (spent > 64 && spent * 2 > this.times.length) {
+      this.times = this.times.slice(spent);
+      this.loads = this.loads.slice(spent);
+      for (let i = 0; i < this.from.length; i++) this.from[i]! -= spent;
+    }
+  }
+
+  /** The first grant some limit still counts (all spent before it). */
+  private oldest(): number {
+    return this.from.length === 0 ? this.times.length : Math.min(...this.from);
+  }
+
+  /** How many grants it keeps (for tests). */
+  get kept(): number {
+    return this.times.length;
   }
 }
 

@@ -308,6 +308,28 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     expect((await limit(server.url, ns, "pool")).status).toBe(404);
   });
 
+  it("a PUT whose capacity is refused grants nothing under the rates it named", async () => {
+    await using server = await startTestServer();
+    const api = client(server, "alpha");
+    await api.acquire("h", { resource: "api", capacity: 10, load: 3 });
+    const ns = (await get(server.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+    await limit(server.url, ns, "api", { rates: [{ limit: 1, window: 60_000 }] });
+    await api.release("h");
+    await api.acquire("h2", { resource: "api", capacity: 10, load: 3 }); // the one allowed
+    expect((await api.acquire("w", { resource: "api", capacity: 10 }, 0)).body.state).toBe(
+      "queued",
+    );
+    // A raise of the rate that would serve w, with a capacity below h2's load: refused whole.
+    const res = await limit(server.url, ns, "api", {
+      rates: [{ limit: 5, window: 60_000 }],
+      capacity: 2,
+    });
+    expect(res.status).toBe(409);
+    expect((await api.poll("w")).body.state).toBe("queued");
+    const view = (await get(server.url, `/v1/admin/namespaces/${ns}/resources/api`)).body;
+    expect(view).toMatchObject({ limit: null, rates: [{ limit: 1, used: 1 }] });
+  });
+
   it("refuses rate limits a waiter could never fit, and leaves the limits as they were", async () => {
     await using server = await startTestServer();
     const api = client(server, "alpha");
@@ -322,7 +344,14 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     });
     expect(res.status).toBe(409);
     expect(res.body.detail).toMatch(/request w \(load 2\).*could never be granted/);
+    // Both at once, or neither: the raise that would serve w is not applied either.
+    const both = await limit(server.url, ns, "pool", {
+      capacity: 8,
+      rates: [{ limit: 1, window: 1_000, counts: "load" }],
+    });
+    expect(both.status).toBe(409);
     const view = (await get(server.url, `/v1/admin/namespaces/${ns}/resources/pool`)).body;
+    expect(view).toMatchObject({ capacity: 4, queued: 1, limit: null });
     expect(view.rates).toMatchObject([{ limit: 10, window: 1_000 }]);
   });
 
