@@ -179,7 +179,23 @@ describe("HTTP session: an exchange the server refuses for good", () => {
   });
 
   // As the retry rule has it: only 408, 429 and 5xx may pass next time (they are still retried).
-  it.each([400, 404, 415])(
+  it("a 404 (a proxy in the middle of a rollout, say) is not final: the exchange is sent again", async () => {
+    const server = fakeServer(msw, { refuse: "r", status: 404 });
+    const rq = client();
+    const acquired = rq.acquire({ name: "r" });
+    acquired.catch(() => {});
+    const outcome = await Promise.race([
+      acquired.then(
+        () => "settled",
+        () => "settled",
+      ),
+      server.until(() => server.state.refused >= 3).then(() => "sent again"),
+    ]);
+    expect(outcome).toBe("sent again");
+    await rq.close();
+  });
+
+  it.each([400, 415, 422])(
     "a %i to a session exchange: the acquire rejects with it, the batch is not sent again",
     async (status) => {
       const server = fakeServer(msw, { refuse: "r", status });

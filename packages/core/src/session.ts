@@ -29,6 +29,9 @@ import {
 import type { Transport } from "./transport.js";
 import { utf8Length } from "./validate.js";
 
+/** Answers to an exchange that no retry changes (the request itself is refused). */
+const FATAL = [400, 401, 403, 405, 413, 414, 415, 422, 431];
+
 /**
  * The client side of a session (docs/protocol.md, "Sessions"): one connection to the server that
  * carries every acquire, grant, release and the liveness of all of this client's requests, however
@@ -716,9 +719,10 @@ export class ClientSession {
         const text = await res.text();
         if (closed || this.link !== link) return false;
         if (res.status !== 200) {
-          // Only 408, 429 and 5xx may pass next time. Any other refusal would come back for ever
-          // (an older server's smaller body limit: 413): it fails the session.
-          if (res.status < 500 && res.status !== 408 && res.status !== 429) {
+          // What the request itself is refused for comes back however often it is sent (an
+          // older server's smaller body limit: 413): it fails the session. The rest (408, 429,
+          // 5xx, and a 404 or 421 from a proxy in the middle of a rollout) may pass next time.
+          if (FATAL.includes(res.status)) {
             this.fatal(res.status, text, utf8Length(payload));
             return false;
           }
