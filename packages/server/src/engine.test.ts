@@ -614,6 +614,38 @@ describe("Engine: rate limits stacked with the capacity", () => {
     expect(engine.resource("k", "api")).toMatchObject({ capacity: 3, queued: 1 });
   });
 
+  it("after a restart, a rate-limited resource keeps the capacity its saved requests had", () => {
+    const { engine, acquire } = setup();
+    const held = {
+      ns: "k",
+      id: "h",
+      session: "s",
+      name: "api",
+      load: 1,
+      priority: 10,
+      capacity: 5,
+      askedCapacity: 5,
+      expiresIn: 60_000,
+      lockDelay: 0,
+      seq: 1,
+      state: "active" as const,
+      fencingToken: 1,
+      expiresAt: 61_000,
+      waitUntil: Number.POSITIVE_INFINITY,
+    };
+    engine.restore(
+      [held],
+      14_000,
+      new Map(),
+      0,
+      new Map(),
+      new Map(),
+      new Map([["k\0api", [rate(5, 1_000)]]]),
+    );
+    expect(engine.resource("k", "api")).toMatchObject({ capacity: 5, used: 1 });
+    expect(acquire("a", { resource: "api", capacity: 5 }).state).toBe("queued"); // full window
+  });
+
   it("after a restart counts each limit as full for the window that holds it", () => {
     const { engine, acquire, tick } = setup();
     engine.restore(
