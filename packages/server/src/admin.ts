@@ -8,7 +8,7 @@ import { parseRates } from "./rate.js";
 
 /** What the limits route takes, as its errors say. */
 const LIMITS_BODY =
-  'send {"capacity": N} (a whole number from 1 to 1000000000), {"rates": [{"limit": N, "window": ms, "kind": "sliding" | "fixed", "counts": "requests" | "load"}]}, or both (null lifts one)';
+  'send any of {"capacity": N} (units of load held at once), {"concurrency": N} (requests holding at once, whatever their load) — whole numbers from 1 to 1000000000 — and {"rates": [{"limit": N, "window": ms, "kind": "sliding" | "fixed", "counts": "requests" | "load"}]}; null lifts one';
 
 /** Where the admin API lives (docs/protocol.md, "Admin API"). */
 export const ADMIN_PREFIX = "/v1/admin";
@@ -139,22 +139,31 @@ export function adminRoutes(
     async (req, reply) => {
       const space = namespace(engine, req.params.ns, reply);
       if (!(space instanceof Namespace)) return space;
-      const body = (req.body ?? {}) as { capacity?: unknown; rates?: unknown };
+      const body = (req.body ?? {}) as {
+        capacity?: unknown;
+        rates?: unknown;
+        concurrency?: unknown;
+      };
       const bad = (detail: string, field: string) =>
         sendProblem(reply, problem(400, "invalid_request", detail, field));
       if (typeof body !== "object" || Array.isArray(body)) return bad(LIMITS_BODY, "capacity");
       for (const key of Object.keys(body))
-        if (key !== "capacity" && key !== "rates")
+        if (key !== "capacity" && key !== "rates" && key !== "concurrency")
           return bad(`unknown field ${JSON.stringify(key)}: ${LIMITS_BODY}`, key);
-      const { capacity } = body;
-      if (capacity === undefined && body.rates === undefined) return bad(LIMITS_BODY, "capacity");
-      if (
-        capacity !== undefined &&
-        capacity !== null &&
-        (!Number.isSafeInteger(capacity) || (capacity as number) < 1 || (capacity as number) > 1e9)
-      ) {
+      const { capacity, concurrency } = body;
+      if (capacity === undefined && body.rates === undefined && concurrency === undefined)
+        return bad(LIMITS_BODY, "capacity");
+      const whole = (v: unknown) =>
+        v === undefined ||
+        v === null ||
+        (Number.isSafeInteger(v) && (v as number) >= 1 && (v as number) <= 1e9);
+      if (!whole(capacity))
         return bad("capacity must be a whole number from 1 to 1000000000, or null", "capacity");
-      }
+      if (!whole(concurrency))
+        return bad(
+          "concurrency must be a whole number from 1 to 1000000000 (requests holding at once), or null",
+          "concurrency",
+        );
       const rates =
         body.rates === undefined || body.rates === null ? body.rates : parseRates(body.rates);
       if (typeof rates === "string") return bad(rates, "rates");
@@ -165,6 +174,7 @@ export function adminRoutes(
       const result = backend.setLimits(space.key, name, {
         ...(capacity === undefined ? {} : { capacity: capacity as number | null }),
         ...(rates === undefined ? {} : { rates }),
+        ...(concurrency === undefined ? {} : { concurrency: concurrency as number | null }),
       });
       if (result !== undefined && "ok" in result)
         return sendProblem(reply, problem(409, result.code, result.detail, result.field));
@@ -182,13 +192,13 @@ export function adminRoutes(
       const space = namespace(engine, req.params.ns, reply);
       if (!(space instanceof Namespace)) return space;
       const name = req.params["*"];
-      if (!space.limits.has(name) && !space.rates.has(name)) {
+      if (!space.limits.has(name) && !space.rates.has(name) && !space.concurrency.has(name)) {
         return sendProblem(
           reply,
           problem(404, "not_found", `no limit is set on ${JSON.stringify(name)}`, "name"),
         );
       }
-      backend.setLimits(space.key, name, { capacity: null, rates: null });
+      backend.setLimits(space.key, name, { capacity: null, rates: null, concurrency: null });
       return reply.code(204).send();
     },
   );
@@ -279,6 +289,7 @@ export function resourceDetail(space: Namespace, resource: Resource, now: number
     // with what each has counted in its window now (`fullUntil`: counted as full until then,
     // after a restart).
     limit: space.limits.get(resource.name) ?? null,
+    concurrency: space.concurrency.get(resource.name) ?? null,
     rates: rateView(resource, now),
   };
 }

@@ -84,6 +84,8 @@ type Op =
   // An operator (admin API): revokes a request; sets a resource's capacity (raise or cut).
   | { kind: "revoke"; pick: number }
   | { kind: "limit"; res: number; capacity: number }
+  // Sets how many requests may hold a resource at once (0: lifts it).
+  | { kind: "concurrency"; res: number; holders: number }
   // Sets a resource's rate limit (`limit` 0: lifts it).
   | { kind: "rates"; res: number; limit: number; window: number; fixed: boolean; load: boolean };
 
@@ -125,6 +127,11 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     kind: fc.constant("limit" as const),
     res: fc.integer({ min: 0, max: NAMES.length - 1 }),
     capacity: fc.integer({ min: 1, max: 4 }),
+  }),
+  fc.record({
+    kind: fc.constant("concurrency" as const),
+    res: fc.integer({ min: 0, max: NAMES.length - 1 }),
+    holders: fc.integer({ min: 0, max: 2 }),
   }),
   fc.record({
     kind: fc.constant("rates" as const),
@@ -173,6 +180,7 @@ const COVERED = [
   "operator raise",
   "operator revoke",
   "operator rates",
+  "operator concurrency",
   "waited for a rate limit",
 ];
 
@@ -208,6 +216,12 @@ function run(ops: Op[]): void {
     const r = rates.get(name);
     return r !== undefined && amount(r.spec, load) > r.spec.limit;
   };
+  /** Requests allowed to hold at once, by name, if an operator set it. */
+  const concurrency = new Map<string, number>();
+  /** Requests holding a resource, or holding its units back (they may still believe). */
+  const holding = (name: string) =>
+    created.filter((r) => r.name === name && (r.state === "active" || r.heldBackOn !== undefined))
+      .length;
   /** Capacities in force: the first request's, then an operator's (never lifted here). */
   const capacity = new Map(NAMES.map(({ name, capacity }) => [name, capacity]));
   /** Units held by live holders and by dead ones whose units are held back. */
@@ -257,6 +271,10 @@ function run(ops: Op[]): void {
     // still hold more, but nothing is granted until they fit).
     expect(held(req.name), `${req.id} granted over the capacity`).toBeLessThanOrEqual(
       capacity.get(req.name)!,
+    );
+    // Concurrency, at every grant, under the limit in force now (a cut lets holders finish).
+    expect(holding(req.name), `${req.id} granted over the concurrency`).toBeLessThanOrEqual(
+      concurrency.get(req.name) ?? Number.POSITIVE_INFINITY,
     );
     // Rates: no window holds more than its limit (counting the grants since it was set; the
     // engine may count earlier ones too, which only makes it stricter).
@@ -366,6 +384,7 @@ function run(ops: Op[]): void {
         .sort((a, b) => b.priority - a.priority || arrival.get(a)! - arrival.get(b)!)[0];
       if (first === undefined || away(first.session)) continue;
       const used = engine.resource("ns", name)?.used ?? 0;
+      if (holding(name) >= (concurrency.get(name) ?? Number.POSITIVE_INFINITY)) continue;
       const r = rates.get(name);
       // Every grant since a limit has been in force counts at most what the engine counts.
       if (
@@ -631,6 +650,16 @@ function run(ops: Op[]): void {
           seen.add(o.capacity > before ? "operator raise" : "operator cut");
         break;
       }
+      case "concurrency": {
+        const { name } = NAMES[o.res]!;
+        // In force from now on: a raise may serve the line within the call (onGrant checks).
+        if (o.holders === 0) concurrency.delete(name);
+        else concurrency.set(name, o.holders);
+        const result = engine.setLimits("ns", name, { concurrency: o.holders || null });
+        expect(result === undefined || !("ok" in result)).toBe(true); // never refused
+        if (o.holders > 0) seen.add("operator concurrency");
+        break;
+      }
       case "rates": {
         const { name } = NAMES[o.res]!;
         if (o.limit === 0) {
@@ -672,6 +701,8 @@ function run(ops: Op[]): void {
   // lifts its limits first: a limited resource is kept while idle).
   for (const { name } of NAMES) {
     engine.setLimit("ns", name, undefined);
+    concurrency.delete(name);
+    engine.setLimits("ns", name, { concurrency: null });
     rates.delete(name);
     engine.setRates("ns", name, undefined);
   }

@@ -665,3 +665,20 @@ describe("Engine: rate limits stacked with the capacity", () => {
     expect(a.state).toBe("active");
   });
 });
+
+describe("Engine: concurrency, requests holding at once whatever their load", () => {
+  it("grants at most N requests at once beside the capacity in units, and counts a held-back one", () => {
+    const { engine, acquire, tick } = setup();
+    engine.setLimits("k", "llm", { capacity: 1_000, concurrency: 2 });
+    const [a, b, c] = ["a", "b", "c"].map((id) => acquire(id, { resource: "llm", load: 100 }));
+    expect([a!.state, b!.state, c!.state]).toEqual(["active", "active", "queued"]);
+    engine.revoke("k", "a", "operator"); // its units are held back for grace: it may still believe
+    expect(c!.state).toBe("queued");
+    tick(CONFIG.grace);
+    expect(c!.state).toBe("active");
+    engine.setLimits("k", "llm", { concurrency: null });
+    const d = acquire("d", { resource: "llm", load: 100 });
+    expect(d.state).toBe("active"); // lifted: only the capacity counts
+    expect(engine.resource("k", "llm")).toMatchObject({ active: 3, used: 300 });
+  });
+});

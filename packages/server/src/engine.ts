@@ -164,6 +164,10 @@ export class Resource {
   heapIndex = -1;
   /** Units held back by the lock delay of holders that ended without a release. */
   heldBack = 0;
+  /** How many such ended holders hold units back (they count as holders for `concurrency`). */
+  heldBackCount = 0;
+  /** Most requests holding at once, whatever their load (an operator's `concurrency`). */
+  concurrency = Number.POSITIVE_INFINITY;
   readonly line = new Line<Request>();
   readonly holders = new List<Request>();
   constructor(
@@ -185,6 +189,8 @@ export class Namespace {
   readonly limits = new Map<string, number>();
   /** Rate limits an operator set (admin API), by resource name: kept, like `limits`. */
   readonly rates = new Map<string, readonly RateLimitSpec[]>();
+  /** Most requests holding at once an operator set (admin API), by resource name: kept too. */
+  readonly concurrency = new Map<string, number>();
   /**
    * Its ended requests, oldest first, remembered for `retention` — at most `maxRetained` of
    * them: a quota per namespace, so that one key's traffic never makes another's forgotten.
@@ -205,7 +211,8 @@ export class Namespace {
       this.resources.size === 0 &&
       this.sessions.size === 0 &&
       this.limits.size === 0 &&
-      this.rates.size === 0
+      this.rates.size === 0 &&
+      this.concurrency.size === 0
     );
   }
 }
@@ -436,6 +443,8 @@ export class Engine {
      * unknown: each limit counts as full for the window that holds the restart.
      */
     rates: ReadonlyMap<string, readonly RateLimitSpec[]> = new Map(),
+    /** Operators' concurrency limits (`ns\0name` → requests holding at once), kept while idle. */
+    concurrency: ReadonlyMap<string, number> = new Map(),
   ): {
     /** The sessions restored, and when each must be back by. */
     sessions: Array<{ ns: string; session: string; until: number }>;
@@ -496,6 +505,7 @@ export class Engine {
         req.resource = undefined;
         resource.used += req.load;
         resource.heldBack += req.load;
+        resource.heldBackCount++;
         req.heldBackOn = resource;
         this.heap.set(req, session.holdUntil);
         space.requests.set(req.id, req);
@@ -522,6 +532,14 @@ export class Engine {
     }
     // Rate limits last: a resource the saved requests made keeps their capacity. The grants of
     // the previous run are not known: each limit counts as full for the window that holds now.
+    for (const [key, holders] of concurrency) {
+      const [ns, name] = key.split("\0") as [string, string];
+      const space = this.namespace(ns);
+      space.concurrency.set(name, holders);
+      const resource =
+        space.resources.get(name) ?? this.createResource(space, name, DEFAULT_CAPACITY);
+      resource.concurrency = holders;
+    }
     for (const [key, specs] of rates) {
       const [ns, name] = key.split("\0") as [string, string];
       const space = this.namespace(ns);
@@ -804,6 +822,7 @@ export class Engine {
     const resource = new Resource(name, space.limits.get(name) ?? capacity);
     const rates = space.rates.get(name);
     if (rates !== undefined) resource.rate = new RateState(rates);
+    resource.concurrency = space.concurrency.get(name) ?? Number.POSITIVE_INFINITY;
     space.resources.set(name, resource);
     this.resourceCount++;
     return resource;
@@ -827,6 +846,7 @@ export class Engine {
   private fits(resource: Resource, load: number, now: number): boolean {
     return (
       resource.used + load <= resource.capacity &&
+      resource.holders.size + resource.heldBackCount < resource.concurrency &&
       (resource.rate === undefined || resource.rate.fits(load, now))
     );
   }
@@ -842,7 +862,10 @@ export class Engine {
       head !== undefined;
       head = this.serviceable(resource)
     ) {
-      if (resource.used + head.load > resource.capacity) {
+      if (
+        resource.used + head.load > resource.capacity ||
+        resource.holders.size + resource.heldBackCount >= resource.concurrency
+      ) {
         this.rateHeap.delete(resource); // a release pumps it again
         return;
       }
@@ -933,9 +956,13 @@ export class Engine {
   setLimits(
     ns: string,
     name: string,
-    change: { capacity?: number | null; rates?: readonly RateLimitSpec[] | null },
+    change: {
+      capacity?: number | null;
+      rates?: readonly RateLimitSpec[] | null;
+      concurrency?: number | null;
+    },
   ): Resource | Refusal | undefined {
-    const { capacity, rates } = change;
+    const { capacity, rates, concurrency } = change;
     const existing = this.namespaces.get(ns)?.resources.get(name);
     if (existing !== undefined && typeof capacity === "number") {
       for (const r of [...existing.holders, ...existing.line]) {
@@ -968,14 +995,17 @@ export class Engine {
     else if (capacity !== undefined) space.limits.set(name, capacity);
     if (rates === null || rates?.length === 0) space.rates.delete(name);
     else if (rates !== undefined) space.rates.set(name, rates);
+    if (concurrency === null) space.concurrency.delete(name);
+    else if (concurrency !== undefined) space.concurrency.set(name, concurrency);
     let resource = space.resources.get(name);
     if (resource === undefined) {
-      if (space.limits.has(name) || space.rates.has(name))
+      if (space.limits.has(name) || space.rates.has(name) || space.concurrency.has(name))
         resource = this.createResource(space, name, DEFAULT_CAPACITY); // takes both, as set
       else this.forgetNamespaceIfEmpty(space);
       return resource;
     }
     if (typeof capacity === "number") resource.capacity = capacity;
+    if (concurrency !== undefined) resource.concurrency = concurrency ?? Number.POSITIVE_INFINITY;
     if (rates !== undefined) {
       const specs = space.rates.get(name);
       resource.rate = specs === undefined ? undefined : new RateState(specs, resource.rate, now);
@@ -1020,6 +1050,7 @@ export class Engine {
     if (holdBack) {
       // The holder may still believe it holds: keep its units from anyone else for a while.
       resource.heldBack += req.load;
+      resource.heldBackCount++;
       req.heldBackOn = resource;
       this.heap.set(req, now + delay);
     }
@@ -1036,6 +1067,7 @@ export class Engine {
     this.heap.delete(req);
     resource.used -= req.load;
     resource.heldBack -= req.load;
+    resource.heldBackCount--;
     this.onHoldBackEnd?.(req);
     this.pump(resource, now);
     this.forgetIfIdle(req.ns, resource);
@@ -1108,6 +1140,7 @@ export class Engine {
       resource.line.size === 0 &&
       !space.limits.has(resource.name) &&
       !space.rates.has(resource.name) &&
+      !space.concurrency.has(resource.name) &&
       space.resources.get(resource.name) === resource
     ) {
       space.resources.delete(resource.name);

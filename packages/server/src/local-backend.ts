@@ -118,7 +118,7 @@ export class LocalBackend implements Backend, SessionBackend {
       if (req.state === "revoked") this.store?.remove(req.ns.key, req.id);
     };
     if (store) {
-      const { requests, tokens, tokenFloor, recovering, limits, rates } = store.load();
+      const { requests, tokens, tokenFloor, recovering, limits, rates, concurrency } = store.load();
       for (const r of requests)
         trace?.(
           `${r.id} restored ${r.state} ${r.name} token=${r.fencingToken} session=${r.session}`,
@@ -131,6 +131,7 @@ export class LocalBackend implements Backend, SessionBackend {
         recovering,
         limits,
         rates,
+        concurrency,
       );
       // A revoke the client may not have heard of before the restart: its session's first
       // event when it comes back (a request without a session hears it from its next poll).
@@ -340,10 +341,16 @@ export class LocalBackend implements Backend, SessionBackend {
   setLimits(
     ns: string,
     name: string,
-    change: { capacity?: number | null; rates?: readonly RateLimitSpec[] | null },
+    change: {
+      capacity?: number | null;
+      rates?: readonly RateLimitSpec[] | null;
+      concurrency?: number | null;
+    },
   ) {
     const result = this.engine.setLimits(ns, name, change);
     if (!(result !== undefined && "ok" in result)) {
+      if (change.concurrency !== undefined)
+        this.store?.concurrency(ns, name, change.concurrency ?? undefined);
       if (change.capacity !== undefined) this.store?.limit(ns, name, change.capacity ?? undefined);
       if (change.rates !== undefined)
         this.store?.rates(ns, name, change.rates?.length ? change.rates : undefined);

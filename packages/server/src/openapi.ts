@@ -185,6 +185,7 @@ export const OPENAPI = {
           "line",
           "lastToken",
           "limit",
+          "concurrency",
           "rates",
         ],
         additionalProperties: false,
@@ -201,6 +202,11 @@ export const OPENAPI = {
           limit: {
             type: ["integer", "null"],
             description: "The capacity an operator set (null: the requests' own)",
+          },
+          concurrency: {
+            type: ["integer", "null"],
+            description:
+              "Most requests holding at once, whatever their load, an operator set (null: none)",
           },
           rates: {
             type: "array",
@@ -442,7 +448,7 @@ export const OPENAPI = {
       parameters: [ns, path("name", "A resource name, percent-encoded")],
       put: {
         summary:
-          "Set the resource's limits — its capacity, its rate limits, or both (what the body leaves out stays as it was; null, or rates: [], lifts one): they apply to the line at once, all together",
+          "Set the resource's limits — its capacity, its concurrency, its rate limits, any of them (what the body leaves out stays as it was; null, or rates: [], lifts one): they apply to the line at once, all together",
         security: admin,
         requestBody: {
           required: true,
@@ -454,6 +460,7 @@ export const OPENAPI = {
                 additionalProperties: false,
                 properties: {
                   capacity: { type: ["integer", "null"], minimum: 1, maximum: 1_000_000_000 },
+                  concurrency: { type: ["integer", "null"], minimum: 1, maximum: 1_000_000_000 },
                   rates: { type: ["array", "null"], maxItems: 8, items: ref("RateLimit") },
                 },
               },
@@ -469,7 +476,7 @@ export const OPENAPI = {
         },
       },
       delete: {
-        summary: "Lift the resource's limits (capacity and rates)",
+        summary: "Lift the resource's limits (capacity, concurrency and rates)",
         security: admin,
         responses: { "204": { description: "Lifted" }, ...problems(401, 403, 404) },
       },

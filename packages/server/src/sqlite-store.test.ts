@@ -43,6 +43,7 @@ describe("SqliteStore", () => {
       expect(store.load().rates).toEqual(
         new Map([["k\0r", [{ limit: 500, window: 60_000, kind: "sliding", counts: "load" }]]]),
       );
+      expect(store.load().concurrency).toEqual(new Map([["k\0r", 20]]));
     } finally {
       store.close();
     }

@@ -103,6 +103,10 @@ export class SqliteStore implements Store {
           ns TEXT NOT NULL, name TEXT NOT NULL, capacity INTEGER NOT NULL,
           PRIMARY KEY (ns, name)
         );
+        CREATE TABLE IF NOT EXISTS concurrency (
+          ns TEXT NOT NULL, name TEXT NOT NULL, holders INTEGER NOT NULL,
+          PRIMARY KEY (ns, name)
+        );
         CREATE TABLE IF NOT EXISTS rates (
           ns TEXT NOT NULL, name TEXT NOT NULL, specs TEXT NOT NULL,
           PRIMARY KEY (ns, name)
@@ -213,6 +217,7 @@ export class SqliteStore implements Store {
       new Map([...this.readKeyed(table)].map(([k, v]) => [k, Number(v)]));
     const recovering = numbers("recovering");
     const limits = numbers("limits");
+    const concurrency = numbers("concurrency");
     const rates = new Map(
       [...this.readKeyed("rates")].map(([k, v]) => [k, JSON.parse(String(v)) as RateLimitSpec[]]),
     );
@@ -221,6 +226,7 @@ export class SqliteStore implements Store {
       recovering,
       limits,
       rates,
+      concurrency,
       tokens: new Map(this.tokens),
       tokenFloor: Math.max(legacy, meta("token_hwm")),
     };
@@ -253,6 +259,11 @@ export class SqliteStore implements Store {
   rates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined): void {
     this.pendingKeyed.set(`rates\0${ns}\0${name}`, specs ? JSON.stringify(specs) : null);
     this.records.push(JSON.stringify(["g", ns, name, specs ?? null]));
+  }
+
+  concurrency(ns: string, name: string, holders: number | undefined): void {
+    this.pendingKeyed.set(`concurrency\0${ns}\0${name}`, holders ?? null);
+    this.records.push(JSON.stringify(["c", ns, name, holders ?? null]));
   }
 
   recovered(ns: string, session: string): void {
@@ -483,6 +494,8 @@ export class SqliteStore implements Store {
         this.recovered(record[1], record[2]);
       } else if (record[0] === "l") {
         this.limit(record[1], record[2], record[3] ?? undefined);
+      } else if (record[0] === "c") {
+        this.concurrency(record[1], record[2], record[3] ?? undefined);
       } else if (record[0] === "g") {
         this.rates(record[1], record[2], record[3] ?? undefined);
       } else {
@@ -538,6 +551,7 @@ type JournalRecord =
   | ["x", string, string]
   | ["l", string, string, number | null]
   | ["g", string, string, RateLimitSpec[] | null]
+  | ["c", string, string, number | null]
   | ["t", number];
 
 /** The requests table: a row id the store hands out (see `rows`), then the saved request. */
@@ -569,9 +583,19 @@ const COPIED_COLUMNS = [
 ];
 
 /** The small keyed tables: their key column, and their value column. */
-type KeyedTable = "recovering" | "limits" | "rates";
-const KEYED = { recovering: "session", limits: "name", rates: "name" } as const;
-const VALUE = { recovering: "until", limits: "capacity", rates: "specs" } as const;
+type KeyedTable = "recovering" | "limits" | "rates" | "concurrency";
+const KEYED = {
+  recovering: "session",
+  limits: "name",
+  rates: "name",
+  concurrency: "name",
+} as const;
+const VALUE = {
+  recovering: "until",
+  limits: "capacity",
+  rates: "specs",
+  concurrency: "holders",
+} as const;
 
 /**
  * How long a checkpoint may run per event-loop turn, ms: a request waiting on the server waits

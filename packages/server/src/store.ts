@@ -17,6 +17,8 @@ export interface StoredState {
   limits: Map<string, number>;
   /** Operators' rate limits (admin API), by `ns\0name`. */
   rates: Map<string, RateLimitSpec[]>;
+  /** Operators' concurrency limits (admin API), by `ns\0name`: requests holding at once. */
+  concurrency: Map<string, number>;
 }
 
 /**
@@ -45,6 +47,8 @@ export interface Store {
   limit(ns: string, name: string, capacity: number | undefined): void;
   /** An operator set resource `name`'s rate limits (`undefined`: lifted them). */
   rates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined): void;
+  /** An operator set how many requests may hold `name` at once (`undefined`: lifted it). */
+  concurrency(ns: string, name: string, holders: number | undefined): void;
   /** Session `session` came back (or ended): a later restart gives it a window of its own. */
   recovered(ns: string, session: string): void;
   /** Commits what the current operation wrote. */

@@ -243,7 +243,7 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
       { limit: 2, window: 60_000 }, // 2 requests a minute (sliding)
       { limit: 500, window: 60_000, kind: "fixed", counts: "load" }, // 500 tokens a minute
     ];
-    const set = await limit(first.url, ns, "llm", { capacity: 1_000, rates });
+    const set = await limit(first.url, ns, "llm", { capacity: 1_000, rates, concurrency: 20 });
     expect(set.status).toBe(200);
     expect(set.body).toMatchObject({
       limit: 1_000,
@@ -276,7 +276,7 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     await using second = await startTestServer({ dataDir, recoveryWindow: 60_000 });
     const after = (await get(second.url, `/v1/admin/namespaces/${ns}/resources/llm`)).body;
     // The grants before the restart are not kept: each limit counts as full for its window.
-    expect(after.limit).toBe(1_000);
+    expect(after).toMatchObject({ limit: 1_000, concurrency: 20 });
     expect(after.rates).toHaveLength(2);
     for (const r of after.rates) expect(r.fullUntil).toBeGreaterThan(Date.now());
     expect(after).toMatchObject({ queued: 1 }); // c kept its place, and still waits
@@ -360,6 +360,7 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     [{ capacity: 1.5 }, 400, /whole number from 1/],
     [{}, 400, /capacity/],
     [{ capacity: 2, rate: [] }, 400, /unknown field "rate"/],
+    [{ concurrency: 0 }, 400, /concurrency must be a whole number from 1/],
     [{ rates: [{ limit: 5 }] }, 400, /rates\[0\]\.window must be a whole number of ms/],
     [{ capacity: 1 }, 409, /below the load \(2\) of request big/],
   ])("%j → %i", async (body, status, detail) => {
