@@ -290,6 +290,8 @@ export function resourceDetail(space: Namespace, resource: Resource, now: number
     // after a restart).
     limit: space.limits.get(resource.name) ?? null,
     concurrency: space.concurrency.get(resource.name) ?? null,
+    // Ended holders whose units are held back (they count against `concurrency` too).
+    heldBackHolders: resource.heldBackCount,
     rates: rateView(resource, now),
   };
 }

@@ -181,7 +181,7 @@ function render(view) {
   const d = view.resource;
   $("detail").hidden = !d;
   if (!d) return;
-  $("detail-name").textContent = d.name + ": capacity " + d.capacity + ", " + d.used + " used, " + d.active + " holding" + (d.concurrency ? " (at most " + d.concurrency + ")" : "") + ", " + d.queued + " waiting" +
+  $("detail-name").textContent = d.name + ": capacity " + d.capacity + ", " + d.used + " used, " + d.active + " holding" + (d.concurrency ? " (at most " + d.concurrency + (d.heldBackHolders ? ", counting " + d.heldBackHolders + " ended, units held back" : "") + ")" : "") + ", " + d.queued + " waiting" +
     (d.rates || []).map((r) => "; " + r.used + " of " + r.limit + (r.counts === "load" ? " load" : " requests") + " per " + r.window + " ms (" + r.kind + (r.fullUntil ? ", full after a restart" : "") + ")").join("");
   if (document.activeElement !== $("capacity-value")) $("capacity-value").value = d.capacity;
   rows($("holders").tBodies[0], d.holders, (tr, h) => {

@@ -674,6 +674,7 @@ describe("Engine: concurrency, requests holding at once whatever their load", ()
     expect([a!.state, b!.state, c!.state]).toEqual(["active", "active", "queued"]);
     engine.revoke("k", "a", "operator"); // its units are held back for grace: it may still believe
     expect(c!.state).toBe("queued");
+    expect(engine.findNamespace("k")?.resources.get("llm")?.heldBackCount).toBe(1);
     tick(CONFIG.grace);
     expect(c!.state).toBe("active");
     engine.setLimits("k", "llm", { concurrency: null });

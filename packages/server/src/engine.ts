@@ -530,8 +530,7 @@ export class Engine {
       this.schedule(req);
       this.scheduleSession(session);
     }
-    // Rate limits last: a resource the saved requests made keeps their capacity. The grants of
-    // the previous run are not known: each limit counts as full for the window that holds now.
+    // Concurrency and rate limits last: a resource the saved requests made keeps their capacity.
     for (const [key, holders] of concurrency) {
       const [ns, name] = key.split("\0") as [string, string];
       const space = this.namespace(ns);
@@ -540,6 +539,8 @@ export class Engine {
         space.resources.get(name) ?? this.createResource(space, name, DEFAULT_CAPACITY);
       resource.concurrency = holders;
     }
+    // The grants of the previous run are not known: each limit counts as full for the window
+    // that holds now.
     for (const [key, specs] of rates) {
       const [ns, name] = key.split("\0") as [string, string];
       const space = this.namespace(ns);
@@ -989,6 +990,9 @@ export class Engine {
         }
       }
     }
+    const sets =
+      typeof capacity === "number" || typeof concurrency === "number" || (rates?.length ?? 0) > 0;
+    if (!sets && !this.namespaces.has(ns)) return undefined; // nothing to lift where nothing is
     const space = this.namespace(ns);
     const now = this.clock.now();
     if (capacity === null) space.limits.delete(name);
@@ -1000,7 +1004,7 @@ export class Engine {
     let resource = space.resources.get(name);
     if (resource === undefined) {
       if (space.limits.has(name) || space.rates.has(name) || space.concurrency.has(name))
-        resource = this.createResource(space, name, DEFAULT_CAPACITY); // takes both, as set
+        resource = this.createResource(space, name, DEFAULT_CAPACITY); // takes them, as set
       else this.forgetNamespaceIfEmpty(space);
       return resource;
     }

@@ -186,6 +186,7 @@ export const OPENAPI = {
           "lastToken",
           "limit",
           "concurrency",
+          "heldBackHolders",
           "rates",
         ],
         additionalProperties: false,
@@ -207,6 +208,12 @@ export const OPENAPI = {
             type: ["integer", "null"],
             description:
               "Most requests holding at once, whatever their load, an operator set (null: none)",
+          },
+          heldBackHolders: {
+            type: "integer",
+            minimum: 0,
+            description:
+              "Ended holders whose units are held back (revoked, or a lock delay): they count against concurrency too",
           },
           rates: {
             type: "array",

@@ -225,6 +225,26 @@ describe("SqliteStore without a kill", () => {
     }
   });
 
+  it("skips a journal record of a later version, and a token counter an older replay spoiled", () => {
+    const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
+    new SqliteStore(dir).close();
+    const db = new sqlite.Database(join(dir, "ratequeue.db"));
+    db.run("INSERT OR REPLACE INTO meta VALUES ('token', 'k')"); // what max('k', 0) once left
+    db.close();
+    const later = JSON.stringify(["z", "k", "r", 5]);
+    const saved = JSON.stringify(["s", request("kept", 9)]);
+    writeFileSync(join(dir, "journal.log"), `${later}\n${saved}\n`);
+    const store = new SqliteStore(dir);
+    try {
+      const loaded = store.load();
+      expect(Number.isFinite(loaded.tokenFloor)).toBe(true);
+      expect(loaded.requests.map((r) => r.id)).toEqual(["kept"]);
+      expect(loaded.tokens.get("k")).toBe(9);
+    } finally {
+      store.close();
+    }
+  });
+
   it("opens a database of the version that kept API keys in clear: hashed, its requests are removed and saved by the hashed namespace", () => {
     const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
     const legacy = new sqlite.Database(join(dir, "ratequeue.db"));

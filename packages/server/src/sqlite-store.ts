@@ -178,11 +178,14 @@ export class SqliteStore implements Store {
     const rows = this.db.all("SELECT * FROM requests") as Array<
       Record<string, number | string | null>
     >;
-    const meta = (key: string) =>
-      Number(
+    // Only a finite number counts (an older version's replay once wrote a string here).
+    const meta = (key: string) => {
+      const value = Number(
         (this.db.get("SELECT value FROM meta WHERE key = ?", [key]) as { value: number } | null)
           ?.value ?? 0,
       );
+      return Number.isFinite(value) ? value : 0;
+    };
     // Stores written before tokens were per namespace kept one counter for all: a floor for all.
     const legacy = meta("token");
     for (const row of this.db.all("SELECT ns, token FROM tokens") as Array<{
@@ -498,13 +501,16 @@ export class SqliteStore implements Store {
         this.concurrency(record[1], record[2], record[3] ?? undefined);
       } else if (record[0] === "g") {
         this.rates(record[1], record[2], record[3] ?? undefined);
-      } else {
+      } else if (record[0] === "t" && Number.isFinite(record[1])) {
         // A journal of a version with one token counter for all namespaces.
         this.db.run(
           "INSERT OR REPLACE INTO meta VALUES ('token', max(?, coalesce((SELECT value FROM meta WHERE key = 'token'), 0)))",
           [record[1]],
         );
       }
+      // Anything else is a record of a later version: skipped, so that a downgrade keeps what it
+      // knows (versions before this one took any unknown record for a token: stop a server
+      // cleanly before downgrading it — a clean stop leaves an empty journal).
     }
     this.records = [];
   }
