@@ -457,11 +457,9 @@ export class Engine {
     // Tokens first: a namespace made before they are known would start from the clock.
     this.tokenFloor = tokenFloor;
     for (const [ns, token] of tokens) this.tokens.set(ns, token);
-    for (const [key, capacity] of limits) {
-      const [ns, name] = key.split("\0") as [string, string];
-      const space = this.namespace(ns);
-      space.limits.set(name, capacity);
-      if (!space.resources.has(name)) this.createResource(space, name, capacity);
+    for (const { space, name, value } of this.byName(limits)) {
+      space.limits.set(name, value);
+      if (!space.resources.has(name)) this.createResource(space, name, value);
     }
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
@@ -531,23 +529,16 @@ export class Engine {
       this.scheduleSession(session);
     }
     // Concurrency and rate limits last: a resource the saved requests made keeps their capacity.
-    for (const [key, holders] of concurrency) {
-      const [ns, name] = key.split("\0") as [string, string];
-      const space = this.namespace(ns);
-      space.concurrency.set(name, holders);
-      const resource =
-        space.resources.get(name) ?? this.createResource(space, name, DEFAULT_CAPACITY);
-      resource.concurrency = holders;
+    for (const { space, name, value } of this.byName(concurrency)) {
+      space.concurrency.set(name, value);
+      this.kept(space, name).concurrency = value;
     }
     // The grants of the previous run are not known: each limit counts as full for the window
     // that holds now.
-    for (const [key, specs] of rates) {
-      const [ns, name] = key.split("\0") as [string, string];
-      const space = this.namespace(ns);
-      space.rates.set(name, specs);
-      const resource =
-        space.resources.get(name) ?? this.createResource(space, name, DEFAULT_CAPACITY);
-      resource.rate = new RateState(specs);
+    for (const { space, name, value } of this.byName(rates)) {
+      space.rates.set(name, value);
+      const resource = this.kept(space, name);
+      resource.rate = new RateState(value);
       resource.rate.saturate(now);
     }
     // Holders saved as active may have left room (e.g. a release that was not yet saved).
@@ -819,6 +810,21 @@ export class Engine {
     this.tokens.set(space.key, space.token);
   }
 
+  /** The entries of a map by `ns\0name` (as stores keep operators' limits), with their namespace. */
+  private byName<T>(
+    map: ReadonlyMap<string, T>,
+  ): Array<{ space: Namespace; name: string; value: T }> {
+    return [...map].map(([key, value]) => {
+      const [ns, name] = key.split("\0") as [string, string];
+      return { space: this.namespace(ns), name, value };
+    });
+  }
+
+  /** Resource `name`, made (with the namespace's limits) if nothing holds or waits on it. */
+  private kept(space: Namespace, name: string): Resource {
+    return space.resources.get(name) ?? this.createResource(space, name, DEFAULT_CAPACITY);
+  }
+
   private createResource(space: Namespace, name: string, capacity: number): Resource {
     const resource = new Resource(name, space.limits.get(name) ?? capacity);
     const rates = space.rates.get(name);
@@ -1001,12 +1007,12 @@ export class Engine {
     else if (rates !== undefined) space.rates.set(name, rates);
     if (concurrency === null) space.concurrency.delete(name);
     else if (concurrency !== undefined) space.concurrency.set(name, concurrency);
-    let resource = space.resources.get(name);
+    const resource = space.resources.get(name);
     if (resource === undefined) {
       if (space.limits.has(name) || space.rates.has(name) || space.concurrency.has(name))
-        resource = this.createResource(space, name, DEFAULT_CAPACITY); // takes them, as set
-      else this.forgetNamespaceIfEmpty(space);
-      return resource;
+        return this.kept(space, name); // made with them, as set
+      this.forgetNamespaceIfEmpty(space);
+      return undefined;
     }
     if (typeof capacity === "number") resource.capacity = capacity;
     if (concurrency !== undefined) resource.concurrency = concurrency ?? Number.POSITIVE_INFINITY;

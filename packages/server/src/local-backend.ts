@@ -321,22 +321,6 @@ export class LocalBackend implements Backend, SessionBackend {
     if (n > 0) log.events.splice(0, n);
   }
 
-  /**
-   * An operator sets (or, with `undefined`, lifts) resource `name`'s capacity (admin API); kept
-   * in the store. A raise grants waiters at once.
-   */
-  setLimit(ns: string, name: string, capacity: number | undefined) {
-    return this.setLimits(ns, name, { capacity: capacity ?? null });
-  }
-
-  /**
-   * An operator sets (or, with `undefined`, lifts) resource `name`'s rate limits (admin API);
-   * kept in the store. They apply to the line at once.
-   */
-  setRates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined) {
-    return this.setLimits(ns, name, { rates: specs ?? null });
-  }
-
   /** An operator changes resource `name`'s limits at once (`Engine.setLimits`); kept in the store. */
   setLimits(
     ns: string,

@@ -83,6 +83,23 @@ describe("SqliteStore checkpoints", () => {
   });
 });
 
+/** A data directory's database as versions that keyed requests by `(ns, id)` wrote it, then `sql`. */
+function legacyDatabase(dir: string, sql: string): void {
+  const db = new sqlite.Database(join(dir, "ratequeue.db"));
+  db.exec(`
+    CREATE TABLE requests (
+      ns TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
+      load INTEGER NOT NULL, priority INTEGER NOT NULL, capacity INTEGER NOT NULL,
+      asked_capacity INTEGER, expires_in INTEGER NOT NULL, lock_delay INTEGER NOT NULL,
+      seq INTEGER NOT NULL, state TEXT NOT NULL, token INTEGER NOT NULL,
+      expires_at INTEGER NOT NULL, wait_until INTEGER,
+      PRIMARY KEY (ns, id)
+    );
+    ${sql}
+  `);
+  db.close();
+}
+
 describe("SqliteStore without a kill", () => {
   const request = (id: string, token: number) => ({
     ns: "k",
@@ -247,21 +264,12 @@ describe("SqliteStore without a kill", () => {
 
   it("opens a database of the version that kept API keys in clear: hashed, its requests are removed and saved by the hashed namespace", () => {
     const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
-    const legacy = new sqlite.Database(join(dir, "ratequeue.db"));
-    legacy.exec(`
-      CREATE TABLE requests (
-        ns TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
-        load INTEGER NOT NULL, priority INTEGER NOT NULL, capacity INTEGER NOT NULL,
-        asked_capacity INTEGER, expires_in INTEGER NOT NULL, lock_delay INTEGER NOT NULL,
-        seq INTEGER NOT NULL, state TEXT NOT NULL, token INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL, wait_until INTEGER,
-        PRIMARY KEY (ns, id)
-      );
-      INSERT INTO requests VALUES ('secret-api-key', 'held', 'r', 1, 10, 1, NULL, 60000, 0, 7, 'active', 7, ${
+    legacyDatabase(
+      dir,
+      `INSERT INTO requests VALUES ('secret-api-key', 'held', 'r', 1, 10, 1, NULL, 60000, 0, 7, 'active', 7, ${
         Date.now() + 60_000
-      }, NULL);
-    `);
-    legacy.close();
+      }, NULL)`,
+    );
     const secret = Buffer.alloc(32, 7);
     writeFileSync(join(dir, "secret.key"), secret, { mode: 0o600 });
     const hashed = namespaceId(secret, "secret-api-key");
@@ -284,17 +292,9 @@ describe("SqliteStore without a kill", () => {
 
   it("opens a database of the version that keyed requests by (ns, id) in WAL mode, and keeps its requests", () => {
     const dir = mkdtempSync(join(tmpdir(), "ratequeue-store-"));
-    const legacy = new sqlite.Database(join(dir, "ratequeue.db"));
-    legacy.exec(`
-      PRAGMA journal_mode = WAL;
-      CREATE TABLE requests (
-        ns TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
-        load INTEGER NOT NULL, priority INTEGER NOT NULL, capacity INTEGER NOT NULL,
-        asked_capacity INTEGER, expires_in INTEGER NOT NULL, lock_delay INTEGER NOT NULL,
-        seq INTEGER NOT NULL, state TEXT NOT NULL, token INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL, wait_until INTEGER,
-        PRIMARY KEY (ns, id)
-      );
+    legacyDatabase(
+      dir,
+      `PRAGMA journal_mode = WAL;
       ALTER TABLE requests ADD COLUMN session TEXT;
       ALTER TABLE requests ADD COLUMN reason TEXT;
       CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -302,9 +302,8 @@ describe("SqliteStore without a kill", () => {
       INSERT INTO requests VALUES ('k', 'old-holder', 'r', 1, 10, 1, NULL, 60000, 0, 7, 'active', 7, ${
         Date.now() + 60_000
       }, NULL, 's1', NULL);
-      INSERT INTO requests VALUES ('k', 'old-waiter', 'r', 1, 10, 1, NULL, 60000, 0, 8, 'queued', 0, 0, NULL, 's1', NULL);
-    `);
-    legacy.close();
+      INSERT INTO requests VALUES ('k', 'old-waiter', 'r', 1, 10, 1, NULL, 60000, 0, 8, 'queued', 0, 0, NULL, 's1', NULL);`,
+    );
     writeFileSync(join(dir, "secret.key"), Buffer.alloc(32, 1), { mode: 0o600 });
 
     const store = new SqliteStore(dir);
