@@ -154,6 +154,7 @@ export type ProblemCode =
   | "request_timeout"
   | "unsupported_media_type"
   | "shutting_down"
+  | "not_leader"
   | "internal";
 
 // --- The session protocol (docs/protocol.md, "Sessions") ------------------------------------

@@ -108,6 +108,11 @@ export interface SessionBackend {
   batch<T>(fn: () => T): T;
   /** Releases or cancels request `id`; undefined if unknown. */
   releaseNow(ns: string, id: string): RequestSnapshot | undefined;
+  /**
+   * With an asynchronous store: a promise of everything done so far being durable (undefined if
+   * it already is; rejected if the store failed). Messages wait for it before they leave.
+   */
+  durable?(): Promise<void> | undefined;
   /** Session `id`'s unacknowledged events after `after`. */
   pendingEvents(ns: string, id: string, after: number | undefined): ServerMessage[];
 }

@@ -16,6 +16,10 @@ const USAGE = `Usage: ratequeue-server [options]
   --metrics-top N             resources /metrics reports one by one, busiest first (default 10)
   --data-dir DIR              keep live requests in DIR, so they survive a restart (default .ratequeue)
   --memory                    keep nothing on disk: a restart forgets every request
+  --store URL                 keep the state in PostgreSQL (postgres://user@host:5432/db), shared
+                              by several replicas: one serves, the others stand by and take
+                              over when it goes (docs/operations.md); also RATEQUEUE_STORE
+  --pg-schema NAME            with --store: the schema of RateQueue's tables (default ratequeue)
   --behind-proxy              clients connect through a proxy or load balancer that may refuse
                               connections while this server is up (see docs/protocol.md)
   --recovery-window MS        after a restart, how long restored clients have to come back
@@ -70,6 +74,7 @@ function asFlags(message: string): string {
     apiKeys: "--api-key",
     adminKeys: "--admin-key",
     dataDir: "--data-dir",
+    pgSchema: "--pg-schema",
     corsOrigins: "--cors-origin",
     logLevel: "--log-level",
   };
@@ -92,9 +97,15 @@ async function main(): Promise<void> {
   }
   if (values.memory && values["data-dir"] !== undefined)
     fail("--memory and --data-dir exclude each other");
+  const store = values.store ?? (process.env.RATEQUEUE_STORE || undefined);
+  if (store !== undefined && (values.memory || values["data-dir"] !== undefined))
+    fail("--store keeps the state in PostgreSQL: drop --memory and --data-dir");
   const options: ServerOptions = {
     host: values.host,
-    dataDir: values.memory ? undefined : (values["data-dir"] ?? ".ratequeue"),
+    dataDir:
+      values.memory || store !== undefined ? undefined : (values["data-dir"] ?? ".ratequeue"),
+    store,
+    pgSchema: values["pg-schema"],
     behindProxy: values["behind-proxy"] ?? false,
     apiKeys: [
       ...(values["api-key"] ?? []),
@@ -173,6 +184,8 @@ function parse() {
       memory: { type: "boolean" },
       "behind-proxy": { type: "boolean" },
       "data-dir": { type: "string" },
+      store: { type: "string" },
+      "pg-schema": { type: "string" },
       "poll-window": { type: "string" },
       grace: { type: "string" },
       "wait-grace": { type: "string" },

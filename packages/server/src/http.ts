@@ -144,6 +144,22 @@ export function buildApp(
     else parseJson(req, body as string, done);
   });
 
+  if (options.store !== undefined) {
+    // A store on PostgreSQL commits asynchronously: no answer leaves before what it reflects is
+    // durable, and once the store has failed none does (the socket is cut; the client retries
+    // on the replica that takes over).
+    app.addHook("onSend", (_req, reply, payload, done) => {
+      const durable = backend.durable?.();
+      if (durable === undefined) return done(null, payload);
+      durable.then(
+        () => done(null, payload),
+        (error: Error) => {
+          reply.raw.socket?.destroy();
+          done(error);
+        },
+      );
+    });
+  }
   app.addHook("onRequest", async (req, reply) => {
     if (state.closing) {
       reply.header("retry-after", "1").header("connection", "close");
@@ -160,7 +176,12 @@ export function buildApp(
     // Health needs no key, and a CORS preflight carries none (the CORS plugin answers it).
     // /metrics takes admin keys, not API keys: its route checks them.
     const path = req.url.split("?")[0]!;
-    if (path === `${API_PREFIX}/health` || path === `${API_PREFIX}/openapi.json`) return;
+    if (
+      path === `${API_PREFIX}/health` ||
+      path === `${API_PREFIX}/openapi.json` ||
+      path === `${API_PREFIX}/replica`
+    )
+      return;
     if (path === METRICS_PATH) return;
     if (path.startsWith(`${ADMIN_PREFIX}/`)) return; // admin keys: see admin.ts
     // The dashboard's page and script hold no data; what they show comes from the admin API.
@@ -224,6 +245,9 @@ export function buildApp(
   });
 
   app.get(`${API_PREFIX}/health`, async () => ({ status: "ok", mode: open ? "open" : "keys" }));
+  // Replicas on PostgreSQL: a load balancer's health check sends traffic to the one that
+  // serves (the others answer 503 `not_leader`, replica.ts).
+  app.get(`${API_PREFIX}/replica`, async () => ({ role: "leader" }));
   app.get(`${API_PREFIX}/openapi.json`, async () => OPENAPI);
 
   // Prometheus metrics: every namespace's resources, so for operators only (admin keys).

@@ -371,7 +371,15 @@ export class LocalBackend implements Backend, SessionBackend {
     for (const req of [...this.lastConnection.keys()]) this.unwatch(req);
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    this.store?.close();
+    await this.store?.close();
+  }
+
+  /**
+   * With an asynchronous store: a promise of everything done so far being durable (undefined if
+   * it is). Every reply and event waits for it before it leaves (`http.ts`, `session.ts`).
+   */
+  durable(): Promise<void> | undefined {
+    return this.store?.flushed?.();
   }
 
   /**

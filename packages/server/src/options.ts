@@ -20,6 +20,15 @@ export interface ServerOptions {
    */
   dataDir?: string;
   /**
+   * Keep the state in PostgreSQL (`postgres://user@host:5432/db`) instead of memory or a data
+   * directory, shared by any number of replicas: one (the leader) serves, the others stand by
+   * and answer 503 `not_leader` until it goes (see docs/operations.md). Implies `behindProxy`
+   * (clients give a lease up `grace` after losing their replica). Default: none.
+   */
+  store?: string;
+  /** With `store`: the PostgreSQL schema RateQueue keeps its tables in. Default `"ratequeue"`. */
+  pgSchema?: string;
+  /**
    * Clients reach this server through a proxy or load balancer that may refuse connections
    * while the server is up. Then a refused connection does not prove the server down, and
    * clients are not told to keep their leases through a restart (`recovery: 0`): they give a
@@ -126,6 +135,8 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 /** Every option with its default, in one place. */
 export interface ResolvedServerOptions extends EngineConfig {
   dataDir: string | undefined;
+  store: string | undefined;
+  pgSchema: string;
   behindProxy: boolean;
   recoveryWindow: number;
   host: string;
@@ -172,7 +183,9 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     logStream: options.logStream,
     clock: options.clock ?? Date,
     dataDir: options.dataDir,
-    behindProxy: options.behindProxy ?? false,
+    store: options.store,
+    pgSchema: options.pgSchema ?? "ratequeue",
+    behindProxy: (options.behindProxy ?? false) || options.store !== undefined,
     recoveryWindow: 0,
   };
   resolved.recoveryWindow = options.recoveryWindow ?? resolved.pollWindow + resolved.repollGrace;
@@ -181,6 +194,18 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     (typeof resolved.dataDir !== "string" || resolved.dataDir === "")
   ) {
     throw new TypeError("dataDir must be a directory path");
+  }
+  if (resolved.store !== undefined) {
+    if (typeof resolved.store !== "string" || !/^postgres(ql)?:\/\//.test(resolved.store))
+      throw new TypeError(
+        `store must be a PostgreSQL URL such as "postgres://postgres@127.0.0.1:5432/test", got ${JSON.stringify(resolved.store)}`,
+      );
+    if (resolved.dataDir !== undefined)
+      throw new TypeError("give store or dataDir, not both: the state lives in one place");
+    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(resolved.pgSchema))
+      throw new TypeError(
+        `pgSchema must be lower-case letters, digits and _ (at most 63, not starting with a digit), got ${JSON.stringify(resolved.pgSchema)}`,
+      );
   }
   integer("port", resolved.port, 0, 65_535);
   integer("pollWindow", resolved.pollWindow, 1, MAX_POLL_WINDOW);

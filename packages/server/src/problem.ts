@@ -18,6 +18,7 @@ const TITLES: Record<ProblemCode, string> = {
   request_timeout: "Request timeout",
   unsupported_media_type: "Unsupported media type",
   shutting_down: "Shutting down",
+  not_leader: "Not the leader",
   internal: "Internal error",
 };
 

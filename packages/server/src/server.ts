@@ -3,8 +3,15 @@ import { buildApp } from "./http.js";
 import { withLifecycleLogs } from "./lifecycle-log.js";
 import { LocalBackend } from "./local-backend.js";
 import { Metrics } from "./metrics.js";
-import { isLoopback, resolveServerOptions, type ServerOptions } from "./options.js";
+import {
+  isLoopback,
+  type ResolvedServerOptions,
+  resolveServerOptions,
+  type ServerOptions,
+} from "./options.js";
+import { startReplica } from "./replica.js";
 import { SqliteStore } from "./sqlite-store.js";
+import type { Store } from "./store.js";
 
 /** A running server. */
 export interface RunningServer extends AsyncDisposable {
@@ -26,7 +33,19 @@ export interface RunningServer extends AsyncDisposable {
  */
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const resolved = resolveServerOptions(options);
+  if (resolved.store !== undefined) return startReplica(resolved);
   const store = resolved.dataDir === undefined ? undefined : new SqliteStore(resolved.dataDir);
+  return serve(resolved, store);
+}
+
+/**
+ * Serves the state `store` holds (none: memory only). The server owns the store from here: it
+ * closes it when it closes, or when it cannot start.
+ */
+export async function serve(
+  resolved: ResolvedServerOptions,
+  store: Store | undefined,
+): Promise<RunningServer> {
   let backend: LocalBackend;
   try {
     backend = new LocalBackend(
@@ -37,7 +56,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       resolved.behindProxy,
     );
   } catch (error) {
-    store?.close(); // releases the data directory, so that a retry in this process can open it
+    await store?.close(); // releases the data directory, so that a retry in this process can open it
     throw error;
   }
   const metrics = new Metrics(backend, resolved.metricsTop);
@@ -78,7 +97,12 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       "[ratequeue] note: plain HTTP on a non-loopback interface: put TLS in front of it.",
     );
   }
-  const where = resolved.dataDir === undefined ? "state in memory" : `state in ${resolved.dataDir}`;
+  const where =
+    resolved.store !== undefined
+      ? `state in PostgreSQL, schema ${resolved.pgSchema}`
+      : resolved.dataDir === undefined
+        ? "state in memory"
+        : `state in ${resolved.dataDir}`;
   resolved.log(`[ratequeue] listening on ${url} (${where})`);
 
   let closed: Promise<void> | undefined;

@@ -193,11 +193,37 @@ function serveWebSocket(
   let lastHeard = performance.now();
   const out: ServerMessage[] = [];
   let flushing = false;
+  const write = (n: number) => {
+    if (ws.readyState !== ws.OPEN) return;
+    const batch = out.splice(0, n);
+    if (batch.length > 0) ws.send(JSON.stringify(batch.length === 1 ? batch[0] : batch));
+  };
+  let waiting = false;
   const flush = () => {
-    flushing = false;
-    if (out.length === 0 || ws.readyState !== ws.OPEN) return;
-    ws.send(JSON.stringify(out.length === 1 ? out[0] : out));
-    out.length = 0;
+    if (waiting) return; // the round under way sends the rest
+    if (out.length === 0) {
+      flushing = false;
+      return;
+    }
+    // With a store on PostgreSQL, what has been queued so far leaves once what it reflects is
+    // durable (the messages queued meanwhile wait for the next round, in order); if the store
+    // failed, nothing more is said: the client reconnects to the replica that takes over.
+    const durable = backend.durable?.();
+    if (durable === undefined) {
+      flushing = false;
+      write(out.length);
+      return;
+    }
+    const n = out.length;
+    waiting = true;
+    durable.then(
+      () => {
+        waiting = false;
+        write(n);
+        flush();
+      },
+      () => ws.terminate(),
+    );
   };
   const push = (m: ServerMessage) => {
     out.push(m);

@@ -51,7 +51,13 @@ export interface Store {
   concurrency(ns: string, name: string, holders: number | undefined): void;
   /** Session `session` came back (or ended): a later restart gives it a window of its own. */
   recovered(ns: string, session: string): void;
-  /** Commits what the current operation wrote. */
+  /** Commits what the current operation wrote (or, for an asynchronous store, starts to). */
   commit(): void;
-  close(): void;
+  /**
+   * An asynchronous store (PostgreSQL): a promise of everything committed so far being durable,
+   * or undefined if it already is; rejected once the store has failed. Nothing that reflects a
+   * commit may leave the server before it resolves. Synchronous stores leave it out.
+   */
+  flushed?(): Promise<void> | undefined;
+  close(): void | Promise<void>;
 }

@@ -1,0 +1,320 @@
+import { randomBytes } from "node:crypto";
+import type pg from "pg";
+import { Request, type SavedRequest, saved } from "./engine.js";
+import type { RateLimitSpec } from "./rate.js";
+import type { Store, StoredState } from "./store.js";
+
+/**
+ * The shared store of several replicas (`--store postgres://…`): PostgreSQL is the single source
+ * of truth, and one replica at a time — the leader — serves, with the engine in its memory as a
+ * cache of what PostgreSQL holds. See docs/operations.md for the design and why.
+ *
+ * What makes it safe:
+ * - **Leadership is a PostgreSQL session-level advisory lock**, taken on the connection this
+ *   store writes through. PostgreSQL releases it the moment that session ends (the replica died,
+ *   its connection was cut, PostgreSQL restarted), so another replica's blocked
+ *   `pg_advisory_lock` returns then: PostgreSQL's own session liveness, no heartbeat table.
+ * - **Nothing is said before it is in PostgreSQL.** A commit of the operations since the last is
+ *   one statement (`apply`, a function the migrations install) sent on that connection; replies
+ *   and events wait for it (`flushed()`). A write on a connection that lost the lock cannot
+ *   commit, so no client hears of a grant a new leader would not restore.
+ * - **An epoch** bumped by each new leader is checked by every commit, under a share lock of its
+ *   row: if the lock were ever not exclusive (a pooler in transaction mode, say), a stale leader's
+ *   commit still fails instead of writing over the new leader's state.
+ */
+export class PgStore implements Store {
+  readonly secret: Buffer;
+  private readonly state: StoredState;
+  /** Writes not yet sent, by `ns\0id`: the request (read when it is sent), or null if removed. */
+  private pending = new Map<string, Request | SavedRequest | null>();
+  private pendingKeyed = new Map<string, unknown>();
+  private readonly tokens = new Map<string, number>();
+  private dirtyTokens = new Set<string>();
+  /** Commits asked for (`commit()` with writes), and those PostgreSQL has. */
+  private asked = 0;
+  private done = 0;
+  private sending = false;
+  private waiters: Array<{ gen: number; resolve: () => void; reject: (e: Error) => void }> = [];
+  private failure: Error | undefined;
+  private closing = false;
+
+  private constructor(
+    private readonly client: pg.Client,
+    private readonly schema: string,
+    readonly epoch: number,
+    secret: Buffer,
+    state: StoredState,
+    /** Called once when a commit fails: the replica must stop serving at once. */
+    private readonly onFailure: (error: Error) => void,
+  ) {
+    this.secret = secret;
+    this.state = state;
+    for (const [ns, token] of state.tokens) this.tokens.set(ns, token);
+  }
+
+  /**
+   * Takes the store over on `client`, which must hold the leader lock (`Leadership`): bumps the
+   * epoch and reads everything the previous leader committed.
+   */
+  static async take(
+    client: pg.Client,
+    schema: string,
+    onFailure: (error: Error) => void,
+  ): Promise<PgStore> {
+    const s = ident(schema);
+    const { rows } = await client.query<{ epoch: string }>(
+      `UPDATE ${s}.leader SET epoch = epoch + 1 RETURNING epoch`,
+    );
+    const epoch = Number(rows[0]!.epoch);
+    const secretRow = await client.query<{ value: string }>(
+      `SELECT value FROM ${s}.meta WHERE key = 'secret'`,
+    );
+    const secret = Buffer.from(secretRow.rows[0]!.value, "base64");
+    const requests = (
+      await client.query<{ data: SavedRequest & { waitUntil: number | null } }>(
+        `SELECT data FROM ${s}.requests`,
+      )
+    ).rows.map(({ data }) => ({
+      ...data,
+      waitUntil: data.waitUntil === null ? Number.POSITIVE_INFINITY : data.waitUntil,
+    }));
+    const tokens = new Map<string, number>();
+    let floor = 0;
+    for (const row of (
+      await client.query<{ ns: string; token: string }>(`SELECT ns, token FROM ${s}.tokens`)
+    ).rows) {
+      tokens.set(row.ns, Number(row.token));
+      floor = Math.max(floor, Number(row.token));
+    }
+    const keyed = (
+      await client.query<{ tbl: string; ns: string; k: string; v: unknown }>(
+        `SELECT tbl, ns, k, v FROM ${s}.keyed`,
+      )
+    ).rows;
+    const table = <T>(name: string) =>
+      new Map(keyed.filter((r) => r.tbl === name).map((r) => [`${r.ns}\0${r.k}`, r.v as T]));
+    return new PgStore(
+      client,
+      schema,
+      epoch,
+      secret,
+      {
+        requests,
+        tokens,
+        tokenFloor: floor,
+        recovering: table<number>("recovering"),
+        limits: table<number>("limits"),
+        rates: table<RateLimitSpec[]>("rates"),
+        concurrency: table<number>("concurrency"),
+      },
+      onFailure,
+    );
+  }
+
+  load(): StoredState {
+    return this.state;
+  }
+
+  save(request: Request | SavedRequest): void {
+    const ns = request instanceof Request ? request.ns.key : request.ns;
+    this.pending.set(`${ns}\0${request.id}`, request);
+    this.raiseToken(ns, request.fencingToken);
+  }
+
+  remove(ns: string, id: string): void {
+    this.pending.set(`${ns}\0${id}`, null);
+  }
+
+  recovering(ns: string, session: string, until: number): void {
+    this.pendingKeyed.set(`recovering\0${ns}\0${session}`, until);
+  }
+
+  recovered(ns: string, session: string): void {
+    this.pendingKeyed.set(`recovering\0${ns}\0${session}`, null);
+  }
+
+  limit(ns: string, name: string, capacity: number | undefined): void {
+    this.pendingKeyed.set(`limits\0${ns}\0${name}`, capacity ?? null);
+  }
+
+  rates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined): void {
+    this.pendingKeyed.set(`rates\0${ns}\0${name}`, specs ?? null);
+  }
+
+  concurrency(ns: string, name: string, holders: number | undefined): void {
+    this.pendingKeyed.set(`concurrency\0${ns}\0${name}`, holders ?? null);
+  }
+
+  /**
+   * Asks for the writes so far to be committed. At most one commit is on the wire at a time;
+   * the writes made meanwhile go together in the next (group commit), so a burst costs a round
+   * trip, not one per operation.
+   */
+  commit(): void {
+    if (this.pending.size === 0 && this.pendingKeyed.size === 0 && this.dirtyTokens.size === 0)
+      return;
+    this.asked++;
+    if (!this.sending) this.send();
+  }
+
+  /** A promise of everything asked so far being in PostgreSQL; undefined if it already is. */
+  flushed(): Promise<void> | undefined {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.done >= this.asked) return undefined;
+    const gen = this.asked;
+    return new Promise((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
+  }
+
+  /** Commits what is left, then lets go of the connection (the caller ends it). */
+  async close(): Promise<void> {
+    this.closing = true;
+    if (this.failure === undefined) await this.flushed()?.catch(() => {});
+  }
+
+  private send(): void {
+    this.sending = true;
+    const gen = this.asked;
+    const ops = this.takeOps();
+    this.client.query(`SELECT ${ident(this.schema)}.apply($1, $2::jsonb)`, [this.epoch, ops]).then(
+      () => {
+        if (this.failure) return;
+        this.done = gen;
+        const ready = this.waiters.filter((w) => w.gen <= gen);
+        this.waiters = this.waiters.filter((w) => w.gen > gen);
+        for (const w of ready) w.resolve();
+        this.sending = false;
+        if (this.asked > this.done && this.failure === undefined) this.send();
+      },
+      (error: Error) => this.fail(error),
+    );
+  }
+
+  /**
+   * The replica stops serving (it could not prove its leadership in time): from now on nothing
+   * waiting for a commit is released, whatever PostgreSQL answers later.
+   */
+  abandon(reason: Error): void {
+    this.closing = true;
+    this.fail(reason);
+  }
+
+  private fail(error: Error): void {
+    if (this.failure) return;
+    this.failure = new Error(`PostgreSQL commit failed: ${error.message}`, { cause: error });
+    for (const w of this.waiters) w.reject(this.failure);
+    this.waiters = [];
+    if (!this.closing) this.onFailure(this.failure);
+  }
+
+  /** The writes since the last commit, as the `apply` function takes them. */
+  private takeOps(): string {
+    const save: SavedRequest[] = [];
+    const del: string[][] = [];
+    for (const [key, r] of this.pending) {
+      if (r === null) del.push(key.split("\0"));
+      else save.push(r instanceof Request ? saved(r) : r);
+    }
+    const keyed: unknown[] = [];
+    for (const [key, v] of this.pendingKeyed) keyed.push([...key.split("\0"), v]);
+    const tokens: Array<[string, number]> = [];
+    for (const ns of this.dirtyTokens) tokens.push([ns, this.tokens.get(ns)!]);
+    this.pending = new Map();
+    this.pendingKeyed = new Map();
+    this.dirtyTokens = new Set();
+    // JSON writes Infinity (a wait without a timeout) as null; `take` reads it back.
+    return JSON.stringify({ save, del, keyed, tokens });
+  }
+
+  private raiseToken(ns: string, token: number): void {
+    if (token > (this.tokens.get(ns) ?? 0)) {
+      this.tokens.set(ns, token);
+      this.dirtyTokens.add(ns);
+    }
+  }
+}
+
+/** A schema name as SQL: checked, then quoted. */
+export function ident(schema: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(schema))
+    throw new Error(
+      `the PostgreSQL schema name must be lower-case letters, digits and _ (at most 63, not starting with a digit), got ${JSON.stringify(schema)}`,
+    );
+  return `"${schema}"`;
+}
+
+/**
+ * The schema's migrations, in order: each runs once, in its own transaction, recorded in
+ * `migrations` (idempotent at every start, and safe when replicas start together: they take a
+ * transaction-level advisory lock first).
+ */
+const MIGRATIONS: ReadonlyArray<(s: string) => string> = [
+  (s) => `
+    CREATE TABLE ${s}.meta (key text PRIMARY KEY, value text NOT NULL);
+    INSERT INTO ${s}.meta VALUES ('secret', '${randomBytes(32).toString("base64")}');
+    CREATE TABLE ${s}.leader (epoch bigint NOT NULL);
+    INSERT INTO ${s}.leader VALUES (0);
+    CREATE TABLE ${s}.requests (
+      ns text NOT NULL, id text NOT NULL, data jsonb NOT NULL, PRIMARY KEY (ns, id)
+    );
+    CREATE TABLE ${s}.tokens (ns text PRIMARY KEY, token bigint NOT NULL);
+    CREATE TABLE ${s}.keyed (
+      tbl text NOT NULL, ns text NOT NULL, k text NOT NULL, v jsonb NOT NULL,
+      PRIMARY KEY (tbl, ns, k)
+    );
+    CREATE FUNCTION ${s}.apply(p_epoch bigint, ops jsonb) RETURNS void
+    LANGUAGE plpgsql AS $$
+    BEGIN
+      PERFORM 1 FROM ${s}.leader WHERE epoch = p_epoch FOR SHARE;
+      IF NOT FOUND THEN
+        RAISE EXCEPTION 'ratequeue: leader epoch % is no longer current', p_epoch
+          USING ERRCODE = 'RQ001';
+      END IF;
+      DELETE FROM ${s}.requests r USING jsonb_array_elements(ops->'del') d
+        WHERE r.ns = d->>0 AND r.id = d->>1;
+      INSERT INTO ${s}.requests (ns, id, data)
+        SELECT x->>'ns', x->>'id', x FROM jsonb_array_elements(ops->'save') x
+        ON CONFLICT (ns, id) DO UPDATE SET data = excluded.data;
+      INSERT INTO ${s}.tokens (ns, token)
+        SELECT t->>0, (t->>1)::bigint FROM jsonb_array_elements(ops->'tokens') t
+        ON CONFLICT (ns) DO UPDATE SET token = greatest(${s}.tokens.token, excluded.token);
+      DELETE FROM ${s}.keyed k USING jsonb_array_elements(ops->'keyed') x
+        WHERE k.tbl = x->>0 AND k.ns = x->>1 AND k.k = x->>2 AND jsonb_typeof(x->3) = 'null';
+      INSERT INTO ${s}.keyed (tbl, ns, k, v)
+        SELECT x->>0, x->>1, x->>2, x->3 FROM jsonb_array_elements(ops->'keyed') x
+        WHERE jsonb_typeof(x->3) <> 'null'
+        ON CONFLICT (tbl, ns, k) DO UPDATE SET v = excluded.v;
+    END $$;
+  `,
+];
+
+/** Creates the schema and runs the migrations it has not had yet. */
+export async function migrate(client: pg.Client, schema: string): Promise<void> {
+  const s = ident(schema);
+  await client.query("BEGIN");
+  try {
+    // Replicas starting together: one migrates, the others wait and then find nothing to do.
+    await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [
+      `ratequeue:migrate:${schema}`,
+    ]);
+    await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS ${s}.migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`,
+    );
+    const { rows } = await client.query<{ v: number | null }>(
+      `SELECT max(version) AS v FROM ${s}.migrations`,
+    );
+    const from = rows[0]?.v ?? 0;
+    if (from > MIGRATIONS.length)
+      throw new Error(
+        `the PostgreSQL schema ${schema} was migrated by a newer RateQueue (version ${from}; this one knows ${MIGRATIONS.length}): upgrade this replica`,
+      );
+    for (let v = from + 1; v <= MIGRATIONS.length; v++) {
+      await client.query(MIGRATIONS[v - 1]!(s));
+      await client.query(`INSERT INTO ${s}.migrations (version) VALUES ($1)`, [v]);
+    }
+    await client.query("COMMIT");
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw error;
+  }
+}
