@@ -1,0 +1,225 @@
+import { randomUUID } from "node:crypto";
+import { afterEach, describe, expect, it } from "vitest";
+import WebSocket from "ws";
+import type { RunningServer } from "../src/index.js";
+import { migrate, PgStore } from "../src/pg-store.js";
+import type { ReplicaServer } from "../src/replica.js";
+import { startServer } from "../src/server.js";
+import { client, eventually, settledWithin } from "./helpers.js";
+import { connectPg, dropSchema, PG_URL, pgAvailable, schemaName } from "./pg.js";
+
+const available = await pgAvailable();
+
+describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
+  const schemas: string[] = [];
+  const servers: RunningServer[] = [];
+  afterEach(async () => {
+    for (const s of servers.splice(0).reverse()) await s.close();
+    for (const s of schemas.splice(0)) await dropSchema(s);
+  });
+  const schema = (purpose: string) => {
+    const name = schemaName(purpose);
+    schemas.push(name);
+    return name;
+  };
+  const replica = async (pgSchema: string, grace = 1_000): Promise<ReplicaServer> => {
+    const s = (await startServer({ port: 0, store: PG_URL, pgSchema, grace })) as ReplicaServer;
+    servers.push(s);
+    return s;
+  };
+  /** The PostgreSQL backend holding `pgSchema`'s leader lock. */
+  const lockHolder = async (pgSchema: string): Promise<number | undefined> => {
+    const pg = await connectPg();
+    try {
+      const { rows } = await pg.query<{ pid: number }>(
+        `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND classid = 29297 AND objid = (hashtext($1)::bigint & 4294967295)::text::oid`,
+        [pgSchema],
+      );
+      return rows[0]?.pid;
+    } finally {
+      await pg.end();
+    }
+  };
+
+  it("one replica leads; another stands by and answers 503 not_leader, over HTTP and WebSocket", async () => {
+    const s = schema("roles");
+    const a = await replica(s);
+    const b = await replica(s);
+    expect(a.role()).toBe("leader");
+    expect(b.role()).toBe("follower");
+
+    const check = async (url: string) => {
+      const res = await fetch(`${url}/v1/replica`);
+      return { status: res.status, body: await res.json() };
+    };
+    expect(await check(a.url)).toEqual({ status: 200, body: { role: "leader" } });
+    expect(await check(b.url)).toEqual({ status: 503, body: { role: "follower" } });
+
+    const refused = await client(b).acquire("r1", { resource: "r" });
+    expect(refused.status).toBe(503);
+    expect(refused.body).toMatchObject({ code: "not_leader" });
+    expect((await client(a).acquire("r1", { resource: "r" })).body.state).toBe("active");
+
+    const status = await new Promise<number>((resolve, reject) => {
+      const ws = new WebSocket(`${b.url.replace("http", "ws")}/v1/session`);
+      ws.on("unexpected-response", (_req, res) => resolve(res.statusCode ?? 0));
+      ws.on("open", () => reject(new Error("a standby accepted a WebSocket session")));
+      ws.on("error", () => {});
+    });
+    expect(status).toBe(503);
+  });
+
+  it("a standby takes over when the leader stops: the lease, the waiter and the token order survive", async () => {
+    const s = schema("takeover");
+    const a = await replica(s);
+    const b = await replica(s);
+    const held = await client(a).acquire("h", { resource: "res" });
+    expect(held.body.state).toBe("active");
+    expect((await client(a).acquire("w", { resource: "res" }, 0)).body.state).toBe("queued");
+
+    await a.close();
+    await eventually(() => b.role() === "leader");
+    const api = client(b);
+    const res = await api.resource("res");
+    expect(res.body).toMatchObject({ active: 1, queued: 1 });
+    expect((res.body.holders as Array<{ fencingToken: number }>)[0]!.fencingToken).toBe(
+      held.body.fencingToken,
+    );
+    expect((await api.release("h")).status).toBe(200);
+    const next = await api.poll("w");
+    expect(next.body.state).toBe("active");
+    expect(next.body.fencingToken).toBeGreaterThan(held.body.fencingToken);
+  });
+
+  it("nothing the leader says leaves before PostgreSQL has it (HTTP and WebSocket)", async () => {
+    const s = schema("durable");
+    const a = await replica(s, 3_000);
+    const locker = await connectPg();
+    try {
+      await locker.query("BEGIN");
+      await locker.query(`LOCK TABLE "${s}".requests IN ACCESS EXCLUSIVE MODE`);
+      // The grant is made in memory at once, but its commit waits for the lock: so must the answer.
+      const answer = client(a).acquire("r1", { resource: "r" });
+      expect(await settledWithin(answer, 400)).toBe("pending");
+
+      const ws = new WebSocket(`${a.url.replace("http", "ws")}/v1/session`);
+      const messages: Array<Record<string, unknown>> = [];
+      ws.on("message", (data) => {
+        const m = JSON.parse(String(data));
+        for (const one of Array.isArray(m) ? m : [m]) messages.push(one);
+      });
+      await new Promise((resolve) => ws.once("open", resolve));
+      ws.send(JSON.stringify({ t: "hello", key: "test-token", session: randomUUID() }));
+      ws.send(JSON.stringify({ t: "acquire", id: "r2", resource: "other" }));
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      expect(messages.filter((m) => m.t === "state")).toEqual([]);
+
+      await locker.query("COMMIT");
+      expect((await answer).body.state).toBe("active");
+      await eventually(() => messages.some((m) => m.t === "state" && m.state === "active"));
+      ws.close();
+    } finally {
+      await locker.end();
+    }
+  });
+
+  it("a leader that loses its PostgreSQL session stops serving, and the standby takes over with its state", async () => {
+    const s = schema("lost");
+    const a = await replica(s);
+    const b = await replica(s);
+    const held = await client(a).acquire("h", { resource: "res" });
+    expect(held.body.state).toBe("active");
+
+    const pid = await lockHolder(s);
+    expect(pid).toBeTypeOf("number");
+    const pg = await connectPg();
+    await pg.query("SELECT pg_terminate_backend($1)", [pid]);
+    await pg.end();
+
+    await eventually(() => a.role() === "follower" && b.role() === "leader");
+    expect((await client(a).acquire("x", { resource: "other" })).status).toBe(503);
+    const res = await client(b).resource("res");
+    expect(res.body).toMatchObject({ active: 1 });
+    expect((res.body.holders as Array<{ id: string }>)[0]!.id).toBe("h");
+  });
+
+  it("a leader whose PostgreSQL stops answering steps down within grace, and never grants what it could not commit", async () => {
+    const s = schema("silent");
+    const a = await replica(s, 600);
+    const b = await replica(s, 600);
+    const locker = await connectPg();
+    try {
+      await locker.query("BEGIN");
+      await locker.query(`LOCK TABLE "${s}".requests IN ACCESS EXCLUSIVE MODE`);
+      const answer = client(a)
+        .acquire("r1", { resource: "r" })
+        .then(
+          (reply) => reply.status,
+          () => "cut" as const,
+        );
+      // The commit waits on the lock; the leader's probes wait behind it: no proof of the lock.
+      await eventually(() => a.role() === "follower", 5_000);
+      expect(await answer).not.toBe(200);
+      expect(await answer).not.toBe(201);
+      await locker.query("COMMIT");
+      await eventually(() => b.role() === "leader" || a.role() === "leader", 5_000);
+      const leader = b.role() === "leader" ? b : a;
+      // What was never acknowledged is either there as a fresh request or not at all: not held
+      // by anyone the client was told about, so a new acquire is served.
+      const retry = await client(leader).acquire("r1", { resource: "r" });
+      expect(retry.body.state).toBe("active");
+    } finally {
+      await locker.end().catch(() => {});
+    }
+  });
+
+  it("a commit from a leader whose epoch has passed fails, whatever the locks say", async () => {
+    const s = schema("epoch");
+    const one = await connectPg();
+    const two = await connectPg();
+    try {
+      await migrate(one, s);
+      const failures: Error[] = [];
+      const stale = await PgStore.take(one, s, (e) => failures.push(e));
+      await PgStore.take(two, s, () => {}); // a second leader (as through a pooler that ignores the lock)
+      stale.limit("ns", "r", 3);
+      stale.commit();
+      await expect(stale.flushed()).rejects.toThrow(/no longer current/);
+      expect(failures).toHaveLength(1);
+    } finally {
+      await one.end();
+      await two.end();
+    }
+  });
+
+  it("migrations run once, and a schema migrated by a newer version is refused with what to do", async () => {
+    const s = schema("migrate");
+    const pg = await connectPg();
+    try {
+      await migrate(pg, s);
+      await migrate(pg, s);
+      const { rows } = await pg.query(`SELECT version FROM "${s}".migrations`);
+      expect(rows).toEqual([{ version: 1 }]);
+      await pg.query(`INSERT INTO "${s}".migrations (version) VALUES (99)`);
+      await expect(migrate(pg, s)).rejects.toThrow(/newer RateQueue .* upgrade this replica/);
+    } finally {
+      await pg.end();
+    }
+  });
+});
+
+describe("--store options", () => {
+  it("refuses what cannot work, saying what to fix", async () => {
+    await expect(startServer({ store: "mysql://x" })).rejects.toThrow(/PostgreSQL URL/);
+    await expect(startServer({ store: PG_URL, dataDir: "/tmp/x" })).rejects.toThrow(
+      /store or dataDir, not both/,
+    );
+    await expect(startServer({ store: PG_URL, pgSchema: "Bad-Name" })).rejects.toThrow(
+      /pgSchema must be lower-case/,
+    );
+    await expect(
+      startServer({ port: 0, store: "postgres://nobody@127.0.0.1:9/none" }),
+    ).rejects.toThrow(/cannot use the PostgreSQL store at postgres:\/\/nobody@127\.0\.0\.1:9\/none/);
+  });
+});
