@@ -269,6 +269,32 @@ export const OPENAPI = {
         },
       },
     },
+    "/v1/replica": {
+      get: {
+        summary:
+          "Does this replica serve (no key needed): a load balancer's health check with --store",
+        responses: {
+          "200": json(
+            {
+              type: "object",
+              required: ["role"],
+              additionalProperties: false,
+              properties: { role: { const: "leader" } },
+            },
+            "This replica serves (a server without --store always does)",
+          ),
+          "503": json(
+            {
+              type: "object",
+              required: ["role"],
+              additionalProperties: false,
+              properties: { role: { const: "follower" } },
+            },
+            "This replica stands by; every other route answers 503 not_leader",
+          ),
+        },
+      },
+    },
     "/v1/requests/{id}": {
       parameters: [path("id", "The client's name for the request: 1–128 of [A-Za-z0-9._~-]")],
       put: {

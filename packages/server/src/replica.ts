@@ -44,8 +44,6 @@ class Replica implements ReplicaServer {
   private waiting: pg.Client | undefined;
   private stopped = false;
   private closed: Promise<void> | undefined;
-  /** Ends the current term as leader (once). */
-  private stepDown: ((reason: Error) => void) | undefined;
   private lockClient: pg.Client | undefined;
 
   constructor(private readonly options: ResolvedServerOptions) {
@@ -84,6 +82,7 @@ class Replica implements ReplicaServer {
 
   /** Waits for the leader lock (on `client`, or a new connection), then leads. */
   private async campaign(client?: pg.Client): Promise<void> {
+    let failing = false;
     while (!this.stopped) {
       try {
         client ??= await connect(this.options.store!);
@@ -101,6 +100,12 @@ class Replica implements ReplicaServer {
         if (client) end(client);
         client = undefined;
         if (this.stopped) return;
+        if (!failing) {
+          failing = true; // once per outage, not every retry
+          this.options.log(
+            `[ratequeue] PostgreSQL: ${(error as Error).message}; retrying every ${RETRY_MS} ms`,
+          );
+        }
         if (this.standby === undefined) await this.standBy().catch(() => {});
         await sleep(RETRY_MS);
       }
@@ -120,7 +125,6 @@ class Replica implements ReplicaServer {
       over = true;
       resolveLost(reason);
     };
-    this.stepDown = stepDown;
     this.lockClient = client;
     client.on("error", (error) => stepDown(error));
     client.on("end", () => stepDown(new Error("the PostgreSQL connection ended")));
@@ -171,7 +175,6 @@ class Replica implements ReplicaServer {
       this.options.log(`[ratequeue] stepping down: ${reason.message}`);
       const server = this.leading;
       this.leading = undefined;
-      this.stepDown = undefined;
       this.lockClient = undefined;
       await server?.close().catch(() => {});
       end(client); // only now: the lock outlives every connection this term served

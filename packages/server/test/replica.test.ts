@@ -89,7 +89,9 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
     expect((await api.release("h")).status).toBe(200);
     const next = await api.poll("w");
     expect(next.body.state).toBe("active");
-    expect(next.body.fencingToken).toBeGreaterThan(held.body.fencingToken);
+    expect(next.body.fencingToken).toBeGreaterThan(
+      held.body.fencingToken ?? Number.POSITIVE_INFINITY,
+    );
   });
 
   it("nothing the leader says leaves before PostgreSQL has it (HTTP and WebSocket)", async () => {
@@ -220,6 +222,8 @@ describe("--store options", () => {
     );
     await expect(
       startServer({ port: 0, store: "postgres://nobody@127.0.0.1:9/none" }),
-    ).rejects.toThrow(/cannot use the PostgreSQL store at postgres:\/\/nobody@127\.0\.0\.1:9\/none/);
+    ).rejects.toThrow(
+      /cannot use the PostgreSQL store at postgres:\/\/nobody@127\.0\.0\.1:9\/none/,
+    );
   });
 });
