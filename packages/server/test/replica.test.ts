@@ -1,4 +1,7 @@
+import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import type { RunningServer } from "../src/index.js";
@@ -9,6 +12,29 @@ import { client, eventually, settledWithin } from "./helpers.js";
 import { connectPg, dropSchema, PG_URL, pgAvailable, schemaName } from "./pg.js";
 
 const available = await pgAvailable();
+const CLI = fileURLToPath(new URL("../src/cli.ts", import.meta.url));
+
+/** `ratequeue-server` as a process of its own, with `args`; resolves with its URL once ready. */
+async function spawnServer(args: string[]) {
+  const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stderr.setEncoding("utf8").on("data", (c: string) => {
+    err += c;
+  });
+  child.stdout.setEncoding("utf8");
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stdout.on("data", (c: string) => {
+      out += c;
+      const m = /ready at (http:\/\/\S+)/.exec(out);
+      if (m) resolve(m[1]!);
+    });
+    child.once("exit", (code) => reject(new Error(`exited ${code}: ${err}`)));
+  });
+  return { child, url, stderr: () => err };
+}
 
 describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
   const schemas: string[] = [];
@@ -176,6 +202,39 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
     }
   });
 
+  it("a replica process SIGKILLed while serving: another process takes over with its lease", async () => {
+    const s = schema("kill");
+    const args = ["--port", "0", "--store", PG_URL, "--pg-schema", s, "--grace", "1500"];
+    const first = await spawnServer(args);
+    const second = await spawnServer(args);
+    try {
+      const leader = (await fetch(`${first.url}/v1/replica`)).status === 200 ? first : second;
+      const standby = leader === first ? second : first;
+      const held = await client(leader).acquire("h", { resource: "res" });
+      expect(held.body.state).toBe("active");
+
+      leader.child.kill("SIGKILL");
+      await eventually(
+        // A check sent while the standby hands its port over to the server may be cut: retried.
+        async () =>
+          (await fetch(`${standby.url}/v1/replica`).then(
+            (r) => r.status,
+            () => 0,
+          )) === 200,
+        10_000,
+      );
+      const res = await client(standby).resource("res");
+      expect(res.body).toMatchObject({ active: 1 });
+      expect((res.body.holders as Array<{ fencingToken: number }>)[0]!.fencingToken).toBe(
+        held.body.fencingToken,
+      );
+      expect(standby.stderr()).toMatch(/leading on http/);
+    } finally {
+      first.child.kill("SIGKILL");
+      second.child.kill("SIGKILL");
+    }
+  });
+
   it("a commit from a leader whose epoch has passed fails, whatever the locks say", async () => {
     const s = schema("epoch");
     const one = await connectPg();
@@ -212,6 +271,19 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
 });
 
 describe("--store options", () => {
+  it("the command refuses --store with --memory or --data-dir, with its usage", async () => {
+    const child = spawn(process.execPath, ["--import", "tsx", CLI, "--store", PG_URL, "--memory"], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let err = "";
+    child.stderr.setEncoding("utf8").on("data", (c: string) => {
+      err += c;
+    });
+    const [code] = await once(child, "exit");
+    expect(code).toBe(2);
+    expect(err).toMatch(/--store keeps the state in PostgreSQL: drop --memory and --data-dir/);
+  });
+
   it("refuses what cannot work, saying what to fix", async () => {
     await expect(startServer({ store: "mysql://x" })).rejects.toThrow(/PostgreSQL URL/);
     await expect(startServer({ store: PG_URL, dataDir: "/tmp/x" })).rejects.toThrow(
