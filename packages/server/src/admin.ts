@@ -1,14 +1,10 @@
 import { checkName } from "@ratequeue/core";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type Engine, Namespace, type Request, type Resource } from "./engine.js";
+import { parseLimitChange } from "./limits.js";
 import type { LocalBackend } from "./local-backend.js";
 import type { ResolvedServerOptions } from "./options.js";
 import { problem, sendProblem } from "./problem.js";
-import { parseRates } from "./rate.js";
-
-/** What the limits route takes, as its errors say. */
-const LIMITS_BODY =
-  'send any of {"capacity": N} (units of load held at once), {"concurrency": N} (requests holding at once, whatever their load) — whole numbers from 1 to 1000000000 — and {"rates": [{"limit": N, "window": ms, "kind": "sliding" | "fixed", "counts": "requests" | "load"}]}; null lifts one';
 
 /** Where the admin API lives (docs/protocol.md, "Admin API"). */
 export const ADMIN_PREFIX = "/v1/admin";
@@ -139,43 +135,15 @@ export function adminRoutes(
     async (req, reply) => {
       const space = namespace(engine, req.params.ns, reply);
       if (!(space instanceof Namespace)) return space;
-      const body = (req.body ?? {}) as {
-        capacity?: unknown;
-        rates?: unknown;
-        concurrency?: unknown;
-      };
       const bad = (detail: string, field: string) =>
         sendProblem(reply, problem(400, "invalid_request", detail, field));
-      if (typeof body !== "object" || Array.isArray(body)) return bad(LIMITS_BODY, "capacity");
-      for (const key of Object.keys(body))
-        if (key !== "capacity" && key !== "rates" && key !== "concurrency")
-          return bad(`unknown field ${JSON.stringify(key)}: ${LIMITS_BODY}`, key);
-      const { capacity, concurrency } = body;
-      if (capacity === undefined && body.rates === undefined && concurrency === undefined)
-        return bad(LIMITS_BODY, "capacity");
-      const whole = (v: unknown) =>
-        v === undefined ||
-        v === null ||
-        (Number.isSafeInteger(v) && (v as number) >= 1 && (v as number) <= 1e9);
-      if (!whole(capacity))
-        return bad("capacity must be a whole number from 1 to 1000000000, or null", "capacity");
-      if (!whole(concurrency))
-        return bad(
-          "concurrency must be a whole number from 1 to 1000000000 (requests holding at once), or null",
-          "concurrency",
-        );
-      const rates =
-        body.rates === undefined || body.rates === null ? body.rates : parseRates(body.rates);
-      if (typeof rates === "string") return bad(rates, "rates");
+      const change = parseLimitChange(req.body ?? {});
+      if ("error" in change) return bad(change.error, change.field);
       const name = req.params["*"];
       const badName = checkName(name);
       if (badName) return bad(badName, "name");
       // Both at once: a refusal of either changes nothing, and nothing is granted in between.
-      const result = backend.setLimits(space.key, name, {
-        ...(capacity === undefined ? {} : { capacity: capacity as number | null }),
-        ...(rates === undefined ? {} : { rates }),
-        ...(concurrency === undefined ? {} : { concurrency: concurrency as number | null }),
-      });
+      const result = backend.setLimits(space.key, name, change);
       if (result !== undefined && "ok" in result)
         return sendProblem(reply, problem(409, result.code, result.detail, result.field));
       // Lifted, and nothing holds or waits on it: forgotten, as a resource nobody uses is.

@@ -20,6 +20,8 @@ const USAGE = `Usage: ratequeue-server [options]
                               by several replicas: one serves, the others stand by and take
                               over when it goes (docs/operations.md); also RATEQUEUE_STORE
   --pg-schema NAME            with --store: the schema of RateQueue's tables (default ratequeue)
+  --config FILE               set resources' limits at start from a JSON file (see README, "Rate
+                              limits"); also RATEQUEUE_CONFIG
   --behind-proxy              clients connect through a proxy or load balancer that may refuse
                               connections while this server is up (see docs/protocol.md)
   --recovery-window MS        after a restart, how long restored clients have to come back
@@ -106,6 +108,7 @@ async function main(): Promise<void> {
       values.memory || store !== undefined ? undefined : (values["data-dir"] ?? ".ratequeue"),
     store,
     pgSchema: values["pg-schema"],
+    config: values.config ?? (process.env.RATEQUEUE_CONFIG || undefined),
     behindProxy: values["behind-proxy"] ?? false,
     apiKeys: [
       ...(values["api-key"] ?? []),
@@ -186,6 +189,7 @@ function parse() {
       "data-dir": { type: "string" },
       store: { type: "string" },
       "pg-schema": { type: "string" },
+      config: { type: "string" },
       "poll-window": { type: "string" },
       grace: { type: "string" },
       "wait-grace": { type: "string" },

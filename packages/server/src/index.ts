@@ -10,5 +10,6 @@
  * ```
  */
 
+export type { ConfiguredLimits, ServerConfig } from "./config.js";
 export type { ServerOptions } from "./options.js";
 export { type RunningServer, startServer } from "./server.js";

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { LIVENESS_DEFAULTS } from "@ratequeue/core";
+import { parseConfig, readConfig, type ServerConfig } from "./config.js";
 import type { Clock, EngineConfig } from "./engine.js";
 
 /** Options of `startServer()` and of the `ratequeue-server` command. Durations are in ms. */
@@ -28,6 +29,14 @@ export interface ServerOptions {
   store?: string;
   /** With `store`: the PostgreSQL schema RateQueue keeps its tables in. Default `"ratequeue"`. */
   pgSchema?: string;
+  /**
+   * Limits to set at start: a config file's path (`--config ratequeue.json`), or its content.
+   * Each entry sets a resource's `capacity`, `concurrency` and `rates` in the namespace of an
+   * `apiKey` (or a `namespace` id), as the admin API's PUT would; limits it does not name stay
+   * as they are. Checked before the server starts, every mistake named with its place in the
+   * file. A replica applies it once, when it first serves. Default: none.
+   */
+  config?: string | ServerConfig;
   /**
    * Clients reach this server through a proxy or load balancer that may refuse connections
    * while the server is up. Then a refused connection does not prove the server down, and
@@ -137,6 +146,7 @@ export interface ResolvedServerOptions extends EngineConfig {
   dataDir: string | undefined;
   store: string | undefined;
   pgSchema: string;
+  config: ServerConfig | undefined;
   behindProxy: boolean;
   recoveryWindow: number;
   host: string;
@@ -185,6 +195,12 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     dataDir: options.dataDir,
     store: options.store,
     pgSchema: options.pgSchema ?? "ratequeue",
+    config:
+      options.config === undefined
+        ? undefined
+        : typeof options.config === "string"
+          ? readConfig(options.config)
+          : parseConfig(options.config),
     behindProxy: (options.behindProxy ?? false) || options.store !== undefined,
     recoveryWindow: 0,
   };
@@ -194,6 +210,13 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     (typeof resolved.dataDir !== "string" || resolved.dataDir === "")
   ) {
     throw new TypeError("dataDir must be a directory path");
+  }
+  if (resolved.config !== undefined && resolved.apiKeys.length > 0) {
+    for (const [i, entry] of resolved.config.limits.entries())
+      if (entry.apiKey !== undefined && !resolved.apiKeys.includes(entry.apiKey))
+        throw new TypeError(
+          `config: limits[${i}].apiKey is not one of the server's API keys (--api-key): its limits would apply to a namespace nobody can use`,
+        );
   }
   if (resolved.store !== undefined) {
     if (typeof resolved.store !== "string" || !/^postgres(ql)?:\/\//.test(resolved.store))

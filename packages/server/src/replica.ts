@@ -45,6 +45,8 @@ class Replica implements ReplicaServer {
   private stopped = false;
   private closed: Promise<void> | undefined;
   private lockClient: pg.Client | undefined;
+  /** Whether this process has set its config file's limits (the first time it served). */
+  private configured = false;
 
   constructor(private readonly options: ResolvedServerOptions) {
     this.port = options.port;
@@ -132,7 +134,8 @@ class Replica implements ReplicaServer {
     try {
       store = await PgStore.take(client, this.options.pgSchema, stepDown);
       await this.closeStandby();
-      this.leading = await serve({ ...this.options, port: this.port }, store);
+      this.leading = await serve({ ...this.options, port: this.port }, store, !this.configured);
+      this.configured = true;
     } catch (error) {
       store?.abandon(error as Error);
       this.leading = undefined;

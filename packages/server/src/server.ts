@@ -1,5 +1,7 @@
 import { randomBytes } from "node:crypto";
+import type { ServerConfig } from "./config.js";
 import { buildApp } from "./http.js";
+import { namespaceId } from "./keys.js";
 import { withLifecycleLogs } from "./lifecycle-log.js";
 import { LocalBackend } from "./local-backend.js";
 import { Metrics } from "./metrics.js";
@@ -45,6 +47,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
 export async function serve(
   resolved: ResolvedServerOptions,
   store: Store | undefined,
+  /** Set the config file's limits (a replica does the first time it serves only). */
+  applyConfig = true,
 ): Promise<RunningServer> {
   let backend: LocalBackend;
   try {
@@ -59,17 +63,19 @@ export async function serve(
     await store?.close(); // releases the data directory, so that a retry in this process can open it
     throw error;
   }
+  const secret = store?.secret ?? randomBytes(32);
+  if (resolved.config !== undefined && applyConfig) {
+    try {
+      configure(backend, resolved.config, secret);
+    } catch (error) {
+      await backend.close();
+      throw error;
+    }
+  }
   const metrics = new Metrics(backend, resolved.metricsTop);
   const state = { closing: false };
   // Without a store nothing is kept, so a secret of this process's own will do.
-  const app = buildApp(
-    resolved,
-    backend,
-    state,
-    store?.secret ?? randomBytes(32),
-    metrics,
-    backend,
-  );
+  const app = buildApp(resolved, backend, state, secret, metrics, backend);
   backend.engine.observer = withLifecycleLogs(metrics, app.log);
   try {
     // Fastify's own line says "listening" without the URL: the ready line names it, once (scripts
@@ -115,4 +121,16 @@ export async function serve(
     return closed;
   };
   return { url, close, [Symbol.asyncDispose]: close };
+}
+
+/** Sets the limits a config file names, as the admin API would; a refusal stops the start. */
+function configure(backend: LocalBackend, config: ServerConfig, secret: Buffer): void {
+  for (const [i, entry] of config.limits.entries()) {
+    const ns = entry.apiKey === undefined ? entry.namespace! : namespaceId(secret, entry.apiKey);
+    const result = backend.setLimits(ns, entry.resource, entry.change);
+    if (result !== undefined && "ok" in result)
+      throw new Error(
+        `config: limits[${i}] (${JSON.stringify(entry.resource)}) cannot be set now: ${result.detail}`,
+      );
+  }
 }
