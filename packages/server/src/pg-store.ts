@@ -165,10 +165,22 @@ export class PgStore implements Store {
     return new Promise((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
   }
 
-  /** Commits what is left, then lets go of the connection (the caller ends it). */
+  /**
+   * Commits what is left, then lets go of the connection (the caller ends it). A PostgreSQL that
+   * does not answer (a cut network) holds a stop up `CLOSE_WAIT_MS` at most.
+   */
   async close(): Promise<void> {
     this.closing = true;
-    if (this.failure === undefined) await this.flushed()?.catch(() => {});
+    const left = this.failure === undefined ? this.flushed() : undefined;
+    if (left === undefined) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      left.catch(() => {}),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, CLOSE_WAIT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   private send(): void {
@@ -232,6 +244,9 @@ export class PgStore implements Store {
     }
   }
 }
+
+/** How long a stop waits for the last commit, in ms. */
+const CLOSE_WAIT_MS = 5_000;
 
 /** A schema name as SQL: checked, then quoted. */
 export function ident(schema: string): string {

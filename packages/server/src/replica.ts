@@ -249,7 +249,10 @@ class Replica implements ReplicaServer {
       // A clean stop: the server answers its polls and commits what is left, then the lock goes
       // with the connection and a standing-by replica takes over at once.
       await server?.close();
-      if (client) await client.end().catch(() => {});
+      if (client) {
+        await Promise.race([client.end().catch(() => {}), sleep(2_000)]);
+        end(client);
+      }
       await this.closeStandby();
     })();
     return this.closed;
