@@ -365,8 +365,12 @@ export class LocalBackend implements Backend, SessionBackend {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const log of this.logs.values())
-      for (const link of log.links) link.bye?.(this.terms.recovery);
+    // Replicas on a shared store (PostgreSQL): another replica serves these leases next, so no
+    // `bye` — its `recovery: 0` would tell clients that the leases are gone. They see the
+    // connection close and reconnect under the grace rule, as after a failover.
+    if (this.store?.flushed === undefined)
+      for (const log of this.logs.values())
+        for (const link of log.links) link.bye?.(this.terms.recovery);
     for (const set of this.polls.values()) for (const p of set) this.answer(p, true);
     for (const req of [...this.lastConnection.keys()]) this.unwatch(req);
     if (this.timer) clearTimeout(this.timer);
