@@ -98,6 +98,10 @@ const HTML = `<!doctype html>
   <section id="detail" hidden>
     <h2 id="detail-name"></h2>
     <form id="capacity"><label>Capacity <input id="capacity-value" type="number" min="1" step="1" required></label><button>Set</button><span id="capacity-result"></span></form>
+    <form id="concurrency"><label>At most holding at once <input id="concurrency-value" type="number" min="1" step="1" placeholder="no limit"></label><button>Set</button><span id="concurrency-result"></span></form>
+    <h3>Rate limits</h3>
+    <table id="rates"><thead><tr><th>limit</th><th>per</th><th>window</th><th>counts</th><th>used</th><th></th></tr></thead><tbody></tbody></table>
+    <form id="rate-add"><input id="rate-limit" type="number" min="1" step="1" placeholder="limit" aria-label="limit" required> per <input id="rate-window" type="number" min="1" step="1" placeholder="window, ms" aria-label="window in ms" required> ms <select id="rate-kind" aria-label="window kind"><option>sliding</option><option>fixed</option></select> <select id="rate-counts" aria-label="counts"><option>requests</option><option>load</option></select> <button>Add</button><span id="rates-result"></span></form>
     <h3>Holders</h3>
     <table id="holders"><thead><tr><th>request</th><th>token</th><th>held</th><th>address</th><th></th></tr></thead><tbody></tbody></table>
     <h3>Line</h3>
@@ -184,6 +188,14 @@ function render(view) {
   $("detail-name").textContent = d.name + ": capacity " + d.capacity + ", " + d.used + " used, " + d.active + " holding" + (d.concurrency ? " (at most " + d.concurrency + (d.heldBackHolders ? ", counting " + d.heldBackHolders + " ended, units held back" : "") + ")" : "") + ", " + d.queued + " waiting" +
     (d.rates || []).map((r) => "; " + r.used + " of " + r.limit + (r.counts === "load" ? " load" : " requests") + " per " + r.window + " ms (" + r.kind + (r.fullUntil ? ", full after a restart" : "") + ")").join("");
   if (document.activeElement !== $("capacity-value")) $("capacity-value").value = d.capacity;
+  if (document.activeElement !== $("concurrency-value")) $("concurrency-value").value = d.concurrency ?? "";
+  state.rates = (d.rates || []).map((r) => ({ limit: r.limit, window: r.window, kind: r.kind, counts: r.counts }));
+  rows($("rates").tBodies[0], d.rates || [], (tr, r, i) => {
+    for (const v of [r.limit, ms(r.window), r.kind, r.counts, r.used]) cell(tr, v);
+    const button = document.createElement("button"); button.textContent = "Remove";
+    button.onclick = () => setRates(state.rates.filter((_, j) => j !== i));
+    const td = document.createElement("td"); td.append(button); tr.append(td);
+  });
   rows($("holders").tBodies[0], d.holders, (tr, h) => {
     for (const v of [h.id, h.fencingToken, ms(h.heldMs), h.address || "-"]) cell(tr, v);
     tr.dataset.request = h.id;
@@ -208,6 +220,21 @@ $("capacity").onsubmit = async (e) => {
   e.preventDefault();
   const res = await api("/namespaces/" + state.ns + "/limits/" + encodeURIComponent(state.resource), { method: "PUT", body: JSON.stringify({ capacity: Number($("capacity-value").value) }) });
   $("capacity-result").textContent = res.ok ? " set" : " " + (await res.json()).detail;
+};
+/** Sets one of the selected resource's limits (the others stay); says how it went after the form. */
+async function setLimit(body, result) {
+  const res = await api("/namespaces/" + state.ns + "/limits/" + encodeURIComponent(state.resource), { method: "PUT", body: JSON.stringify(body) });
+  $(result).textContent = res.ok ? " set" : " " + (await res.json()).detail;
+}
+const setRates = (rates) => setLimit({ rates: rates.length ? rates : null }, "rates-result");
+$("concurrency").onsubmit = (e) => {
+  e.preventDefault();
+  const v = $("concurrency-value").value;
+  setLimit({ concurrency: v === "" ? null : Number(v) }, "concurrency-result");
+};
+$("rate-add").onsubmit = (e) => {
+  e.preventDefault();
+  setRates([...(state.rates || []), { limit: Number($("rate-limit").value), window: Number($("rate-window").value), kind: $("rate-kind").value, counts: $("rate-counts").value }]);
 };
 start();
 `;
