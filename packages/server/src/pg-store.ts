@@ -37,6 +37,8 @@ export class PgStore implements Store {
   private waiters: Array<{ gen: number; resolve: () => void; reject: (e: Error) => void }> = [];
   private failure: Error | undefined;
   private closing = false;
+  /** Send time (performance.now()) of the latest query PostgreSQL answered on the lock's session. */
+  private proven = performance.now();
 
   private constructor(
     private readonly client: pg.Client,
@@ -46,6 +48,8 @@ export class PgStore implements Store {
     state: StoredState,
     /** Called once when a commit fails: the replica must stop serving at once. */
     private readonly onFailure: (error: Error) => void,
+    /** How old the last proof of the lock may be when something is sent, in ms (`grace`). */
+    private readonly proofLimit: number,
   ) {
     this.secret = secret;
     this.state = state;
@@ -60,8 +64,10 @@ export class PgStore implements Store {
     client: pg.Client,
     schema: string,
     onFailure: (error: Error) => void,
+    proofLimit: number,
   ): Promise<PgStore> {
     const s = ident(schema);
+    const start = performance.now();
     const { rows } = await client.query<{ epoch: string }>(
       `UPDATE ${s}.leader SET epoch = epoch + 1 RETURNING epoch`,
     );
@@ -108,7 +114,13 @@ export class PgStore implements Store {
         concurrency: table<number>("concurrency"),
       },
       onFailure,
-    );
+      proofLimit,
+    ).proving(start);
+  }
+
+  private proving(sentAt: number): this {
+    this.proven = sentAt;
+    return this;
   }
 
   load(): StoredState {
@@ -159,6 +171,7 @@ export class PgStore implements Store {
 
   /** A promise of everything asked so far being in PostgreSQL; undefined if it already is. */
   flushed(): Promise<void> | undefined {
+    this.checkProof();
     if (this.failure) return Promise.reject(this.failure);
     if (this.done >= this.asked) return undefined;
     const gen = this.asked;
@@ -183,12 +196,43 @@ export class PgStore implements Store {
     clearTimeout(timer);
   }
 
+  /**
+   * PostgreSQL answered a query sent at `sentAt` (performance.now()) on the lock's session: the
+   * lock was held then, or later.
+   */
+  prove(sentAt: number): void {
+    if (sentAt > this.proven) this.proven = sentAt;
+  }
+
+  /** Whether the last proof of the lock is older than `proofLimit`. */
+  stale(): boolean {
+    return performance.now() - this.proven > this.proofLimit;
+  }
+
+  /**
+   * Nothing leaves on an old proof: a message sent now must be sent within `proofLimit` of a
+   * query PostgreSQL answered while this replica held the lock, whatever its timers did meanwhile
+   * (a blocked event loop runs its sends before its timers). See docs/operations.md.
+   */
+  private checkProof(): void {
+    if (this.failure === undefined && this.stale())
+      this.fail(
+        new Error(
+          `no proof of the leader lock for ${Math.round(performance.now() - this.proven)} ms (at most ${this.proofLimit}: --grace)`,
+        ),
+      );
+  }
+
   private send(): void {
     this.sending = true;
     const gen = this.asked;
+    const sentAt = performance.now();
     const ops = this.takeOps();
     this.client.query(`SELECT ${ident(this.schema)}.apply($1, $2::jsonb)`, [this.epoch, ops]).then(
       () => {
+        if (this.failure) return;
+        this.prove(sentAt);
+        this.checkProof(); // a commit that took longer than the limit proves too little
         if (this.failure) return;
         this.done = gen;
         const ready = this.waiters.filter((w) => w.gen <= gen);

@@ -133,7 +133,7 @@ class Replica implements ReplicaServer {
     client.on("end", () => stepDown(new Error("the PostgreSQL connection ended")));
     let store: PgStore | undefined;
     try {
-      store = await PgStore.take(client, this.options.pgSchema, stepDown);
+      store = await PgStore.take(client, this.options.pgSchema, stepDown, this.options.grace);
       await this.closeStandby();
       this.leading = await serve({ ...this.options, port: this.port }, store, !this.configured);
       this.configured = true;
@@ -148,13 +148,13 @@ class Replica implements ReplicaServer {
     this.options.log(
       `[ratequeue] leading on ${this.url} (epoch ${store.epoch}, schema ${this.options.pgSchema})`,
     );
-    // Proof of the lock: the send time of the latest query PostgreSQL answered on its session.
+    // Probes keep the proof of the lock fresh; the store refuses to let anything leave on an old
+    // one, and this steps down as soon as it is old (closing every connection).
     const grace = this.options.grace;
-    let proven = performance.now();
     let probing = false;
     const watchdog = setInterval(
       () => {
-        if (performance.now() - proven > grace) {
+        if (store.stale()) {
           stepDown(new Error(`PostgreSQL has not answered for ${grace} ms (--grace)`));
           return;
         }
@@ -164,12 +164,12 @@ class Replica implements ReplicaServer {
         client.query("SELECT 1").then(
           () => {
             probing = false;
-            proven = Math.max(proven, sent);
+            store.prove(sent);
           },
           (error: Error) => stepDown(error),
         );
       },
-      Math.max(5, Math.floor(grace / 4)),
+      Math.max(5, Math.floor(grace / 8)),
     );
     watchdog.unref();
     void lost.then(async (reason) => {
@@ -232,6 +232,7 @@ class Replica implements ReplicaServer {
       res.end(replicaCheck ? JSON.stringify({ role: "follower" }) : body);
     });
     server.on("upgrade", (_req, socket: Socket) => {
+      socket.on("error", () => {}); // a client that resets it must not take the process down
       socket.end(
         `HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
       );

@@ -1,6 +1,7 @@
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
+import { connect } from "node:net";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import WebSocket from "ws";
@@ -94,6 +95,23 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
       ws.on("error", () => {});
     });
     expect(status).toBe(503);
+  });
+
+  it("a standby survives clients that reset their WebSocket upgrades", async () => {
+    const s = schema("reset");
+    await replica(s);
+    const b = await replica(s);
+    const { port } = new URL(b.url);
+    for (let i = 0; i < 20; i++) {
+      const socket = connect(Number(port), "127.0.0.1");
+      await once(socket, "connect");
+      socket.write(
+        `GET /v1/session HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${randomUUID().slice(0, 22)}==\r\n\r\n`,
+      );
+      socket.resetAndDestroy();
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect((await fetch(`${b.url}/v1/replica`)).status).toBe(503); // still up, still standing by
   });
 
   it("a standby takes over when the leader stops: the lease, the waiter and the token order survive", async () => {
@@ -242,8 +260,8 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
     try {
       await migrate(one, s);
       const failures: Error[] = [];
-      const stale = await PgStore.take(one, s, (e) => failures.push(e));
-      await PgStore.take(two, s, () => {}); // a second leader (as through a pooler that ignores the lock)
+      const stale = await PgStore.take(one, s, (e) => failures.push(e), 60_000);
+      await PgStore.take(two, s, () => {}, 60_000); // a second leader (as through a pooler that ignores the lock)
       stale.limit("ns", "r", 3);
       stale.commit();
       await expect(stale.flushed()).rejects.toThrow(/no longer current/);
