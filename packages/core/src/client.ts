@@ -12,8 +12,12 @@ import type { Transport } from "./transport.js";
 
 /** Everything the protocol client needs to reach a server. */
 export interface ClientConfig {
-  /** Server URL, e.g. `http://127.0.0.1:7420`. */
-  baseUrl: string;
+  /**
+   * Server URL, e.g. `http://127.0.0.1:7420`; or several, for replicas of which one serves (the
+   * others answer 503) or that stand behind load balancers: after a failed connection or a 421,
+   * 502, 503 or 504 the next attempt goes to the next URL, and a URL that works is kept.
+   */
+  baseUrl: string | readonly string[];
   /** API key, sent as `Authorization: Bearer` (or in the WebSocket's `hello`). */
   apiKey: string;
   /** How to send HTTP (the HTTP session, and probes). */
@@ -60,15 +64,7 @@ export class ProtocolClient {
 
   constructor(config: ClientConfig) {
     checkClientConfig(config);
-    this.session = new ClientSession({
-      baseUrl: config.baseUrl,
-      apiKey: config.apiKey,
-      transport: config.transport,
-      webSocket: config.webSocket,
-      mode: config.session,
-      retry: config.retry,
-      requestTimeout: config.requestTimeout,
-    });
+    this.session = new ClientSession({ ...config, mode: config.session });
   }
 
   /**

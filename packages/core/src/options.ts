@@ -26,17 +26,19 @@ export function checkClientConfig(config: {
       },
     );
   }
-  let url: URL | undefined;
-  try {
-    url = typeof config.baseUrl === "string" ? new URL(config.baseUrl) : undefined;
-  } catch {
-    url = undefined;
-  }
-  if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) {
-    throw new ValidationError(
-      `baseUrl must be an http(s) URL such as "http://127.0.0.1:7420", got ${describe(config.baseUrl)}`,
-      { field: "baseUrl" },
-    );
+  // One URL, or a non-empty array of them (replicas, tried in turn): each checked as one.
+  const urls = config.baseUrl;
+  const many = Array.isArray(urls) && urls.length > 0;
+  for (const [i, value] of (many ? (urls as unknown[]) : [urls]).entries()) {
+    try {
+      if (typeof value !== "string" || !/^https?:$/.test(new URL(value).protocol)) throw 0;
+    } catch {
+      const field = many ? `baseUrl[${i}]` : "baseUrl";
+      throw new ValidationError(
+        `${field} must be an http(s) URL such as "http://127.0.0.1:7420", got ${describe(value)}`,
+        { field },
+      );
+    }
   }
   if (typeof config.transport !== "function") {
     throw new ValidationError(

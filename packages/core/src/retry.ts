@@ -27,7 +27,7 @@ export class TransientError extends Error {
   constructor(
     message: string,
     /** ms the server asked us to wait (`Retry-After`), if it did. */
-    readonly retryAfter?: number,
+    public retryAfter?: number,
     options?: { cause?: unknown },
   ) {
     super(message, options);

@@ -61,7 +61,11 @@ export interface WebSocketFactory {
 export type SessionMode = "auto" | "websocket" | "http";
 
 export interface SessionConfig {
-  baseUrl: string;
+  /**
+   * The server's URL, or several (replicas): a failure of the connection, or a 421, 502, 503 or
+   * 504, sends the next attempt to the next URL; a URL that works is kept until it fails.
+   */
+  baseUrl: string | readonly string[];
   apiKey: string;
   /** For the HTTP session and for probing the server. */
   transport: Transport;
@@ -216,11 +220,17 @@ export class ClientSession {
   private drained: (() => void) | undefined;
   /** Send time of the latest message whose answer has arrived on this connection. */
   private lastAnsweredSentAt = Number.NEGATIVE_INFINITY;
-  private readonly base: string;
+  /** The server's URLs, the one in use first. */
+  declare private readonly bases: string[];
+  /**
+   * The URL of the server that last welcomed the session. Only its port refusing says the
+   * server that holds the session is down (liveness.ts); another URL's says nothing of it.
+   */
+  declare private home: string | undefined;
   private readonly retry: Required<RetryOptions>;
 
   constructor(private readonly config: SessionConfig) {
-    this.base = config.baseUrl.replace(/\/+$/, "");
+    this.bases = [config.baseUrl].flat().map((url) => url.replace(/\/+$/, ""));
     this.retry = { ...DEFAULT_RETRY, ...config.retry };
     const mode = config.mode ?? "auto";
     if (mode === "websocket" && config.webSocket === undefined) {
@@ -492,7 +502,7 @@ export class ClientSession {
     const attempt: Promise<void> = (wait > 0 ? sleep(wait) : Promise.resolve())
       .then(() =>
         withRetries(
-          `connecting to the RateQueue server at ${this.base}`,
+          `connecting to the RateQueue server at ${this.bases[0]}`,
           () => this.connectOnce(),
           this.retry,
         ),
@@ -534,11 +544,24 @@ export class ClientSession {
     clearTimeout(this.pingTimer);
     this.pingTimer = undefined;
     this.pings.clear();
-    if (code(cause) === "ECONNREFUSED") {
+    if (code(cause) === "ECONNREFUSED" && this.bases[0] === this.home) {
       // Nothing listens on the server's port: it is down, and cannot hand leases on until it
-      // has restarted and waited its recovery window (see liveness.ts).
+      // has restarted and waited its recovery window (see liveness.ts). Only the port of the
+      // server that welcomed the session says so: another URL's refusing is no news of it.
       this.budget.serverDown(performance.now());
       this.armBudget();
+    }
+    // After no answer (refused, reset, timeout, DNS) or a 421, 502, 503 or 504 — `HTTP 503: …`
+    // from an exchange, `Unexpected server response: 503` from `ws` — the next attempt goes to
+    // the next URL, and if that is another, at once (a `Retry-After` was this server's). Any
+    // other answer is this server's own: the next attempt may pass there. A URL that works is
+    // kept until it fails. Moving changes where the next attempt goes, never the budget.
+    if (
+      !/(HTTP|response:) (?!421|50[234])\d/.test((cause as Error)?.message) &&
+      this.bases.push(this.bases.shift()!) > 1 &&
+      cause instanceof TransientError
+    ) {
+      cause.retryAfter = 0;
     }
     const waiter = this.welcomeWaiter;
     this.welcomeWaiter = undefined;
@@ -567,13 +590,16 @@ export class ClientSession {
     const fallBack =
       this.mode === "websocket" && !this.everWelcomed && (this.config.mode ?? "auto") === "auto";
     for (let tries = 0; code(error) !== "ECONNREFUSED" && tries < 20; tries++) {
-      const atStake = this.held > 0 && !this.budget.spent(performance.now());
+      // Only the port of the server that welcomed the session may extend the budget (see
+      // `disconnected`): probing another URL would only delay the attempt at the next.
+      const atStake =
+        this.held > 0 && this.bases[0] === this.home && !this.budget.spent(performance.now());
       if (!fallBack && !atStake) break;
       if (tries > 0) await sleep(10);
       try {
         const res = await this.config.transport({
           method: "GET",
-          url: `${this.base}${API_PREFIX}/health`,
+          url: `${this.bases[0]}${API_PREFIX}/health`,
           headers: {},
           signal: AbortSignal.timeout(1_000),
         });
@@ -589,7 +615,7 @@ export class ClientSession {
   }
 
   private openWebSocket(): Link {
-    const url = `${this.base.replace(/^http/, "ws")}${API_PREFIX}${SESSION_PATH}`;
+    const url = `${this.bases[0]!.replace(/^http/, "ws")}${API_PREFIX}${SESSION_PATH}`;
     let ws: WebSocketLike;
     /** The largest frame sent on this link: its size, should the server close it as too big. */
     let big = "";
@@ -709,7 +735,7 @@ export class ClientSession {
         const payload = JSON.stringify(messages);
         const res = await this.config.transport({
           method: "POST",
-          url: `${this.base}${API_PREFIX}/sessions/${this.id}?after=${this.ack}${
+          url: `${this.bases[0]}${API_PREFIX}/sessions/${this.id}?after=${this.ack}${
             this.run === undefined ? "" : `&run=${encodeURIComponent(this.run)}`
           }&wait=${wait}`,
           headers,
@@ -890,6 +916,7 @@ export class ClientSession {
     this.everWelcomed = true;
     this.welcomed = true;
     this.connected = true;
+    this.home = this.bases[0];
     this.connecting = undefined; // done: a failure from now on starts a new connect
     this.welcomeWaiter?.resolve();
     this.welcomeWaiter = undefined;

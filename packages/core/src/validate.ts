@@ -163,7 +163,7 @@ function fail(field: string, detail: string) {
 /** A short, safe description of a bad value for an error message (never the whole value). */
 export function describe(value: unknown): string {
   if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
+  if (Array.isArray(value)) return value.length > 0 ? "an array" : "an empty array";
   switch (typeof value) {
     case "string":
       return value.length > 40 ? `a string of ${value.length} characters` : JSON.stringify(value);

@@ -4,8 +4,13 @@ import type { RetryOptions, SessionMode, Transport, WebSocketFactory } from "@ra
 export interface RateQueueOptions {
   /** API key, sent as `Authorization: Bearer`. Default: `RATEQUEUE_API_KEY` from the environment. */
   apiKey?: string;
-  /** Server URL. Default: `RATEQUEUE_URL` from the environment, else `"http://127.0.0.1:7420"`. */
-  baseUrl?: string;
+  /**
+   * Server URL. Default: `RATEQUEUE_URL` from the environment, else `"http://127.0.0.1:7420"`.
+   * Several URLs (replicas of which one serves and the others answer 503, or load balancers):
+   * after a failed connection or a 421, 502, 503 or 504 the session reconnects to the next one,
+   * and keeps a URL that works until it fails.
+   */
+  baseUrl?: string | readonly string[];
   /**
    * Reconnecting after the connection to the server fails (network errors, 5xx): how often and
    * how fast. Default: 6 retries, 50 ms doubling to 2 s, with jitter; then waiting calls reject
@@ -34,8 +39,8 @@ export interface RateQueueOptions {
 export interface AcquireOptions {
   /** API key for this call. Default: the instance's. */
   apiKey?: string;
-  /** Server URL for this call. Default: the instance's. */
-  baseUrl?: string;
+  /** Server URL, or URLs (see `RateQueueOptions.baseUrl`), for this call. Default: the instance's. */
+  baseUrl?: string | readonly string[];
   /** Stop waiting: the call rejects with `signal.reason` (an `AbortError` by default), as `fetch` does. */
   signal?: AbortSignal;
   /**

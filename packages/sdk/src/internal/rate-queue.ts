@@ -107,19 +107,18 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
       const env = defaults.env();
       baseUrl ??= env.baseUrl ?? DEFAULT_BASE_URL;
       // A server on loopback without keys (open development mode) takes any token: no key needed.
-      apiKey ??= env.apiKey ?? (LOOPBACK.test(baseUrl) ? DEV_API_KEY : "");
+      apiKey ??=
+        env.apiKey ?? ([baseUrl].flat().every((url) => LOOPBACK.test(url)) ? DEV_API_KEY : "");
     }
     const key = `${baseUrl}\n${apiKey}`;
     let client = clients.get(key);
     if (client === undefined) {
       client = new ProtocolClient({
+        ...options,
         apiKey,
         baseUrl,
         transport,
         webSocket: options.webSocket ?? defaults.webSocket(),
-        session: options.session,
-        retry: options.retry,
-        requestTimeout: options.requestTimeout,
       });
       clients.set(key, client);
     }
