@@ -225,6 +225,12 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
       );
     if (resolved.dataDir !== undefined)
       throw new TypeError("give store or dataDir, not both: the state lives in one place");
+    // A new leader keeps restored leases this long; a client may trust its old replica up to
+    // 2 × grace after that replica's last proof of leadership (docs/operations.md).
+    if (resolved.recoveryWindow < 2 * resolved.grace)
+      throw new TypeError(
+        `recoveryWindow (${resolved.recoveryWindow}) must be at least 2 × grace (${2 * resolved.grace}) with store: a new leader must keep restored leases while their clients may still trust the old one`,
+      );
     if (!/^[a-z_][a-z0-9_]{0,62}$/.test(resolved.pgSchema))
       throw new TypeError(
         `pgSchema must be lower-case letters, digits and _ (at most 63, not starting with a digit), got ${JSON.stringify(resolved.pgSchema)}`,

@@ -58,15 +58,22 @@ class Replica implements ReplicaServer {
   }
 
   async start(): Promise<void> {
-    let client: pg.Client;
+    let client: pg.Client | undefined;
     try {
-      client = await connect(this.options.store!);
-      await migrate(client, this.options.pgSchema);
+      client = await this.connectAndMigrate();
     } catch (error) {
-      throw new Error(
-        `cannot use the PostgreSQL store at ${redact(this.options.store!)}: ${(error as Error).message}`,
-        { cause: error },
+      if (!unavailable(error))
+        throw new Error(
+          `cannot use the PostgreSQL store at ${redact(this.options.store!)}: ${(error as Error).message}`,
+          { cause: error },
+        );
+      // PostgreSQL is down (or starting): stand by and try again, as a replica that loses it does.
+      await this.standBy();
+      this.options.log(
+        `[ratequeue] standing by on ${this.url}: PostgreSQL at ${redact(this.options.store!)} does not answer (${(error as Error).message}); retrying every ${RETRY_MS} ms`,
       );
+      void this.campaign();
+      return;
     }
     const { rows } = await client.query<{ got: boolean }>(
       "SELECT pg_try_advisory_lock($1, hashtext($2)) AS got",
@@ -83,12 +90,24 @@ class Replica implements ReplicaServer {
     }
   }
 
+  /** A connection, with the schema migrated (idempotent: the migrations that ran are recorded). */
+  private async connectAndMigrate(): Promise<pg.Client> {
+    const client = await connect(this.options.store!);
+    try {
+      await migrate(client, this.options.pgSchema);
+      return client;
+    } catch (error) {
+      end(client);
+      throw error;
+    }
+  }
+
   /** Waits for the leader lock (on `client`, or a new connection), then leads. */
   private async campaign(client?: pg.Client): Promise<void> {
     let failing = false;
     while (!this.stopped) {
       try {
-        client ??= await connect(this.options.store!);
+        client ??= await this.connectAndMigrate();
         this.waiting = client;
         await client.query("SELECT pg_advisory_lock($1, hashtext($2))", [
           LOCK_CLASS,
@@ -316,6 +335,25 @@ function end(client: pg.Client): void {
   (
     client as unknown as { connection?: { stream?: { destroy(): void } } }
   ).connection?.stream?.destroy();
+}
+
+/**
+ * Whether `error` says PostgreSQL is not there right now (down, starting, restarting, out of
+ * reach) rather than that the settings are wrong (a bad password, no such database).
+ */
+function unavailable(error: unknown): boolean {
+  const code = (error as { code?: string }).code ?? "";
+  const message = (error as Error).message ?? "";
+  return (
+    ["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EPIPE"].includes(
+      code,
+    ) ||
+    code.startsWith("08") || // connection exceptions
+    code === "57P01" || // admin shutdown
+    code === "57P02" || // crash shutdown
+    code === "57P03" || // cannot connect now (starting up)
+    /timeout|terminated|Connection terminated/i.test(message)
+  );
 }
 
 /** A PostgreSQL URL without its password, for messages. */

@@ -272,6 +272,14 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
     }
   });
 
+  it("a store PostgreSQL refuses (no such database) stops the start, saying so", async () => {
+    const url = new URL(PG_URL);
+    url.pathname = "/rq_no_such_database";
+    await expect(startServer({ port: 0, store: url.toString() })).rejects.toThrow(
+      /cannot use the PostgreSQL store at postgres:.*rq_no_such_database.*does not exist/,
+    );
+  });
+
   it("migrations run once, and a schema migrated by a newer version is refused with what to do", async () => {
     const s = schema("migrate");
     const pg = await connectPg();
@@ -311,9 +319,21 @@ describe("--store options", () => {
       /pgSchema must be lower-case/,
     );
     await expect(
-      startServer({ port: 0, store: "postgres://nobody@127.0.0.1:9/none" }),
-    ).rejects.toThrow(
-      /cannot use the PostgreSQL store at postgres:\/\/nobody@127\.0\.0\.1:9\/none/,
+      startServer({ store: PG_URL, grace: 1_000, recoveryWindow: 1_500 }),
+    ).rejects.toThrow(/recoveryWindow \(1500\) must be at least 2 × grace \(2000\) with store/);
+  });
+
+  it("a replica started while PostgreSQL does not answer stands by, and retries", async () => {
+    const lines: string[] = [];
+    await using replica = (await startServer({
+      port: 0,
+      store: "postgres://postgres@127.0.0.1:9/test",
+      log: (line) => lines.push(line),
+    })) as ReplicaServer;
+    expect(replica.role()).toBe("follower");
+    expect(await (await fetch(`${replica.url}/v1/replica`)).json()).toEqual({ role: "follower" });
+    expect(lines.join("\n")).toMatch(
+      /PostgreSQL at postgres:\/\/postgres@127\.0\.0\.1:9\/test does not answer/,
     );
   });
 });
