@@ -154,8 +154,8 @@ describe.each(SESSIONS)("baseUrl: a list of URLs, over the $name", ({ config, tr
   let follower: Awaited<ReturnType<typeof startFollower>>;
   let closed: string;
   const clients: ProtocolClient[] = [];
-  const client = (baseUrl: string | string[]) => {
-    const c = new ProtocolClient({ apiKey: KEY, baseUrl, ...config() } as ClientConfig);
+  const client = (baseUrl: string | string[], extra: Partial<ClientConfig> = {}) => {
+    const c = new ProtocolClient({ apiKey: KEY, baseUrl, ...config(), ...extra } as ClientConfig);
     clients.push(c);
     return c;
   };
@@ -202,6 +202,12 @@ describe.each(SESSIONS)("baseUrl: a list of URLs, over the $name", ({ config, tr
     const before = follower.state.requests;
     await cycle(rq);
     expect(follower.state.requests).toBeGreaterThan(before);
+  });
+
+  it("one attempt goes round the whole list: with no retries at all, [closed port, 503 not_leader, server] reaches the server", async () => {
+    // A failover must reach the new leader within its leases' grace: no backoff between URLs.
+    const rq = client([closed, follower.url, server.url], { retry: { retries: 0 } });
+    await cycle(rq);
   });
 
   it("a URL that works is kept: a new connection goes to it, not back to the first", async () => {

@@ -503,7 +503,7 @@ export class ClientSession {
       .then(() =>
         withRetries(
           `connecting to the RateQueue server at ${this.bases[0]}`,
-          () => this.connectOnce(),
+          () => this.round(),
           this.retry,
         ),
       )
@@ -520,6 +520,22 @@ export class ClientSession {
         },
       );
     this.connecting = attempt;
+  }
+
+  /**
+   * One attempt at each URL in turn, with no backoff between them: a failover goes round the
+   * replicas at once, so the client reaches the new leader within its leases' grace. The retry
+   * loop's backoff comes after a whole round (or a failure that keeps the URL).
+   */
+  private async round(): Promise<void> {
+    for (let left = this.bases.length; ; ) {
+      const url = this.bases[0];
+      try {
+        return await this.connectOnce();
+      } catch (error) {
+        if (--left < 1 || url === this.bases[0]) throw error;
+      }
+    }
   }
 
   /** One attempt: resolves once the server welcomes the session. */
