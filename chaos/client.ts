@@ -6,7 +6,8 @@
  * reported to the harness over IPC. The process may be SIGKILLed at any moment (the harness
  * records that itself); on "stop" it gives up its waits, cuts its holds short, and exits.
  *
- *   argv: serverUrl registerUrl seed loops session
+ *   argv: serverUrls registerUrl seed loops session — serverUrls: one URL, or several (replicas)
+ *   separated by commas, given to the SDK as a list
  */
 import { setMaxListeners } from "node:events";
 import { writeFileSync } from "node:fs";
@@ -14,7 +15,7 @@ import { join } from "node:path";
 import { createRateQueue, LeaseLostError, nodeWebSocket } from "../packages/sdk/src/node.js";
 import { RESOURCES } from "./resources.js";
 
-const [serverUrl, registerUrl, seedArg, loopsArg, session] = process.argv.slice(2) as [
+const [serverUrls, registerUrl, seedArg, loopsArg, session] = process.argv.slice(2) as [
   string,
   string,
   string,
@@ -102,7 +103,7 @@ function tracing(): ReturnType<typeof nodeWebSocket> {
 
 const rq = createRateQueue({
   apiKey: "chaos",
-  baseUrl: serverUrl,
+  baseUrl: serverUrls.includes(",") ? serverUrls.split(",") : serverUrls,
   session,
   retry: { retries: 10, maxDelay: 500 },
   ...(traceDir ? { webSocket: tracing() } : {}),
