@@ -204,7 +204,13 @@ export function resolveServerOptions(options: ServerOptions = {}): ResolvedServe
     behindProxy: (options.behindProxy ?? false) || options.store !== undefined,
     recoveryWindow: 0,
   };
-  resolved.recoveryWindow = options.recoveryWindow ?? resolved.pollWindow + resolved.repollGrace;
+  // With a store on PostgreSQL, at least 2 × grace (see below).
+  resolved.recoveryWindow =
+    options.recoveryWindow ??
+    Math.max(
+      resolved.pollWindow + resolved.repollGrace,
+      options.store === undefined ? 0 : 2 * resolved.grace,
+    );
   if (
     resolved.dataDir !== undefined &&
     (typeof resolved.dataDir !== "string" || resolved.dataDir === "")

@@ -39,6 +39,10 @@ export class PgStore implements Store {
   private closing = false;
   /** Send time (performance.now()) of the latest query PostgreSQL answered on the lock's session. */
   private proven = performance.now();
+  private probing: Promise<void> | undefined;
+  /** Queries of this store on the wire, and since when PostgreSQL has answered none of them. */
+  private inFlight = 0;
+  private waitingSince = 0;
 
   private constructor(
     private readonly client: pg.Client,
@@ -171,11 +175,51 @@ export class PgStore implements Store {
 
   /** A promise of everything asked so far being in PostgreSQL; undefined if it already is. */
   flushed(): Promise<void> | undefined {
-    this.checkProof();
     if (this.failure) return Promise.reject(this.failure);
+    // An old proof (a stalled event loop, a slow commit): what is to leave waits for a new one.
+    if (this.stale()) return this.probe().then(() => this.flushed());
     if (this.done >= this.asked) return undefined;
     const gen = this.asked;
     return new Promise((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
+  }
+
+  /**
+   * A query on the lock's session: once answered, the proof is as fresh as its send time. One at
+   * a time; a failure fails the store.
+   */
+  probe(): Promise<void> {
+    this.probing ??= (async () => {
+      const sent = performance.now();
+      this.sentAt(sent);
+      try {
+        await this.client.query("SELECT 1");
+      } catch (error) {
+        this.fail(error as Error);
+        throw this.failure;
+      } finally {
+        this.probing = undefined;
+        this.answered();
+      }
+      this.prove(sent);
+    })();
+    return this.probing;
+  }
+
+  /**
+   * How long PostgreSQL has had a query of this session to answer and not answered any, in ms
+   * (0 with none waiting). A replica steps down when this passes `grace`.
+   */
+  unanswered(): number {
+    return this.inFlight === 0 ? 0 : performance.now() - this.waitingSince;
+  }
+
+  private sentAt(at: number): void {
+    if (this.inFlight++ === 0) this.waitingSince = at;
+  }
+
+  private answered(): void {
+    this.inFlight--;
+    this.waitingSince = performance.now();
   }
 
   /**
@@ -198,9 +242,11 @@ export class PgStore implements Store {
 
   /**
    * PostgreSQL answered a query sent at `sentAt` (performance.now()) on the lock's session: the
-   * lock was held then, or later.
+   * lock was held then, or later. Nothing leaves on a proof older than `proofLimit` (see
+   * `flushed`): a message sent now is sent within `proofLimit` of a query PostgreSQL answered
+   * while this replica held the lock, whatever its timers did meanwhile (docs/operations.md).
    */
-  prove(sentAt: number): void {
+  private prove(sentAt: number): void {
     if (sentAt > this.proven) this.proven = sentAt;
   }
 
@@ -209,39 +255,34 @@ export class PgStore implements Store {
     return performance.now() - this.proven > this.proofLimit;
   }
 
-  /**
-   * Nothing leaves on an old proof: a message sent now must be sent within `proofLimit` of a
-   * query PostgreSQL answered while this replica held the lock, whatever its timers did meanwhile
-   * (a blocked event loop runs its sends before its timers). See docs/operations.md.
-   */
-  private checkProof(): void {
-    if (this.failure === undefined && this.stale())
-      this.fail(
-        new Error(
-          `no proof of the leader lock for ${Math.round(performance.now() - this.proven)} ms (at most ${this.proofLimit}: --grace)`,
-        ),
-      );
-  }
-
   private send(): void {
     this.sending = true;
     const gen = this.asked;
     const sentAt = performance.now();
+    this.sentAt(sentAt);
     const ops = this.takeOps();
     this.client.query(`SELECT ${ident(this.schema)}.apply($1, $2::jsonb)`, [this.epoch, ops]).then(
       () => {
+        this.answered();
         if (this.failure) return;
         this.prove(sentAt);
-        this.checkProof(); // a commit that took longer than the limit proves too little
-        if (this.failure) return;
         this.done = gen;
-        const ready = this.waiters.filter((w) => w.gen <= gen);
-        this.waiters = this.waiters.filter((w) => w.gen > gen);
-        for (const w of ready) w.resolve();
+        // Nothing leaves on an old proof (a commit that took longer than `grace` proves too
+        // little): the answers it holds wait for a probe.
+        const release = () => {
+          const ready = this.waiters.filter((w) => w.gen <= this.done);
+          this.waiters = this.waiters.filter((w) => w.gen > this.done);
+          for (const w of ready) w.resolve();
+        };
+        if (this.stale()) this.probe().then(release, () => {});
+        else release();
         this.sending = false;
         if (this.asked > this.done && this.failure === undefined) this.send();
       },
-      (error: Error) => this.fail(error),
+      (error: Error) => {
+        this.answered();
+        this.fail(error);
+      },
     );
   }
 

@@ -167,26 +167,21 @@ class Replica implements ReplicaServer {
     this.options.log(
       `[ratequeue] leading on ${this.url} (epoch ${store.epoch}, schema ${this.options.pgSchema})`,
     );
-    // Probes keep the proof of the lock fresh; the store refuses to let anything leave on an old
-    // one, and this steps down as soon as it is old (closing every connection).
+    // Probes keep the proof of the lock fresh (the store holds back what would leave on an old
+    // one). A replica steps down when PostgreSQL leaves a query of the lock's session unanswered
+    // for longer than `grace` — judged after the event loop has read what arrived (setImmediate),
+    // so a stall of this process alone is not taken for a silent PostgreSQL.
     const grace = this.options.grace;
-    let probing = false;
     const watchdog = setInterval(
       () => {
-        if (store.stale()) {
-          stepDown(new Error(`PostgreSQL has not answered for ${grace} ms (--grace)`));
+        if (store.unanswered() > grace) {
+          setImmediate(() => {
+            if (store.unanswered() > grace)
+              stepDown(new Error(`PostgreSQL has not answered for ${grace} ms (--grace)`));
+          });
           return;
         }
-        if (probing) return;
-        probing = true;
-        const sent = performance.now();
-        client.query("SELECT 1").then(
-          () => {
-            probing = false;
-            store.prove(sent);
-          },
-          (error: Error) => stepDown(error),
-        );
+        store.probe().catch((error: Error) => stepDown(error));
       },
       Math.max(5, Math.floor(grace / 8)),
     );

@@ -80,6 +80,7 @@ describe("the OpenAPI document (GET /v1/openapi.json)", () => {
       JSON.parse(JSON.stringify(OPENAPI)),
     );
     await call(u, "GET", "/v1/health");
+    await call(u, "GET", "/v1/replica");
     await call(u, "PUT", "/v1/requests/h", { ...app, body: { resource: "r" } });
     await call(u, "PUT", "/v1/requests/w?wait=0", { ...app, body: { resource: "r" } });
     await call(u, "PUT", "/v1/requests/bad", { ...app, body: { resource: "r", load: 0 } });

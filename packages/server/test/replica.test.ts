@@ -253,6 +253,19 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
     }
   });
 
+  it("a leader whose own event loop stalls past grace keeps serving (PostgreSQL did answer): what it says waits for a new proof", async () => {
+    const s = schema("stall");
+    const a = await replica(s, 300);
+    const api = client(a);
+    expect((await api.acquire("h", { resource: "r" })).body.state).toBe("active");
+    const until = performance.now() + 900; // 3 × grace of this process's own stall
+    while (performance.now() < until) {}
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(a.role()).toBe("leader");
+    expect((await api.poll("h")).body.state).toBe("active");
+    expect((await api.acquire("n", { resource: "other" })).body.state).toBe("active");
+  });
+
   it("a commit from a leader whose epoch has passed fails, whatever the locks say", async () => {
     const s = schema("epoch");
     const one = await connectPg();
