@@ -1,5 +1,6 @@
 import type { ResourceSnapshot } from "@ratequeue/core";
-import { type RunningServer, type ServerOptions, startServer } from "@ratequeue/server";
+import type { RunningServer, ServerOptions } from "@ratequeue/server";
+import { startWithTestStore } from "../../server/test/helpers.js";
 import * as fetchEntry from "../src/index.js";
 import * as nodeEntry from "../src/node.js";
 
@@ -19,10 +20,14 @@ export const ENTRIES = [
  * A server on a free port. Its `grace` is 1 s, not 200 ms: a client gives a lease up when the
  * server has not answered it for about `grace`, and a test process that shares 2 loaded cores
  * with the server and other test files can stall that long. Tests of the grace itself pass theirs.
+ * Its state is in the store `RATEQUEUE_TEST_STORE` names (memory, SQLite or PostgreSQL: see
+ * packages/server/test/helpers.ts), unless the options name one.
  */
 export function startTestServer(options: ServerOptions = {}): Promise<RunningServer> {
-  return startServer({ port: 0, grace: 1_000, ...options });
+  return startWithTestStore({ port: 0, grace: 1_000, ...options });
 }
+
+export { stateDir, TEST_STORE } from "../../server/test/helpers.js";
 
 /** Reads a resource's state over plain HTTP (what the server says, not what the SDK believes). */
 export async function resourceState(server: { url: string }, name: string, apiKey = "test-key") {

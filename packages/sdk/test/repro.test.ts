@@ -20,7 +20,14 @@ import { Agent } from "undici";
 import { describe, expect, it } from "vitest";
 import { startProxy } from "../../../test-support/proxy.js";
 import * as nodeEntry from "../src/node.js";
-import { deferred, ENTRIES, eventually, resourceState, startTestServer } from "./helpers.js";
+import {
+  deferred,
+  ENTRIES,
+  eventually,
+  resourceState,
+  startTestServer,
+  stateDir,
+} from "./helpers.js";
 
 const { AcquireTimeoutError, LeaseLostError, createRateQueue } = nodeEntry;
 type Lease = nodeEntry.Lease;
@@ -125,7 +132,7 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
     // a deployment runs the server with `behindProxy`, which promises no recovery: the holder
     // must then give up as after a reset, before the server hands its lease on.
     it("a durable server behind a proxy that refuses (behindProxy): the holder aborts before the next waiter is granted", async () => {
-      const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-repro-"));
+      const dataDir = stateDir(); // a data directory, or on PostgreSQL a schema
       try {
         await using server = await startTestServer({ dataDir, behindProxy: true });
         await using proxy = await startProxy(server.url);

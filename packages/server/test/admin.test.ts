@@ -1,8 +1,5 @@
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { client, startTestServer } from "./helpers.js";
+import { client, startTestServer, stateDir } from "./helpers.js";
 
 async function get(url: string, path: string, token?: string) {
   const res = await fetch(url + path, {
@@ -197,7 +194,7 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     }));
 
   it("a raise serves the line at once; the limit stays while idle and across a restart, until lifted", async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-limits-"));
+    const dataDir = stateDir(); // a data directory, or on PostgreSQL a schema
     const first = await startTestServer({ dataDir, repollGrace: 30_000 });
     const api = client(first, "alpha");
     await api.acquire("h", { resource: "api/llm" });
@@ -234,7 +231,7 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
   });
 
   it("rate limits stack with the capacity, count grants not releases, and stay across a restart (full for the window that holds it)", async () => {
-    const dataDir = mkdtempSync(join(tmpdir(), "ratequeue-rates-"));
+    const dataDir = stateDir(); // a data directory, or on PostgreSQL a schema
     const first = await startTestServer({ dataDir, repollGrace: 30_000 });
     const api = client(first, "alpha");
     await api.acquire("h", { resource: "llm", capacity: 1_000 }); // before the limits: not counted

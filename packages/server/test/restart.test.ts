@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { startServer } from "../src/index.js";
-import { client, eventually, startTestServer } from "./helpers.js";
+import { client, eventually, startTestServer, stateDir } from "./helpers.js";
 
 const CLI = fileURLToPath(new URL("../src/cli.ts", import.meta.url));
 const tempDir = () => mkdtempSync(join(tmpdir(), "ratequeue-test-"));
@@ -34,7 +34,7 @@ async function killHard(child: ChildProcess): Promise<void> {
 
 describe("a server with a data directory", () => {
   it("keeps held leases, queued requests and their order across a restart", async () => {
-    const dataDir = tempDir();
+    const dataDir = stateDir();
     const first = await startTestServer({ dataDir });
     const api = client(first);
     const holder = (await api.acquire("holder", { resource: "r", capacity: 1 })).body;
@@ -61,7 +61,7 @@ describe("a server with a data directory", () => {
   });
 
   it("grants larger fencing tokens after a restart than before it", async () => {
-    const dataDir = tempDir();
+    const dataDir = stateDir();
     const first = await startTestServer({ dataDir });
     const before = (await client(first).acquire("a", { resource: "r" })).body.fencingToken!;
     await client(first).release("a");
@@ -76,12 +76,13 @@ describe("a server with a data directory", () => {
   });
 
   it("drops a restored holder that does not come back within the recovery window, then serves the next", async () => {
-    const dataDir = tempDir();
+    const dataDir = stateDir();
     const first = await startTestServer({ dataDir });
     await client(first).acquire("gone", { resource: "r" });
     await client(first).acquire("next", { resource: "r" }, 0);
     await first.close();
-    await using second = await startTestServer({ dataDir, recoveryWindow: 300 });
+    // A window well past the 200 ms poll below plus the start (longer on PostgreSQL).
+    await using second = await startTestServer({ dataDir, recoveryWindow: 1_000 });
     const api = client(second);
     // "next" comes back and waits; "gone" never does.
     let snap = (await api.poll("next", "queued", 200)).body;
@@ -95,7 +96,7 @@ describe("a server with a data directory", () => {
   // gave the sessions it restored a new window, so the leases of clients that died before the
   // first restart were held for as long as the restarts went on, and nobody else was served.
   it("gives a session that never came back no new recovery window at the next restart", async () => {
-    const dataDir = tempDir();
+    const dataDir = stateDir();
     const first = await startTestServer({ dataDir });
     const taken = await client(first).call<{ messages: Array<{ state: string }> }>(
       "POST",
@@ -106,9 +107,11 @@ describe("a server with a data directory", () => {
     await first.close(); // the session's client is gone for good
 
     const window = 2_000;
-    const second = await startTestServer({ dataDir, recoveryWindow: window });
+    // The window starts while the server starts (no later than it has), and a second of it is
+    // left for the next restart: a takeover on PostgreSQL takes longer than opening a directory.
     const firstDeadline = performance.now() + window;
-    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    const second = await startTestServer({ dataDir, recoveryWindow: window });
+    await new Promise((resolve) => setTimeout(resolve, firstDeadline - 1_000 - performance.now()));
     await second.close();
     await using third = await startTestServer({ dataDir, recoveryWindow: window });
     const renewedDeadline = performance.now() + window;
@@ -161,7 +164,7 @@ describe("a server with a data directory", () => {
     }
 
     it("keeps its units from the next until its poll hears of the revoke (a request of its own)", async () => {
-      const dataDir = tempDir();
+      const dataDir = stateDir();
       await revokeThenStop(dataDir, (api) => api.acquire("held", { resource: "r" }));
       await using second = await startTestServer({ dataDir, recoveryWindow: 60_000 });
       const api = client(second);
@@ -179,13 +182,13 @@ describe("a server with a data directory", () => {
     });
 
     it("keeps its units until its session's recovery window ends, if the session never comes back", async () => {
-      const dataDir = tempDir();
+      const dataDir = stateDir();
       await revokeThenStop(dataDir, (api) =>
         api.call("POST", "/v1/sessions/dead?wait=0", [{ t: "acquire", id: "held", resource: "r" }]),
       );
       const window = 1_000;
+      const deadline = performance.now() + window; // the window starts while the server starts
       const second = await startTestServer({ dataDir, recoveryWindow: window });
-      const deadline = performance.now() + window;
       const api = client(second);
       expect((await api.acquire("next", { resource: "r" }, 0)).body.state).toBe("queued");
       expect((await api.poll("held")).body).toMatchObject({ state: "revoked", reason: "ops" });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
-import { startTestServer } from "./helpers.js";
+import { startTestServer, TEST_STORE } from "./helpers.js";
 
 /** A raw WebSocket session client: sends frames, collects every message the server sends. */
 async function connect(url: string) {
@@ -63,7 +63,10 @@ describe("the WebSocket session", () => {
     const [welcome, first, second, pong] = await a.until(4);
     expect(welcome).toMatchObject({ t: "welcome", session: "s-1", resumed: false, grace: 300 });
     expect(welcome!.ping).toBeGreaterThan(0);
-    expect(welcome!.recovery).toBe(0); // in memory: nothing survives a restart
+    // In memory nothing survives a restart; replicas on PostgreSQL promise no recovery either
+    // (clients give a lease up grace after losing their replica); a data directory keeps
+    // the leases for its recovery window.
+    expect(welcome!.recovery).toBe(TEST_STORE.kind === "sqlite" ? 14_000 : 0);
     expect(first).toMatchObject({ t: "state", id: "a1", state: "active" });
     expect(second).toMatchObject({ t: "state", id: "a2", state: "queued" });
     expect(pong).toEqual({ t: "pong", n: 1 });
@@ -112,7 +115,15 @@ describe("the WebSocket session", () => {
     await a.until(1);
     await server.close();
     const messages = await a.until(2);
-    expect(messages[1]).toEqual({ t: "bye", recovery: 0 });
+    if (TEST_STORE.kind === "postgres") {
+      // A replica says no bye: the next replica serves its leases (replica.ts). It just closes.
+      expect(messages[1]).toBeUndefined();
+      expect(a.closed()).toBeDefined();
+    } else {
+      // Memory keeps nothing; a data directory keeps the leases for the recovery window.
+      const recovery = TEST_STORE.kind === "sqlite" ? 14_000 : 0;
+      expect(messages[1]).toEqual({ t: "bye", recovery });
+    }
   });
 
   it("works through a burst of 10,000 acquires a slice at a time: another session's ping is answered meanwhile", async () => {
