@@ -11,7 +11,6 @@ import {
   resolveServerOptions,
   type ServerOptions,
 } from "./options.js";
-import { startReplica } from "./replica.js";
 import { SqliteStore } from "./sqlite-store.js";
 import type { Store } from "./store.js";
 
@@ -35,7 +34,8 @@ export interface RunningServer extends AsyncDisposable {
  */
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const resolved = resolveServerOptions(options);
-  if (resolved.store !== undefined) return startReplica(resolved);
+  // Loaded only for replicas: a server without --store never loads the PostgreSQL driver.
+  if (resolved.store !== undefined) return (await import("./replica.js")).startReplica(resolved);
   const store = resolved.dataDir === undefined ? undefined : new SqliteStore(resolved.dataDir);
   return serve(resolved, store);
 }
