@@ -36,15 +36,24 @@ export interface Peer {
 export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 export const PG_URL = process.env.PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 
-export function rateQueuePeer(url: string, connections = 256): Peer {
+/** The name of RateQueue's second entrant: replicas on PostgreSQL (run.ts starts them). */
+export const REPLICAS = "RateQueue, 3 replicas on PostgreSQL";
+
+/**
+ * RateQueue through one SDK client: the in-memory server at `url`, or with `replicas` the
+ * replicas at `url`, a list (the SDK tries them in turn: the leader serves, the others say 503).
+ */
+export function rateQueuePeer(url: string | string[], connections = 256, replicas = false): Peer {
   const rq = createRateQueue({
     apiKey: "bench",
     baseUrl: url,
     transport: undiciTransport({ connections }),
   });
   return {
-    name: "RateQueue",
-    settings: "embedded server (in memory), SDK defaults (one WebSocket session per client)",
+    name: replicas ? REPLICAS : "RateQueue",
+    settings: replicas
+      ? "3 server processes on one PostgreSQL schema (`--store`, made fresh, dropped after): the leader serves, the others answer 503 not_leader; every operation is committed to PostgreSQL (synchronous_commit on) before anything it says leaves. SDK defaults, given the three URLs (`baseUrl: [a, b, c]`, in start order: the leader is any of them)"
+      : "embedded server (in memory), SDK defaults (one WebSocket session per client)",
     worker: async () => ({
       lock: async (key) => {
         const lease = await rq.acquire(key);

@@ -16,13 +16,17 @@ import {
 } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import pg from "pg";
 import { createRateQueue, type RateQueue } from "../../packages/sdk/src/node.js";
 import { spawnServer } from "../http.js";
 import {
   advisoryPeer,
   etcdPeer,
   type Peer,
+  PG_URL,
+  REPLICAS,
   rateQueuePeer,
   redisSemaphorePeer,
   redlockPeer,
@@ -127,6 +131,79 @@ function spawnHolder(peerName: string, key: string, url: string) {
   return { child, holding };
 }
 
+/**
+ * A holder process that takes and releases `key` on command (holder.ts, `relay`): `take()`
+ * resolves once it holds, `release()` with the time it released (timeOrigin-based ms).
+ */
+function spawnRelay(peerName: string, key: string, url: string) {
+  const child = spawn(process.execPath, ["--import", "tsx", HOLDER, peerName, key, url, "relay"], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  const lines: string[] = [];
+  let wake: (() => void) | undefined;
+  let exited: Error | undefined;
+  createInterface({ input: child.stdout! }).on("line", (line) => {
+    lines.push(line);
+    wake?.();
+  });
+  child.once("exit", (code, signal) => {
+    exited = new Error(`the holder process exited (${signal ?? code})`);
+    wake?.();
+  });
+  const next = async (prefix: string) => {
+    for (;;) {
+      const i = lines.findIndex((l) => l.startsWith(prefix));
+      if (i >= 0) return lines.splice(i, 1)[0]!;
+      if (exited) throw exited;
+      await new Promise<void>((r) => {
+        wake = r;
+      });
+    }
+  };
+  return {
+    child,
+    take: async () => {
+      child.stdin!.write("take\n");
+      await next("holding");
+    },
+    release: async () => {
+      child.stdin!.write("release\n");
+      return Number((await next("released ")).slice("released ".length));
+    },
+  };
+}
+
+/**
+ * 4b. Hand-over to another process: a holder process releases, and a waiter in this process
+ * (in line, or polling, for 50 ms before) holds: ms from the holder's release call to the grant.
+ * The first few are not counted: a new process's first releases run cold code.
+ */
+async function handover(peer: Peer, url: string, n: number) {
+  const what = `scenario 4b (${peer.name})`;
+  const out: number[] = [];
+  const w = await withDeadline(peer.worker(), 10_000, what, "opening a worker");
+  const key = uniq("handover");
+  const holder = spawnRelay(peer.name, key, url);
+  try {
+    for (let i = -Math.min(5, n); i < n; i++) {
+      await withDeadline(holder.take(), 30_000, what, `the holder process taking ${key}`);
+      const next = w.lock(key).then((release) => ({
+        release,
+        at: performance.timeOrigin + performance.now(),
+      }));
+      await sleep(50); // the waiter is in line (or polling)
+      const released = await withDeadline(holder.release(), 10_000, what, `releasing ${key}`);
+      const got = await withDeadline(next, 10_000, what, `the waiter holding ${key}`);
+      if (i >= 0) out.push(got.at - released);
+      await withDeadline(got.release(), 10_000, what, `releasing ${key} again`);
+    }
+  } finally {
+    holder.child.kill("SIGKILL");
+  }
+  await withDeadline(w.close(), 10_000, what, "closing the worker");
+  return { p50: median(out), max: Math.max(...out) };
+}
+
 /** 1. Uncontended acquire + release, sequential: latencies in ms. */
 function uncontended(peer: Peer, n: number, label = peer.name) {
   return withDeadline(
@@ -143,7 +220,9 @@ function uncontended(peer: Peer, n: number, label = peer.name) {
       await w.close();
       return { p50: median(out), p99: pct(out, 0.99) };
     })(),
-    10_000 + 10 * (n + Math.min(200, n)),
+    // 30 ms a cycle: room for a loaded machine (a commit to PostgreSQL per operation, for the
+    // replicas), still failing a hang.
+    10_000 + 30 * (n + Math.min(200, n)),
     `scenario 1 (${label})`,
     `${n} sequential acquire + release cycles on one lock`,
   );
@@ -327,7 +406,8 @@ async function manyWaiters(url: string, pid: number, n: number) {
     },
     10_000 + 2 * n,
     what,
-    () => `${n} waiters getting in line (last seen in line: ${queued})`,
+    () =>
+      `${n} waiters getting in line (last seen in line: ${queued}; ${done} served while the lock was held)`,
     50,
   );
   const queuedRss = rss(pid);
@@ -639,35 +719,234 @@ async function startEtcd(): Promise<{ stop: () => void } | undefined> {
   return { stop: () => child.kill() };
 }
 
+/** Schemas of replicas this run made, dropped at the end (and by `fail`). */
+const schemas = new Set<string>();
+
+async function dropSchema(schema: string) {
+  const client = new pg.Client({ connectionString: PG_URL });
+  await client.connect();
+  try {
+    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    schemas.delete(schema);
+  } finally {
+    await client.end();
+  }
+}
+
+/** Of replicas `urls`, those that lead now (`GET /v1/replica` is 200). */
+async function leading(urls: string[]) {
+  const out: string[] = [];
+  for (const url of urls) {
+    const res = await fetch(`${url}/v1/replica`, {
+      headers: { connection: "close" },
+      signal: AbortSignal.timeout(2_000),
+    }).catch(() => undefined);
+    await res?.body?.cancel();
+    if (res?.status === 200) out.push(url);
+  }
+  return out;
+}
+
+/**
+ * `n` RateQueue servers, each its own process, as replicas on a fresh PostgreSQL schema: their
+ * URLs (in start order), the leader's, `leaderNow` (the leader at the time: a leader that could
+ * not prove its lock within --grace has stepped down), and a stop that ends them all and drops
+ * the schema.
+ */
+async function startReplicas(n: number) {
+  const schema = `ratequeue_bench_${process.pid}_${Date.now()}`;
+  schemas.add(schema);
+  const servers = await Promise.all(
+    Array.from({ length: n }, () =>
+      withDeadline(
+        spawnServer(["--store", PG_URL, "--pg-schema", schema]),
+        30_000,
+        "setup",
+        `starting a RateQueue replica (schema ${schema})`,
+      ),
+    ),
+  );
+  const urls = servers.map((s) => s.url);
+  // Each new leader bumps the schema's epoch: how many terms there were.
+  const epoch = async () => {
+    const client = new pg.Client({ connectionString: PG_URL });
+    await client.connect();
+    try {
+      const { rows } = await client.query<{ epoch: string }>(
+        `SELECT epoch FROM "${schema}".leader`,
+      );
+      return Number(rows[0]?.epoch ?? 0);
+    } finally {
+      await client.end();
+    }
+  };
+  // A leader, and the same one (the same term) for a second: replicas starting together on a
+  // loaded machine have handed the lead round a few times (a leader steps down when PostgreSQL
+  // has not answered its probe within --grace, and a starving process's probes are late).
+  let leader = "";
+  let term = 0;
+  let since = 0;
+  await until(
+    async () => {
+      const now = await leading(urls);
+      const e = await epoch();
+      const one = now.length === 1 ? now[0]! : "";
+      if (one === "" || one !== leader || e !== term) {
+        leader = one;
+        term = e;
+        since = performance.now();
+        return false;
+      }
+      return performance.now() - since >= 1_000;
+    },
+    30_000,
+    "setup",
+    () =>
+      `one of the ${n} replicas leading for a second (GET /v1/replica; now: ${leader || "none"}, term ${term})`,
+    100,
+  );
+  return {
+    urls,
+    leader,
+    epoch,
+    /** Its process: with SERVER_NODE_ARGS="--cpu-prof …", the profile to read (pid in its name). */
+    leaderPid: servers[urls.indexOf(leader)]!.pid,
+    schema,
+    leaderNow: async () => (await leading(urls)).join(", ") || "none",
+    /** Followers first (no take-over), then the leader; then the schema goes. */
+    stop: async () => {
+      const now = await leading(urls);
+      const followers = servers.filter((s) => !now.includes(s.url));
+      await Promise.all(followers.map((s) => s.stop()));
+      await Promise.all(servers.filter((s) => !followers.includes(s)).map((s) => s.stop()));
+      await dropSchema(schema);
+    },
+  };
+}
+
+/**
+ * What a durable commit costs on this PostgreSQL now: `n` single-row upserts, each its own
+ * transaction (synchronous_commit as the server has it), into a table of `schema`; ms.
+ */
+async function commitRoundTrip(schema: string, n: number) {
+  const client = new pg.Client({ connectionString: PG_URL });
+  await client.connect();
+  try {
+    const table = `"${schema}".bench_commit`;
+    await client.query(`CREATE TABLE ${table} (k int PRIMARY KEY, v int NOT NULL)`);
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const t = performance.now();
+      await client.query(
+        `INSERT INTO ${table} VALUES (1, $1) ON CONFLICT (k) DO UPDATE SET v = excluded.v`,
+        [i],
+      );
+      out.push(performance.now() - t);
+    }
+    await client.query(`DROP TABLE ${table}`);
+    return { p50: median(out), p99: pct(out, 0.99) };
+  } finally {
+    await client.end();
+  }
+}
+
 // --- the run ------------------------------------------------------------------------------------
 /** A failed run (a deadline passed, a peer threw): say what, leave no process behind, exit 1. */
-function fail(error: unknown): never {
+let failed = false;
+function fail(error: unknown): void {
+  if (failed) return;
+  failed = true;
   console.error(`\nbench:peers failed: ${error instanceof Error ? error.message : String(error)}`);
   if (error instanceof Error && error.stack) console.error(error.stack);
   killChildren();
-  process.exit(1);
+  // The replicas' schemas go too (bounded: PostgreSQL may be what failed).
+  void withDeadline(
+    Promise.allSettled([...schemas].map(dropSchema)),
+    5_000,
+    "teardown",
+    "dropping the replicas' schemas",
+  )
+    .catch(() => {})
+    .finally(() => process.exit(1));
 }
 // A rejected top-level await arrives as an uncaught exception; a stray rejection is a bug too.
 process.on("uncaughtException", fail);
 process.on("unhandledRejection", fail);
 
+// The machine may be shared: its load (1-minute average) at the start and end goes in the header.
+const loadAtStart = os.loadavg()[0]!;
 const server = await withDeadline(spawnServer(), 30_000, "setup", "starting the RateQueue server");
 const log = (s: string) => console.log(s);
 const etcd = await startEtcd();
-const peers: Peer[] = [
-  rateQueuePeer(server.url),
-  redlockPeer(version("redlock")),
-  redisSemaphorePeer(version("redis-semaphore")),
-  advisoryPeer(version("pg")),
-  ...(etcd ? [etcdPeer(version("etcd3"))] : []),
+/**
+ * The peers, each made when its turn comes: `url` is what its holder processes are given
+ * (RateQueue's server; the replicas' URLs, comma-separated), `stop` ends what it started and
+ * says what the table's readers should know of the run (or "").
+ */
+interface Entrant {
+  peer: Peer;
+  url: string;
+  stop?: () => Promise<string>;
+}
+/** Said under the table, of the peers' runs. */
+const notes: string[] = [];
+const p50p99 = (x: { p50: number; p99: number }) =>
+  `p50 ${x.p50.toFixed(2)} ms, p99 ${x.p99.toFixed(2)} ms`;
+const entrants: Array<() => Promise<Entrant>> = [
+  async () => ({ peer: rateQueuePeer(server.url), url: server.url }),
+  async () => {
+    const replicas = await startReplicas(3);
+    const commits = quick ? 50 : 500;
+    const term = await replicas.epoch();
+    const before = await withDeadline(
+      commitRoundTrip(replicas.schema, commits),
+      30_000,
+      "setup",
+      "timing PostgreSQL's commits",
+    );
+    log(
+      `  replicas ${replicas.urls.join(", ")}: the leader is ${replicas.leader} (pid ${replicas.leaderPid}); a durable commit on PostgreSQL now: ${p50p99(before)}`,
+    );
+    return {
+      // All three: the SDK finds the leader (the others answer 503), and follows a new one.
+      peer: rateQueuePeer(replicas.urls, 256, true),
+      url: replicas.urls.join(","),
+      stop: async () => {
+        const after = await commitRoundTrip(replicas.schema, commits);
+        const leader = await replicas.leaderNow();
+        const terms = (await replicas.epoch()) - term;
+        await replicas.stop();
+        return `${REPLICAS}: a durable commit on this PostgreSQL (${commits} single-row upserts, each its own transaction) took ${p50p99(before)} before its scenarios and ${p50p99(after)} after; a hand-over of scenario 2 costs one (the release, the grant and the next request go in one commit), an uncontended acquire + release two. ${
+          terms === 0
+            ? "The same replica led throughout."
+            : `The lead changed hands ${terms} time${terms === 1 ? "" : "s"} during the run (${replicas.leader} led at the start, ${leader} at the end): a leader steps down when it has not proven its lock within --grace; the SDK, given every URL, followed.`
+        }`;
+      },
+    };
+  },
+  async () => ({ peer: redlockPeer(version("redlock")), url: "" }),
+  async () => ({ peer: redisSemaphorePeer(version("redis-semaphore")), url: "" }),
+  async () => ({ peer: advisoryPeer(version("pg")), url: "" }),
+  ...(etcd ? [async () => ({ peer: etcdPeer(version("etcd3")), url: "" })] : []),
 ];
+const peers: Peer[] = [];
 if (!etcd) log("etcd: skipped — no `etcd` binary (apt-get install etcd-server) and no ETCD_URL");
 const results: Record<string, Record<string, number | string>> = {};
 const size = quick
-  ? { n1: 200, turns: 5, distinct: 100, kills: 1, waiters: 500, sideCycles: 10 }
-  : { n1: 2_000, turns: 50, distinct: 1_000, kills: 5, waiters: 10_000, sideCycles: 50 };
+  ? { n1: 200, turns: 5, distinct: 100, kills: 1, handovers: 3, waiters: 500, sideCycles: 10 }
+  : {
+      n1: 2_000,
+      turns: 50,
+      distinct: 1_000,
+      kills: 5,
+      handovers: 30,
+      waiters: 10_000,
+      sideCycles: 50,
+    };
 
-for (const peer of peers) {
+for (const enter of entrants) {
+  const { peer, url, stop } = await enter();
+  peers.push(peer);
   const r: Record<string, number | string> = {};
   results[peer.name] = r;
   log(`== ${peer.name}: ${peer.settings}`);
@@ -710,8 +989,9 @@ for (const peer of peers) {
   log(`  3. ${size.distinct} distinct locks at once: ${d.toFixed(0)} locks/s`);
   const k = await killedHolder(
     peer,
-    server.url,
+    url,
     // Kills cost a TTL each for the peers that have one (etcd: 30 s), so those get fewer.
+    // The replicas hand a killed holder's lease on as the server in memory does (after --grace).
     peer.name === "RateQueue"
       ? size.kills * 4
       : peer.name === "etcd lock"
@@ -722,7 +1002,24 @@ for (const peer of peers) {
   log(
     `  4. holder SIGKILLed → next holds: median ${k.median.toFixed(0)} ms, max ${k.max.toFixed(0)} ms`,
   );
+  const h = await handover(peer, url, size.handovers);
+  Object.assign(r, { h50: h.p50, hmax: h.max });
+  log(
+    `  4b. hand-over to another process, release → grant: p50 ${h.p50.toFixed(2)} ms, max ${h.max.toFixed(2)} ms`,
+  );
   await withDeadline(peer.close(), 10_000, `teardown (${peer.name})`, "closing the client");
+  if (stop) {
+    const note = await withDeadline(
+      stop(),
+      60_000,
+      `teardown (${peer.name})`,
+      "stopping its servers",
+    );
+    if (note) {
+      notes.push(note);
+      log(`  ${note}`);
+    }
+  }
 }
 const many = await manyWaiters(server.url, server.pid, size.waiters);
 log(
@@ -772,12 +1069,14 @@ const rows: Array<[string, string, number, string, "lower" | "higher" | ""]> = [
   ["3. distinct locks at once, locks/s", "distinct", 0, "", "higher"],
   ["4. SIGKILLed holder → next holds, median", "k50", 0, " ms", "lower"],
   ["4. … max", "kmax", 0, " ms", "lower"],
+  ["4b. hand-over to another process: release → grant, p50", "h50", 2, " ms", "lower"],
+  ["4b. … max", "hmax", 2, " ms", "lower"],
 ];
 const cpu = os.cpus();
 const lines = [
   "# RateQueue against the locks people use today",
   "",
-  `Generated by \`pnpm bench:peers\`${quick ? " (PEERS_QUICK=1: small sizes, figures not meaningful)" : ""} on ${new Date().toISOString().slice(0, 10)}: ${cpu[0]?.model ?? "?"} × ${cpu.length}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, Redis and PostgreSQL on the same machine, all clients in one process. Ratios are peer ÷ RateQueue (for times, above 1 means RateQueue is faster; for rates, below 1).`,
+  `Generated by \`pnpm bench:peers\`${quick ? " (PEERS_QUICK=1: small sizes, figures not meaningful)" : ""} on ${new Date().toISOString().slice(0, 10)}: ${cpu[0]?.model ?? "?"} × ${cpu.length}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, load average ${loadAtStart.toFixed(1)} at the start and ${os.loadavg()[0]!.toFixed(1)} at the end, Redis and PostgreSQL on the same machine, all clients in one process (the holder processes of 4, 4b and 6 apart). Ratios are peer ÷ RateQueue in memory (for times, above 1 means RateQueue is faster; for rates, below 1); for ${REPLICAS}, what keeping the state in PostgreSQL costs.`,
   "",
   ...peers.map((p) => `- **${p.name}**: ${p.settings}`),
   "",
@@ -788,7 +1087,10 @@ const lines = [
       `| ${label} | ${names.map((n) => fmt(results[n]![key], unit, d) + ratio(n, key)).join(" | ")} |`,
   ),
   "",
-  "Where RateQueue is behind in this run (better value, and by how much):",
+  ...notes.flatMap((n) => [n, ""]),
+  `4b: a holder process releases while a waiter in this process has been in line (or polling) for 50 ms; from the holder's release call to the waiter's grant, both stamped with \`performance.timeOrigin + performance.now()\`; ${size.handovers} hand-overs, after ${Math.min(5, size.handovers)} not counted (the holder process warming up).`,
+  "",
+  "Where RateQueue (in memory) is behind in this run (better value, and by how much):",
   "",
   ...rows.flatMap(([label, key, , , better]) => {
     const mine = rq[key];
@@ -796,7 +1098,9 @@ const lines = [
     const ahead = names.filter((n) => {
       const v = results[n]![key];
       return (
-        n !== "RateQueue" && typeof v === "number" && (better === "lower" ? v < mine : v > mine)
+        !n.startsWith("RateQueue") &&
+        typeof v === "number" &&
+        (better === "lower" ? v < mine : v > mine)
       );
     });
     return ahead.length
