@@ -172,6 +172,7 @@ class Replica implements ReplicaServer {
     // for longer than `grace` — judged after the event loop has read what arrived (setImmediate),
     // so a stall of this process alone is not taken for a silent PostgreSQL.
     const grace = this.options.grace;
+    const every = Math.max(5, Math.floor(grace / 8));
     const watchdog = setInterval(
       () => {
         if (store.unanswered() > grace) {
@@ -181,9 +182,9 @@ class Replica implements ReplicaServer {
           });
           return;
         }
-        store.probe().catch((error: Error) => stepDown(error));
+        if (store.wantsProbe(every)) store.probe().catch((error: Error) => stepDown(error));
       },
-      Math.max(5, Math.floor(grace / 8)),
+      every,
     );
     watchdog.unref();
     void lost.then(async (reason) => {
