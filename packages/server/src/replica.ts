@@ -173,19 +173,16 @@ class Replica implements ReplicaServer {
     // so a stall of this process alone is not taken for a silent PostgreSQL.
     const grace = this.options.grace;
     const every = Math.max(5, Math.floor(grace / 8));
-    const watchdog = setInterval(
-      () => {
-        if (store.unanswered() > grace) {
-          setImmediate(() => {
-            if (store.unanswered() > grace)
-              stepDown(new Error(`PostgreSQL has not answered for ${grace} ms (--grace)`));
-          });
-          return;
-        }
-        if (store.wantsProbe(every)) store.probe().catch((error: Error) => stepDown(error));
-      },
-      every,
-    );
+    const watchdog = setInterval(() => {
+      if (store.unanswered() > grace) {
+        setImmediate(() => {
+          if (store.unanswered() > grace)
+            stepDown(new Error(`PostgreSQL has not answered for ${grace} ms (--grace)`));
+        });
+        return;
+      }
+      if (store.wantsProbe(every)) store.probe().catch((error: Error) => stepDown(error));
+    }, every);
     watchdog.unref();
     void lost.then(async (reason) => {
       clearInterval(watchdog);
