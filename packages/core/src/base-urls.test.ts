@@ -7,13 +7,12 @@
  * the HTTP session over undici, and the HTTP session over fetch.
  */
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer, type Server } from "node:http";
-import net, { type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type RunningServer, startServer } from "@ratequeue/server";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { closedPort, startFollower } from "../../../test-support/follower.js";
 import { startProxy } from "../../../test-support/proxy.js";
 import { type ClientConfig, ProtocolClient } from "./client.js";
 import { LeaseLostError, ValidationError } from "./errors.js";
@@ -45,50 +44,6 @@ const SESSIONS = [
     config: (): Partial<ClientConfig> => ({ transport: fetchTransport(), session: "http" }),
   },
 ] as const;
-
-/**
- * A replica standing by: `503 not_leader` to everything, WebSocket upgrades too. Its
- * `Retry-After` (the server sends 1 s) is 10 s here, so that a client that waits for it shows.
- */
-async function startFollower() {
-  const body = JSON.stringify({
-    type: "urn:ratequeue:problem:not_leader",
-    title: "Not the leader",
-    status: 503,
-    code: "not_leader",
-    detail: "this replica stands by; another serves",
-  });
-  const state = { requests: 0 };
-  const server: Server = createServer((_req, res) => {
-    state.requests++;
-    res.writeHead(503, { "content-type": "application/problem+json", "retry-after": "10" });
-    res.end(body);
-  });
-  server.on("upgrade", (_req, socket) => {
-    state.requests++;
-    socket.end(
-      `HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 10\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-    );
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    state,
-    close: () => {
-      server.closeAllConnections();
-      return new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
-
-/** A URL whose port nothing listens on: connections are refused. */
-async function closedPort(): Promise<string> {
-  const probe = net.createServer();
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((resolve) => probe.close(resolve));
-  return `http://127.0.0.1:${port}`;
-}
 
 async function holders(server: { url: string }, name: string): Promise<number[]> {
   const res = await fetch(`${server.url}/v1/resources/${encodeURIComponent(name)}`, {
@@ -168,7 +123,8 @@ describe.each(SESSIONS)("baseUrl: a list of URLs, over the $name", ({ config, tr
 
   beforeAll(async () => {
     server = await startServer({ port: 0, grace: GRACE });
-    follower = await startFollower();
+    // Retry-After 10 s (the server sends 1): a client that waited for it would show.
+    follower = await startFollower(10);
     closed = await closedPort();
   });
   afterEach(async () => {

@@ -6,55 +6,13 @@
  * (core/src/base-urls.test.ts has the rest: which URL each attempt goes to, stickiness, a lease
  * kept by moving on, and the liveness rule.)
  */
-import { createServer, type Server } from "node:http";
-import net, { type AddressInfo } from "node:net";
 import type { TransportRequest } from "@ratequeue/core";
 import { type RunningServer, startServer } from "@ratequeue/server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { closedPort, startFollower } from "../../../test-support/follower.js";
 import { ENTRIES, resourceState } from "./helpers.js";
 
 const KEY = "test-key";
-
-/** A replica standing by: `503 not_leader` to every request and every WebSocket upgrade. */
-async function startFollower() {
-  const body = JSON.stringify({
-    type: "urn:ratequeue:problem:not_leader",
-    title: "Not the leader",
-    status: 503,
-    code: "not_leader",
-    detail: "this replica stands by; another serves",
-  });
-  const state = { requests: 0 };
-  const server: Server = createServer((_req, res) => {
-    state.requests++;
-    res.writeHead(503, { "content-type": "application/problem+json", "retry-after": "1" });
-    res.end(body);
-  });
-  server.on("upgrade", (_req, socket) => {
-    state.requests++;
-    socket.end(
-      `HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-    );
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    state,
-    close: () => {
-      server.closeAllConnections();
-      return new Promise((resolve) => server.close(resolve));
-    },
-  };
-}
-
-/** A URL whose port nothing listens on: connections are refused. */
-async function closedPort(): Promise<string> {
-  const probe = net.createServer();
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-  const { port } = probe.address() as AddressInfo;
-  await new Promise((resolve) => probe.close(resolve));
-  return `http://127.0.0.1:${port}`;
-}
 
 describe.each(ENTRIES)("baseUrl: a list of URLs, SDK over $transport", ({ sdk, session }) => {
   const { ValidationError, createRateQueue } = sdk;
