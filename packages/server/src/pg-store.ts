@@ -183,6 +183,11 @@ export class PgStore implements Store {
     return new Promise((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
   }
 
+  leading(): Promise<void> | undefined {
+    if (this.failure) return Promise.reject(this.failure);
+    return this.stale() ? this.probe() : undefined;
+  }
+
   /**
    * A query on the lock's session: once answered, the proof is as fresh as its send time. One at
    * a time; a failure fails the store.
@@ -267,17 +272,28 @@ export class PgStore implements Store {
 
   private send(): void {
     this.sending = true;
-    const gen = this.asked;
+    this.sendChunk(this.takeChunks(), 0, this.asked);
+  }
+
+  /**
+   * Sends chunk `i` of a group commit; once PostgreSQL has the last, everything asked up to
+   * `gen` is durable. Each chunk's answer proves the lock, so a burst of thousands of writes
+   * never leaves the lock unproven (or PostgreSQL "unanswered") for longer than one chunk takes.
+   */
+  private sendChunk(chunks: string[], i: number, gen: number): void {
     const sentAt = performance.now();
     this.sentAt(sentAt);
-    const ops = this.takeOps();
     // A named statement: PostgreSQL parses and plans it once per connection, not per commit.
     const text = `SELECT ${ident(this.schema)}.apply($1, $2::jsonb)`;
-    this.client.query({ name: "ratequeue_apply", text, values: [this.epoch, ops] }).then(
+    this.client.query({ name: "ratequeue_apply", text, values: [this.epoch, chunks[i]] }).then(
       () => {
         this.answered();
         if (this.failure) return;
         this.prove(sentAt);
+        if (i + 1 < chunks.length) {
+          this.sendChunk(chunks, i + 1, gen);
+          return;
+        }
         this.done = gen;
         // Nothing leaves on an old proof (a commit that took longer than `grace` proves too
         // little): the answers it holds wait for a probe.
@@ -315,23 +331,69 @@ export class PgStore implements Store {
     if (!this.closing) this.onFailure(this.failure);
   }
 
-  /** The writes since the last commit, as the `apply` function takes them. */
-  private takeOps(): string {
-    const save: SavedRequest[] = [];
-    const del: string[][] = [];
-    for (const [key, r] of this.pending) {
-      if (r === null) del.push(key.split("\0"));
-      else save.push(r instanceof Request ? saved(r) : r);
-    }
-    const keyed: unknown[] = [];
-    for (const [key, v] of this.pendingKeyed) keyed.push([...key.split("\0"), v]);
+  /**
+   * The writes since the last commit, as the `apply` function takes them, in chunks of at most
+   * `CHUNK` writes. Nothing leaves before the last chunk is in, but a replica can die between
+   * two, so the order makes every prefix safe to restore: fencing tokens first (a grant is never
+   * durable before its token's raise, above which a new leader continues); then the operators'
+   * settings and recovery windows; then what frees units or waits (removals, queued and revoked
+   * requests); grants (active requests) last. So no prefix holds a grant without every release
+   * made before it — the units a grant took were free in what a new leader restores. What frees
+   * units is safe to restore alone: the client let go (a release), its session ended, its own
+   * timer ended the hold (an expiry), or the units stay held back until it is told (a revoke).
+   */
+  private takeChunks(): string[] {
     const tokens: Array<[string, number]> = [];
     for (const ns of this.dirtyTokens) tokens.push([ns, this.tokens.get(ns)!]);
+    const keyed: unknown[] = [];
+    for (const [key, v] of this.pendingKeyed) keyed.push([...key.split("\0"), v]);
+    const del: string[][] = [];
+    const frees: SavedRequest[] = [];
+    const grants: SavedRequest[] = [];
+    for (const [key, r] of this.pending) {
+      if (r === null) del.push(key.split("\0"));
+      else {
+        const s = r instanceof Request ? saved(r) : r;
+        (s.state === "active" ? grants : frees).push(s);
+      }
+    }
     this.pending = new Map();
     this.pendingKeyed = new Map();
     this.dirtyTokens = new Set();
+    const chunks: string[] = [];
+    let chunk = {
+      save: [] as SavedRequest[],
+      del: [] as string[][],
+      keyed: [] as unknown[],
+      tokens,
+    };
+    let size = tokens.length;
+    const room = () => {
+      if (size < CHUNK) return;
+      chunks.push(JSON.stringify(chunk));
+      chunk = { save: [], del: [], keyed: [], tokens: [] };
+      size = 0;
+    };
+    // Within a chunk `apply` deletes, then saves, then writes tokens and settings — all in one
+    // transaction, so only the order between chunks matters.
+    for (const k of keyed) {
+      room();
+      chunk.keyed.push(k);
+      size++;
+    }
+    for (const d of del) {
+      room();
+      chunk.del.push(d);
+      size++;
+    }
+    for (const r of [...frees, ...grants]) {
+      room();
+      chunk.save.push(r);
+      size++;
+    }
     // JSON writes Infinity (a wait without a timeout) as null; `take` reads it back.
-    return JSON.stringify({ save, del, keyed, tokens });
+    chunks.push(JSON.stringify(chunk));
+    return chunks;
   }
 
   private raiseToken(ns: string, token: number): void {
@@ -341,6 +403,12 @@ export class PgStore implements Store {
     }
   }
 }
+
+/**
+ * Most writes in one commit of a group: a commit of 10,000 took longer than `grace` on a loaded
+ * machine, and a leader whose query goes unanswered that long steps down.
+ */
+const CHUNK = 256;
 
 /** How long a stop waits for the last commit, in ms. */
 const CLOSE_WAIT_MS = 5_000;

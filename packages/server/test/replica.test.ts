@@ -5,6 +5,7 @@ import { connect } from "node:net";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import WebSocket from "ws";
+import type { SavedRequest } from "../src/engine.js";
 import type { RunningServer } from "../src/index.js";
 import { migrate, PgStore } from "../src/pg-store.js";
 import type { ReplicaServer } from "../src/replica.js";
@@ -170,6 +171,40 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
     }
   });
 
+  it("a pong waits for no commit: a holder's ping is answered while other writes wait for PostgreSQL", async () => {
+    const s = schema("pong");
+    const a = await replica(s, 3_000);
+    const ws = new WebSocket(`${a.url.replace("http", "ws")}/v1/session`);
+    const messages: Array<Record<string, unknown>> = [];
+    ws.on("message", (data) => {
+      const m = JSON.parse(String(data));
+      for (const one of Array.isArray(m) ? m : [m]) messages.push(one);
+    });
+    await new Promise((resolve) => ws.once("open", resolve));
+    ws.send(JSON.stringify({ t: "hello", key: "test-token", session: randomUUID() }));
+    await eventually(() => messages.some((m) => m.t === "welcome"));
+    const locker = await connectPg();
+    try {
+      await locker.query("BEGIN");
+      await locker.query(`LOCK TABLE "${s}".requests IN ACCESS EXCLUSIVE MODE`);
+      // One frame: an acquire, whose answer waits for its commit, then a ping.
+      ws.send(
+        JSON.stringify([
+          { t: "acquire", id: "r", resource: "q" },
+          { t: "ping", n: 7 },
+        ]),
+      );
+      await eventually(() => messages.some((m) => m.t === "pong"));
+      expect(messages.find((m) => m.t === "pong")).toEqual({ t: "pong", n: 7 });
+      expect(messages.filter((m) => m.t === "state")).toEqual([]); // still waiting for PostgreSQL
+      await locker.query("COMMIT");
+      await eventually(() => messages.some((m) => m.t === "state" && m.state === "active"));
+    } finally {
+      await locker.end();
+      ws.close();
+    }
+  });
+
   it("a leader that loses its PostgreSQL session stops serving, and the standby takes over with its state", async () => {
     const s = schema("lost");
     const a = await replica(s);
@@ -303,6 +338,75 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
       expect(rows).toEqual([{ version: 1 }, { version: 2 }]);
       await pg.query(`INSERT INTO "${s}".migrations (version) VALUES (99)`);
       await expect(migrate(pg, s)).rejects.toThrow(/newer RateQueue .* upgrade this replica/);
+    } finally {
+      await pg.end();
+    }
+  });
+
+  it("a burst goes in chunks, ordered so that any prefix is safe to restore: tokens, releases, waiters, then grants", async () => {
+    const s = schema("chunks");
+    const pg = await connectPg();
+    try {
+      await migrate(pg, s);
+      const store = await PgStore.take(pg, s, () => {}, 10_000);
+      const chunks: Array<{
+        save: SavedRequest[];
+        del: string[][];
+        keyed: unknown[];
+        tokens: unknown[];
+      }> = [];
+      const query = pg.query.bind(pg) as (...args: unknown[]) => unknown;
+      (pg as unknown as { query: (...args: unknown[]) => unknown }).query = (...args) => {
+        const q = args[0] as { name?: string; values?: unknown[] };
+        if (q.name === "ratequeue_apply") chunks.push(JSON.parse(q.values![1] as string));
+        return query(...args);
+      };
+      const request = (
+        id: string,
+        state: SavedRequest["state"],
+        fencingToken = 0,
+      ): SavedRequest => ({
+        ns: "n",
+        id,
+        session: "s",
+        name: "r",
+        load: 1,
+        priority: 0,
+        capacity: 1_000,
+        askedCapacity: undefined,
+        expiresIn: 60_000,
+        lockDelay: 0,
+        seq: 0,
+        state,
+        fencingToken,
+        expiresAt: 0,
+        waitUntil: Number.POSITIVE_INFINITY,
+      });
+      // Interleaved as an engine makes them: a grant, a release, a new waiter, …
+      for (let i = 0; i < 300; i++) {
+        store.save(request(`g${i}`, "active", 1_000 + i));
+        store.remove("n", `gone${i}`);
+        store.save(request(`q${i}`, "queued"));
+      }
+      store.limit("n", "r", 1_000);
+      store.commit();
+      await store.flushed();
+
+      expect(chunks.length).toBe(4); // 1 token + 1 limit + 900 requests, 256 a chunk
+      for (const c of chunks)
+        expect(c.save.length + c.del.length + c.keyed.length + c.tokens.length).toBeLessThanOrEqual(
+          256,
+        );
+      expect(chunks[0]!.tokens).toEqual([["n", 1_299]]);
+      expect(chunks[0]!.keyed).toEqual([["limits", "n", "r", 1_000]]);
+      // Flattened in commit order: every release and waiter before the first grant.
+      const order = chunks.flatMap((c) => [
+        ...c.del.map(() => "free"),
+        ...c.save.map((r) => (r.state === "active" ? "grant" : "free")),
+      ]);
+      expect(order.lastIndexOf("free")).toBeLessThan(order.indexOf("grant"));
+      const { rows } = await pg.query(`SELECT count(*)::int AS n FROM "${s}".requests`);
+      expect(rows[0]).toEqual({ n: 600 });
     } finally {
       await pg.end();
     }
