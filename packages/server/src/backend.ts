@@ -113,11 +113,6 @@ export interface SessionBackend {
    * it already is; rejected if the store failed). Messages wait for it before they leave.
    */
   durable?(): Promise<void> | undefined;
-  /**
-   * With a store on PostgreSQL: a promise of a fresh proof that this replica still leads
-   * (undefined if the last one is), waiting for no commit — for what reflects no write (a pong).
-   */
-  leading?(): Promise<void> | undefined;
   /** Session `id`'s unacknowledged events after `after`. */
   pendingEvents(ns: string, id: string, after: number | undefined): ServerMessage[];
 }

@@ -386,10 +386,6 @@ export class LocalBackend implements Backend, SessionBackend {
     return this.store?.flushed?.();
   }
 
-  leading(): Promise<void> | undefined {
-    return this.store?.leading?.();
-  }
-
   /**
    * Holds a poll on `req` while its state is `known`. Without `known` it is a plain read, which
    * does not count as a sign of life (a dashboard looking must not keep a dead client's lease).

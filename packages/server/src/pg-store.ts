@@ -183,11 +183,6 @@ export class PgStore implements Store {
     return new Promise((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
   }
 
-  leading(): Promise<void> | undefined {
-    if (this.failure) return Promise.reject(this.failure);
-    return this.stale() ? this.probe() : undefined;
-  }
-
   /**
    * A query on the lock's session: once answered, the proof is as fresh as its send time. One at
    * a time; a failure fails the store.

@@ -43,13 +43,11 @@ function handle(
   sid: string,
   messages: readonly unknown[],
   out: ServerMessage[],
-  /** Where pongs go, if not to `out` in line with the answers (see `attachWebSockets`). */
-  pong?: (n: number) => void,
 ): void {
   // Several messages: one durable commit for them all (before any answer leaves, as ever).
   if (messages.length > 1)
-    backend.batch(() => handleEach(backend, options, ns, sid, messages, out, pong));
-  else handleEach(backend, options, ns, sid, messages, out, pong);
+    backend.batch(() => handleEach(backend, options, ns, sid, messages, out));
+  else handleEach(backend, options, ns, sid, messages, out);
 }
 
 function handleEach(
@@ -59,7 +57,6 @@ function handleEach(
   sid: string,
   messages: readonly unknown[],
   out: ServerMessage[],
-  pong?: (n: number) => void,
 ): void {
   for (const m of messages) {
     if (m === null || typeof m !== "object" || Array.isArray(m)) {
@@ -74,8 +71,7 @@ function handleEach(
         continue;
       }
       backend.touchSession(ns, sid, ack as number | undefined);
-      if (pong) pong(msg.n as number);
-      else out.push({ t: "pong", n: msg.n as number });
+      out.push({ t: "pong", n: msg.n as number });
       continue;
     }
     if (msg.t !== "acquire" && msg.t !== "release") {
@@ -229,21 +225,6 @@ function serveWebSocket(
       () => ws.terminate(),
     );
   };
-  // With a store on PostgreSQL a pong reflects no write, so it waits for no commit — only for a
-  // fresh proof that this replica still leads — and overtakes the answers that do: a holder's
-  // ping is answered within grace however long a burst of other requests takes to commit (the
-  // conformance run on PostgreSQL: 1,000 acquires in flight cost their holder its lease).
-  const pong =
-    options.store === undefined
-      ? undefined
-      : (n: number) => {
-          const send = () => {
-            if (ws.readyState === ws.OPEN) ws.send(JSON.stringify({ t: "pong", n }));
-          };
-          const proof = backend.leading?.();
-          if (proof === undefined) send();
-          else proof.then(send, () => ws.terminate());
-        };
   const push = (m: ServerMessage) => {
     out.push(m);
     if (!flushing) {
@@ -339,14 +320,14 @@ function serveWebSocket(
     const backlog = inbox.length > 0 || messages.length > SLICE;
     for (const m of messages) {
       if (backlog && (m as { t?: unknown } | null)?.t === "ping")
-        handle(backend, options, ns, sid!, [m], out, pong);
+        handle(backend, options, ns, sid!, [m], out);
       else inbox.push(m);
     }
     drain();
   };
   const drain = () => {
     if (inbox.length > 0 && !draining && ws.readyState === ws.OPEN) {
-      handle(backend, options, ns, sid!, inbox.splice(0, SLICE), out, pong);
+      handle(backend, options, ns, sid!, inbox.splice(0, SLICE), out);
       if (inbox.length > 0) {
         draining = true;
         setImmediate(() => {

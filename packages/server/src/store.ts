@@ -59,11 +59,5 @@ export interface Store {
    * commit may leave the server before it resolves. Synchronous stores leave it out.
    */
   flushed?(): Promise<void> | undefined;
-  /**
-   * An asynchronous store that proves a replica's leadership (PostgreSQL): a promise of a proof
-   * younger than `grace`, or undefined if the last one is; rejected once the store has failed.
-   * It waits for no commit: for a message that reflects no write.
-   */
-  leading?(): Promise<void> | undefined;
   close(): void | Promise<void>;
 }

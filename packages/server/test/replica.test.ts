@@ -171,40 +171,6 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
     }
   });
 
-  it("a pong waits for no commit: a holder's ping is answered while other writes wait for PostgreSQL", async () => {
-    const s = schema("pong");
-    const a = await replica(s, 3_000);
-    const ws = new WebSocket(`${a.url.replace("http", "ws")}/v1/session`);
-    const messages: Array<Record<string, unknown>> = [];
-    ws.on("message", (data) => {
-      const m = JSON.parse(String(data));
-      for (const one of Array.isArray(m) ? m : [m]) messages.push(one);
-    });
-    await new Promise((resolve) => ws.once("open", resolve));
-    ws.send(JSON.stringify({ t: "hello", key: "test-token", session: randomUUID() }));
-    await eventually(() => messages.some((m) => m.t === "welcome"));
-    const locker = await connectPg();
-    try {
-      await locker.query("BEGIN");
-      await locker.query(`LOCK TABLE "${s}".requests IN ACCESS EXCLUSIVE MODE`);
-      // One frame: an acquire, whose answer waits for its commit, then a ping.
-      ws.send(
-        JSON.stringify([
-          { t: "acquire", id: "r", resource: "q" },
-          { t: "ping", n: 7 },
-        ]),
-      );
-      await eventually(() => messages.some((m) => m.t === "pong"));
-      expect(messages.find((m) => m.t === "pong")).toEqual({ t: "pong", n: 7 });
-      expect(messages.filter((m) => m.t === "state")).toEqual([]); // still waiting for PostgreSQL
-      await locker.query("COMMIT");
-      await eventually(() => messages.some((m) => m.t === "state" && m.state === "active"));
-    } finally {
-      await locker.end();
-      ws.close();
-    }
-  });
-
   it("a leader that loses its PostgreSQL session stops serving, and the standby takes over with its state", async () => {
     const s = schema("lost");
     const a = await replica(s);
