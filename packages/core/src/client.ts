@@ -38,6 +38,7 @@ export interface AcquireParams {
   capacity?: number;
   load?: number;
   priority?: number;
+  lane?: string;
   expiresIn?: number;
   lockDelay?: number;
   /** ms to wait in line; `0`: try once. Default: no limit. */

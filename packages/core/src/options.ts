@@ -59,6 +59,7 @@ const ACQUIRE_OPTIONS = [
   "capacity",
   "load",
   "priority",
+  "lane",
   "timeout",
   "expiresIn",
   "lockDelay",

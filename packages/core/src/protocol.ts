@@ -20,6 +20,11 @@ export const MAX_PRIORITY = 1_000_000;
 /** Largest `timeout` (ms to stay queued): the longest a JavaScript timer can wait (~24.8 days). */
 export const MAX_TIMEOUT = 2_147_483_647;
 
+/** Longest lane name, in characters (`[A-Za-z0-9._-]`). */
+export const MAX_LANE_LENGTH = 64;
+/** The lane of a request that names none. */
+export const DEFAULT_LANE = "default";
+
 /** Capacity of a resource created by a request that names none: a lock. */
 export const DEFAULT_CAPACITY = 1;
 /** Units a request takes when it names none. */
@@ -66,8 +71,13 @@ export interface AcquireBody {
   capacity?: number;
   /** Units this request takes. Default 1; at most the resource's capacity. */
   load?: number;
-  /** Higher is served first. Default 10. */
+  /** Higher is served first within its lane. Default 10. */
   priority?: number;
+  /**
+   * The lane it waits in: 1–64 characters of `A-Z a-z 0-9 . _ -`. Each lane is a line of its own
+   * (priority, then arrival); the resource's lane strategy decides between lanes. Default `default`.
+   */
+  lane?: string;
   /** Longest time to stay queued, in ms. `0`: granted at once or `timed_out`. Default: no limit. */
   timeout?: number;
   /** Longest hold, in ms, counted from the grant. Default and maximum are set by the server. */
@@ -125,6 +135,11 @@ export interface ResourceSnapshot {
    */
   away: number;
   holders: Array<{ id: string; load: number; fencingToken: number; expiresIn: number }>;
+  /**
+   * Per lane, once the resource has lanes (a request named one, or an operator configured them):
+   * requests waiting, requests holding, and units held (held back included).
+   */
+  lanes?: Record<string, { queued: number; active: number; used: number }>;
 }
 
 /** An error body (RFC 9457 `application/problem+json`), with RateQueue's stable `code`. */

@@ -1,6 +1,7 @@
 import {
   type AcquireBody,
   MAX_CAPACITY,
+  MAX_LANE_LENGTH,
   MAX_LOCK_DELAY,
   MAX_NAME_BYTES,
   MAX_PRIORITY,
@@ -19,6 +20,7 @@ import {
 // printable form: they make names that cannot be logged, typed or compared by eye.
 const UNPRINTABLE = /[\p{Cc}\p{Zl}\p{Zp}]|\p{Cs}/u;
 const REQUEST_ID = /^[A-Za-z0-9._~-]+$/;
+const LANE = /^[A-Za-z0-9._-]+$/;
 
 /** UTF-8 length of a well-formed string, without allocating (works on every runtime). */
 export function utf8Length(s: string): number {
@@ -61,6 +63,16 @@ export function checkRequestId(id: unknown): string | undefined {
   return undefined;
 }
 
+/** A lane name: 1–64 characters of `A-Z a-z 0-9 . _ -` (e.g. `batch`, `tenant-42`). */
+export function checkLane(lane: unknown): string | undefined {
+  if (typeof lane !== "string" || lane.length === 0)
+    return `must be a non-empty string, got ${describe(lane)}`;
+  if (lane.length > MAX_LANE_LENGTH)
+    return `must be at most ${MAX_LANE_LENGTH} characters, got ${lane.length}`;
+  if (!LANE.test(lane)) return "may contain only letters, digits and . _ - (e.g. batch, tenant-42)";
+  return undefined;
+}
+
 /** An integer in `[min, max]`; `unit` (e.g. "ms") is named in the message. */
 export function checkInteger(
   value: unknown,
@@ -93,6 +105,7 @@ const ACQUIRE_FIELDS = new Set([
   "capacity",
   "load",
   "priority",
+  "lane",
   "timeout",
   "expiresIn",
   "lockDelay",
@@ -120,6 +133,7 @@ export function checkAcquireBody(
     opt(b, "capacity", (v) => checkInteger(v, 1, MAX_CAPACITY)) ??
     opt(b, "load", (v) => checkInteger(v, 1, MAX_CAPACITY)) ??
     opt(b, "priority", (v) => checkInteger(v, MIN_PRIORITY, MAX_PRIORITY)) ??
+    opt(b, "lane", checkLane) ??
     opt(b, "timeout", (v) => checkInteger(v, 0, MAX_TIMEOUT, "ms")) ??
     opt(b, "expiresIn", (v) =>
       checkInteger(

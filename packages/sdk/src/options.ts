@@ -52,11 +52,12 @@ export interface AcquireOptions {
   capacity?: number;
   /** Units this call takes. Default `1`. */
   load?: number;
-  /** Higher is served first; equal priorities in arrival order. Default `10`. */
+  /** Higher is served first within its lane; equal priorities in arrival order. Default `10`. */
   priority?: number;
   /**
-   * A fairness lane (round-robin between lanes of one priority). Not supported by the server yet:
-   * passing it throws `ValidationError` rather than being ignored.
+   * The lane to wait in: 1–64 characters of `A-Z a-z 0-9 . _ -`. Each lane is a line of its own;
+   * lanes take turns (`fair`, the default) or own fixed shares (`strict`), as the operator set
+   * for the resource (README, "Lanes and reserved capacity"). Default `"default"`.
    */
   lane?: string;
   /**

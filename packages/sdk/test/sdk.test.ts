@@ -341,6 +341,38 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk, session }) => {
     });
   });
 
+  describe("lanes", () => {
+    it("a burst in lane batch delays lane interactive by one turn at most", async () => {
+      await using t = await setup();
+      const holder = await t.rq.acquire("gpu", { lane: "batch" });
+      const order: string[] = [];
+      const work = (lane: string) => async () => {
+        order.push(lane);
+      };
+      const burst = Array.from({ length: 300 }, () =>
+        t.rq.acquire("gpu", { lane: "batch" }, work("batch")),
+      );
+      await eventually(
+        async () => (await resourceState(t.server, "gpu")).lanes?.batch?.queued === 300,
+      );
+      // The lowest priority: between lanes, turns decide, not priorities.
+      const interactive = t.rq.acquire(
+        "gpu",
+        { lane: "interactive", priority: -1 },
+        work("interactive"),
+      );
+      await eventually(
+        async () => (await resourceState(t.server, "gpu")).lanes?.interactive?.queued === 1,
+      );
+      await holder.release();
+      await Promise.all([...burst, interactive]);
+      // batch's turn (its head), then interactive's: 300 waiting in batch cost it one grant.
+      expect(order.indexOf("interactive")).toBeLessThanOrEqual(1);
+      expect(order).toHaveLength(301);
+      expect(await resourceState(t.server, "gpu")).toMatchObject({ used: 0, queued: 0 });
+    }, 60_000);
+  });
+
   describe("input is checked before any network call", () => {
     const cases: Array<[string, string, Record<string, unknown>, RegExp]> = [
       ["an empty name", "", {}, /name must not be empty/],
@@ -351,7 +383,9 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk, session }) => {
       ["a load above the capacity", "r", { capacity: 2, load: 3 }, /never be granted/],
       ["a string priority", "r", { priority: "high" }, /priority must be an integer/],
       ["an unknown option", "r", { timout: 5 }, /timout is not an acquire option/],
-      ["a lane", "r", { lane: "tenant-1" }, /lane is not supported/],
+      ["an empty lane", "r", { lane: "" }, /lane must be a non-empty string/],
+      ["a lane with a space", "r", { lane: "tenant 1" }, /lane may contain only letters/],
+      ["a 65-character lane", "r", { lane: "x".repeat(65) }, /lane must be at most 64/],
       ["a non-signal signal", "r", { signal: "stop" }, /signal must be an AbortSignal/],
       ["an empty apiKey", "r", { apiKey: "" }, /apiKey is missing/],
       ["a bad baseUrl", "r", { baseUrl: "localhost:7420" }, /baseUrl must be an http\(s\) URL/],
@@ -375,11 +409,10 @@ describe.each(ENTRIES)("SDK over $transport", ({ sdk, session }) => {
       expect(calls).toBe(0);
     });
 
-    it("does not offer lane, which it refuses, among the options it expects", async () => {
+    it("offers lane among the options it expects", async () => {
       const rq = createRateQueue({ apiKey: "k", baseUrl: "http://127.0.0.1:9", session });
       const error = await rq.acquire("r", { timout: 5 } as never).catch((e) => e);
-      expect(error.message).toMatch(/expected some of: .*timeout/);
-      expect(error.message).not.toMatch(/lane/);
+      expect(error.message).toMatch(/expected some of: .*priority, lane, /);
     });
   });
 

@@ -1,6 +1,7 @@
 import { checkName } from "@ratequeue/core";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import { type Engine, Namespace, type Request, type Resource } from "./engine.js";
+import { type Engine, laneView, Namespace, type Request, type Resource } from "./engine.js";
+import { Lanes } from "./internal/lanes.js";
 import { parseLimitChange } from "./limits.js";
 import type { LocalBackend } from "./local-backend.js";
 import type { ResolvedServerOptions } from "./options.js";
@@ -160,13 +161,23 @@ export function adminRoutes(
       const space = namespace(engine, req.params.ns, reply);
       if (!(space instanceof Namespace)) return space;
       const name = req.params["*"];
-      if (!space.limits.has(name) && !space.rates.has(name) && !space.concurrency.has(name)) {
+      if (
+        !space.limits.has(name) &&
+        !space.rates.has(name) &&
+        !space.concurrency.has(name) &&
+        !space.lanes.has(name)
+      ) {
         return sendProblem(
           reply,
           problem(404, "not_found", `no limit is set on ${JSON.stringify(name)}`, "name"),
         );
       }
-      backend.setLimits(space.key, name, { capacity: null, rates: null, concurrency: null });
+      backend.setLimits(space.key, name, {
+        capacity: null,
+        rates: null,
+        concurrency: null,
+        lanes: null,
+      });
       return reply.code(204).send();
     },
   );
@@ -261,6 +272,9 @@ export function resourceDetail(space: Namespace, resource: Resource, now: number
     // Ended holders whose units are held back (they count against `concurrency` too).
     heldBackHolders: resource.heldBackCount,
     rates: rateView(resource, now),
+    // The operator's lanes (null: none set), and per lane what waits and holds (null: no lanes).
+    laneConfig: space.lanes.get(resource.name) ?? null,
+    lanes: resource.line instanceof Lanes ? laneView(resource.line) : null,
   };
 }
 
@@ -276,6 +290,7 @@ function who(r: Request) {
     address: r.session.address ?? null,
     load: r.load,
     priority: r.priority,
+    lane: r.lane,
   };
 }
 

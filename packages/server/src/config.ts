@@ -18,7 +18,7 @@ export interface ServerConfig {
 }
 
 const SHAPE =
-  '{"limits": [{"apiKey": "KEY" (or "namespace": "ID"), "resource": "NAME", "capacity": N, "concurrency": N, "rates": [{"limit": N, "window": ms, "kind": "sliding", "counts": "requests"}]}]}';
+  '{"limits": [{"apiKey": "KEY" (or "namespace": "ID"), "resource": "NAME", "capacity": N, "concurrency": N, "rates": [{"limit": N, "window": ms, "kind": "sliding", "counts": "requests"}], "lanes": {"strategy": "fair", "weights": {"LANE": N}, "reserved": {"LANE": N}}}]}';
 
 /**
  * Reads and checks a config file. Every mistake is an error that names the file, the place in it

@@ -2,6 +2,7 @@ import { FINAL_STATES } from "@ratequeue/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { Engine, type EngineConfig, type Request, type Session } from "./engine.js";
+import type { LaneConfig } from "./internal/lanes.js";
 import type { RateLimitSpec } from "./rate.js";
 
 /**
@@ -743,5 +744,332 @@ describe("Engine properties", () => {
     fc.assert(fc.property(fc.array(op, { maxLength: 200, size: "max" }), run), { numRuns: 100 });
     // The runs did reach what the liveness checks are about.
     expect([...seen].sort()).toEqual(expect.arrayContaining(COVERED));
+  });
+});
+
+// --- Lanes ----------------------------------------------------------------------------------
+//
+// Random operation sequences on one resource with lanes, a capacity an operator set, and lane
+// configs an operator changes as it goes (fair with weights and reservations, or strict with
+// shares). Every request lives by one session, kept attached (liveness is the test above's).
+// At every grant: the capacity, strict shares and reservations hold under the config in force;
+// tokens strictly increase; within its lane nothing (present) was ahead of the request granted.
+// After every step: the engine's per-lane counts agree with the requests, and the first lane in
+// line that could be served has been (no lane left waiting with room for it).
+
+const LANES = ["default", "a", "b", "c"];
+const LANE_CAPACITY = 6;
+
+interface LaneBody {
+  lane: number;
+  load: number;
+  priority: number;
+  lockDelay?: number;
+}
+
+type LaneOp =
+  | ({ kind: "acquire" } & LaneBody)
+  | { kind: "release"; pick: number }
+  | { kind: "revoke"; pick: number }
+  | { kind: "tick"; ms: number }
+  | { kind: "config"; config: LaneConfig | null };
+
+const laneUnits = (max: number) =>
+  fc
+    .uniqueArray(
+      fc.record({
+        lane: fc.integer({ min: 0, max: LANES.length - 1 }),
+        n: fc.integer({ min: 1, max }),
+      }),
+      { selector: (e) => e.lane, maxLength: 3 },
+    )
+    .map((entries) => Object.fromEntries(entries.map((e) => [LANES[e.lane]!, e.n])));
+
+/** Configs the engine accepts: shares and reservations within the capacity. */
+const laneConfig: fc.Arbitrary<LaneConfig> = fc.oneof(
+  fc.record({
+    strategy: fc.constant("fair" as const),
+    weights: laneUnits(3),
+    reserved: laneUnits(2),
+  }),
+  fc.record({ strategy: fc.constant("strict" as const), shares: laneUnits(2) }),
+);
+
+const laneBody = {
+  lane: fc.integer({ min: 0, max: LANES.length - 1 }),
+  load: fc.integer({ min: 1, max: 3 }),
+  priority: fc.constantFrom(0, 10),
+  lockDelay: fc.option(fc.constantFrom(0, 300), { nil: undefined }),
+};
+const laneOp: fc.Arbitrary<LaneOp> = fc.oneof(
+  { weight: 6, arbitrary: fc.record({ kind: fc.constant("acquire" as const), ...laneBody }) },
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat() }) },
+  fc.record({ kind: fc.constant("revoke" as const), pick: fc.nat() }),
+  fc.record({ kind: fc.constant("tick" as const), ms: fc.integer({ min: 0, max: 500 }) }),
+  fc.record({
+    kind: fc.constant("config" as const),
+    config: fc.option(laneConfig, { nil: null }),
+  }),
+);
+
+function runLanes(ops: LaneOp[], init: LaneConfig | undefined): void {
+  const clock = { t: 0, now: () => clock.t };
+  const created: Request[] = [];
+  const arrival = new Map<Request, number>();
+  let lastToken = 0;
+  let config: LaneConfig | undefined = init;
+  const engine = new Engine(CONFIG, clock, (req) => {
+    if (req.state === "active") onGrant(req);
+  });
+  const session = engine.session("ns", "s");
+  engine.attachSession(session);
+  const set = engine.setLimits("ns", "r", { capacity: LANE_CAPACITY, lanes: init ?? null });
+  expect(set && "ok" in set ? set.detail : "set").toBe("set");
+
+  /** Units held by the lane's requests (held back ones included). */
+  const laneUsed = (lane: string) =>
+    created
+      .filter((r) => r.lane === lane && (r.state === "active" || r.heldBackOn !== undefined))
+      .reduce((n, r) => n + r.load, 0);
+  const reservedOf = (lane: string) =>
+    config?.strategy === "fair" ? (config.reserved?.[lane] ?? 0) : 0;
+  /** Units held past their lanes' reservations: the shared pool's. */
+  const poolUsed = () => LANES.reduce((n, l) => n + Math.max(0, laneUsed(l) - reservedOf(l)), 0);
+  const reservedTotal = () => LANES.reduce((n, l) => n + reservedOf(l), 0);
+
+  const tokens = new Set<number>();
+  /** `after`: for the grant its creator answers, announced after those it made room for. */
+  function onGrant(req: Request, after = lastToken): void {
+    expect(req.fencingToken).toBeGreaterThan(after);
+    expect(tokens.has(req.fencingToken)).toBe(false);
+    tokens.add(req.fencingToken);
+    lastToken = Math.max(lastToken, req.fencingToken);
+    const used = LANES.reduce((n, l) => n + laneUsed(l), 0);
+    expect(used, `${req.id} granted over the capacity`).toBeLessThanOrEqual(LANE_CAPACITY);
+    if (config?.strategy === "strict") {
+      expect(laneUsed(req.lane), `${req.id} granted over its lane's share`).toBeLessThanOrEqual(
+        config.shares?.[req.lane] ?? 0,
+      );
+    } else if (laneUsed(req.lane) > reservedOf(req.lane)) {
+      // Past its own reservation, a lane takes from the pool — never from others' reservations.
+      // (A config set while lanes held more leaves the pool over until they finish.)
+      expect(poolUsed(), `${req.id} granted into another lane's reservation`).toBeLessThanOrEqual(
+        LANE_CAPACITY - reservedTotal(),
+      );
+    }
+    // Head of line within a lane: nothing of its lane still waiting was ahead of it.
+    for (const other of created) {
+      if (other === req || other.state !== "queued" || other.lane !== req.lane) continue;
+      const ahead =
+        other.priority > req.priority ||
+        (other.priority === req.priority && arrival.get(other)! < arrival.get(req)!);
+      expect(ahead, `${other.id} was ahead of ${req.id} in lane ${req.lane}`).toBe(false);
+    }
+  }
+
+  function check(): void {
+    const snap = engine.resource("ns", "r");
+    const total = LANES.reduce((n, l) => n + laneUsed(l), 0);
+    expect(snap?.used ?? 0).toBe(total);
+    // No lanes yet (none configured, none named): every request is in the default lane.
+    const lanes = snap?.lanes;
+    if (lanes === undefined) expect(laneUsed("default")).toBe(total);
+    for (const lane of lanes === undefined ? [] : LANES) {
+      const counts = lanes?.[lane] ?? { queued: 0, active: 0, used: 0 };
+      const mine = created.filter((r) => r.lane === lane);
+      expect(counts, `lane ${lane}`).toEqual({
+        queued: mine.filter((r) => r.state === "queued").length,
+        active: mine.filter((r) => r.state === "active").length,
+        used: laneUsed(lane),
+      });
+    }
+    // Progress: a lane whose head fits its own units (a strict share, a free reservation) waits
+    // for nothing — unless the whole capacity is taken.
+    for (const lane of LANES) {
+      const head = created
+        .filter((r) => r.lane === lane && r.state === "queued")
+        .sort((a, b) => b.priority - a.priority || arrival.get(a)! - arrival.get(b)!)[0];
+      if (head === undefined || total + head.load > LANE_CAPACITY) continue;
+      const own =
+        config?.strategy === "strict"
+          ? (config.shares?.[lane] ?? 0)
+          : (config?.reserved?.[lane] ?? 0);
+      expect(laneUsed(lane) + head.load, `${head.id} could be served`).toBeGreaterThan(own);
+    }
+  }
+
+  let n = 0;
+  for (const o of ops) {
+    if (o.kind === "acquire") {
+      const id = `q${n++}`;
+      const tokenBefore = lastToken;
+      const result = engine.acquire(
+        "ns",
+        id,
+        {
+          resource: "r",
+          load: o.load,
+          priority: o.priority,
+          ...(o.lane === 0 ? {} : { lane: LANES[o.lane]! }),
+          ...(o.lockDelay === undefined ? {} : { lockDelay: o.lockDelay }),
+        },
+        "s",
+      );
+      if (result.ok) {
+        created.push(result.request);
+        arrival.set(result.request, n);
+        if (result.request.state === "active") onGrant(result.request, tokenBefore);
+      } else if (result.code !== "queue_full") {
+        // Refused only when it could never be granted under the lanes in force.
+        expect(result.code).toBe("capacity_mismatch");
+        const lane = LANES[o.lane]!;
+        const most =
+          config?.strategy === "strict"
+            ? (config.shares?.[lane] ?? 0)
+            : LANE_CAPACITY - reservedTotal() + reservedOf(lane);
+        expect(o.load).toBeGreaterThan(most);
+      }
+    } else if (o.kind === "release" || o.kind === "revoke") {
+      const live = created.filter((r) => r.state === "active" || r.state === "queued");
+      if (live.length === 0) continue;
+      const req = live[o.pick % live.length]!;
+      if (o.kind === "release") engine.release("ns", req.id);
+      else engine.revoke("ns", req.id, "test");
+    } else if (o.kind === "tick") {
+      clock.t += o.ms;
+      engine.touch(session);
+      if ((engine.nextDeadline() ?? Number.POSITIVE_INFINITY) <= clock.t) engine.advance();
+    } else {
+      const before = config;
+      config = o.config ?? undefined; // in force for the grants it makes at once
+      const result = engine.setLimits("ns", "r", { lanes: o.config });
+      if (result !== undefined && "ok" in result) {
+        // Refused only for a waiter that could then never be granted.
+        expect(result.field).toBe("lanes");
+        config = before;
+      }
+    }
+    check();
+  }
+  for (const req of created)
+    if (req.state === "active" || req.state === "queued") engine.release("ns", req.id);
+  clock.t += 10_000;
+  engine.detachSession(session, "closed");
+  for (let guard = 0; engine.nextDeadline() !== undefined; guard++) {
+    expect(guard).toBeLessThan(10_000);
+    clock.t = Math.max(clock.t, engine.nextDeadline()!);
+    engine.advance();
+  }
+  engine.setLimits("ns", "r", { capacity: null, lanes: null });
+  expect(engine.stats()).toMatchObject({ resources: 0, live: 0 });
+}
+
+/** What the turn runs came across (checked at the end, so that the bound was put to the test). */
+const turnsSeen = new Set<string>();
+
+/**
+ * Fair lanes, no reservations, one config for the run: while a lane has waiters, each other lane
+ * is granted at most its weight (one turn) before that lane's head is — however many it has
+ * waiting, whatever the loads and priorities.
+ */
+function runTurns(ops: LaneOp[], weights: Record<string, number>, capacity: number): void {
+  const clock = { t: 0, now: () => clock.t };
+  const created: Request[] = [];
+  /** Per lane: grants to each other lane since it last had none waiting, or was last served. */
+  const since = new Map<string, Map<string, number>>();
+  const engine = new Engine(CONFIG, clock, (req) => {
+    if (req.state === "active") onGrant(req);
+  });
+  function onGrant(req: Request): void {
+    for (const [lane, counts] of since) {
+      // A lane whose last waiter just left (a cancel that made room) waits no more.
+      if (lane === req.lane || !created.some((r) => r.lane === lane && r.state === "queued"))
+        continue;
+      const n = (counts.get(req.lane) ?? 0) + 1;
+      counts.set(req.lane, n);
+      turnsSeen.add(
+        n === (weights[req.lane] ?? 1)
+          ? "a full turn while another waited"
+          : "served while another waited",
+      );
+      expect(n, `lane ${req.lane} served ${n} times while lane ${lane} waited`).toBeLessThanOrEqual(
+        weights[req.lane] ?? 1,
+      );
+    }
+    since.delete(req.lane);
+  }
+  const session = engine.session("ns", "s");
+  engine.attachSession(session);
+  engine.setLimits("ns", "r", { capacity, lanes: { strategy: "fair", weights } });
+  /** Lanes with waiters start counting from when they got their first (or were served). */
+  const waiting = () => {
+    for (const lane of LANES) {
+      const queued = created.some((r) => r.lane === lane && r.state === "queued");
+      if (!queued) since.delete(lane);
+      else if (!since.has(lane)) since.set(lane, new Map());
+    }
+  };
+  let n = 0;
+  for (const o of ops) {
+    if (o.kind === "acquire") {
+      waiting(); // a lane with no waiters before this one starts counting now
+      const result = engine.acquire(
+        "ns",
+        `q${n++}`,
+        {
+          resource: "r",
+          load: Math.min(o.load, capacity),
+          priority: o.priority,
+          lane: LANES[o.lane]!,
+        },
+        "s",
+      );
+      // Refused only when the line is full (the server's maxQueue).
+      if (!result.ok) expect(result.code).toBe("queue_full");
+      else {
+        created.push(result.request);
+        if (result.request.state === "active") onGrant(result.request); // its creator's answer
+      }
+    } else if (o.kind === "release") {
+      const live = created.filter((r) => r.state === "active" || r.state === "queued");
+      if (live.length > 0) engine.release("ns", live[o.pick % live.length]!.id);
+    }
+    waiting();
+  }
+}
+
+describe("Engine properties, lanes", () => {
+  it("never exceeds the capacity, a strict share or another lane's reservation, and keeps each lane's order", () => {
+    fc.assert(
+      fc.property(
+        fc.array(laneOp, { maxLength: 150, size: "max" }),
+        fc.option(laneConfig, { nil: undefined }),
+        runLanes,
+      ),
+      { numRuns: 100 },
+    );
+  });
+
+  it("fair: no lane starves another — each other lane gets at most one turn (its weight) first", () => {
+    const turnsOp = fc.oneof(
+      { weight: 3, arbitrary: fc.record({ kind: fc.constant("acquire" as const), ...laneBody }) },
+      {
+        weight: 2,
+        arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat() }),
+      },
+    );
+    fc.assert(
+      fc.property(
+        fc.array(turnsOp, { maxLength: 120, size: "max" }),
+        laneUnits(4),
+        fc.integer({ min: 1, max: 4 }),
+        runTurns,
+      ),
+      { numRuns: 100 },
+    );
+    expect([...turnsSeen].sort()).toEqual([
+      "a full turn while another waited",
+      "served while another waited",
+    ]);
   });
 });

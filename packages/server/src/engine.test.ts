@@ -1,6 +1,6 @@
 import type { AcquireBody } from "@ratequeue/core";
 import { describe, expect, it } from "vitest";
-import { Engine, type EngineConfig, type Request } from "./engine.js";
+import { Engine, type EngineConfig, type Request, saved as savedOf } from "./engine.js";
 
 const CONFIG: EngineConfig = {
   defaultExpiresIn: 60_000,
@@ -681,5 +681,178 @@ describe("Engine: concurrency, requests holding at once whatever their load", ()
     const d = acquire("d", { resource: "llm", load: 100 });
     expect(d.state).toBe("active"); // lifted: only the capacity counts
     expect(engine.resource("k", "llm")).toMatchObject({ active: 3, used: 300 });
+  });
+});
+
+describe("Engine: lanes", () => {
+  /** Grants `n` times on `lock`, releasing the oldest holder each time; the lanes served, in order. */
+  function serve(engine: Engine, holders: Request[], all: Request[], n: number): string[] {
+    const served: string[] = [];
+    for (let i = 0; i < n; i++) {
+      engine.release("k", holders.shift()!.id);
+      const next = all.find((r) => r.state === "active" && !holders.includes(r));
+      if (next === undefined) break;
+      holders.push(next);
+      served.push(next.lane);
+    }
+    return served;
+  }
+
+  it("fair: a burst of 10,000 in one lane delays another lane's next request by one turn at most", () => {
+    const { engine, acquire } = setup({ maxQueue: 20_000 });
+    const first = acquire("first", { lane: "batch" });
+    const burst = Array.from({ length: 10_000 }, (_, i) => acquire(`b${i}`, { lane: "batch" }));
+    const interactive = acquire("i0", { lane: "interactive", priority: 0 });
+    engine.release("k", first.id); // batch's turn: its head goes first…
+    expect(burst[0]!.state).toBe("active");
+    engine.release("k", burst[0]!.id); // …then interactive's
+    expect(interactive.state).toBe("active");
+    expect(burst[1]!.state).toBe("queued");
+  });
+
+  it("fair: lanes with waiters take turns in proportion to their weights", () => {
+    const { engine, acquire } = setup();
+    engine.setLimits("k", "lock", { lanes: { strategy: "fair", weights: { a: 2 } } });
+    const holder = acquire("h", { lane: "a" });
+    const all = [holder];
+    for (let i = 0; i < 6; i++) all.push(acquire(`a${i}`, { lane: "a" }));
+    for (let i = 0; i < 6; i++) all.push(acquire(`b${i}`, { lane: "b" }));
+    expect(serve(engine, [holder], all, 9).join(" ")).toBe("a a b a a b a a b");
+  });
+
+  it("keeps priority, then arrival, within a lane, and never passes a lane's head", () => {
+    const { engine, acquire } = setup();
+    const h = acquire("h", { capacity: 3, load: 3, lane: "a" });
+    const big = acquire("big", { capacity: 3, load: 3, lane: "a" });
+    const small = acquire("small", { capacity: 3, load: 1, lane: "a" });
+    const urgent = acquire("urgent", { capacity: 3, load: 1, lane: "a", priority: 99 });
+    engine.release("k", h.id);
+    expect([urgent.state, big.state, small.state]).toEqual(["active", "queued", "queued"]);
+  });
+
+  it("strict: each lane owns its share; a lane never takes another's, and one without a share is refused", () => {
+    const { engine, acquire } = setup();
+    engine.setLimits("k", "lock", {
+      capacity: 4,
+      lanes: { strategy: "strict", shares: { interactive: 1, batch: 3 } },
+    });
+    const batch = Array.from({ length: 5 }, (_, i) => acquire(`b${i}`, { lane: "batch" }));
+    expect(batch.map((r) => r.state)).toEqual(["active", "active", "active", "queued", "queued"]);
+    const i0 = acquire("i0", { lane: "interactive" });
+    const i1 = acquire("i1", { lane: "interactive" });
+    expect([i0.state, i1.state]).toEqual(["active", "queued"]);
+    engine.release("k", i0.id);
+    expect(i1.state).toBe("active"); // its own share; batch's waiters never get it
+    expect(batch[3]!.state).toBe("queued");
+    const r = engine.acquire("k", "x", { resource: "lock" });
+    expect(r).toMatchObject({ ok: false, code: "capacity_mismatch", field: "lane" });
+    expect(!r.ok && r.detail).toMatch(/lane "default" has no share.*interactive, batch/);
+    const over = engine.acquire("k", "y", { resource: "lock", lane: "interactive", load: 2 });
+    expect(over).toMatchObject({ ok: false, code: "capacity_mismatch", field: "load" });
+    expect(engine.resource("k", "lock")?.lanes).toEqual({
+      interactive: { queued: 0, active: 1, used: 1 },
+      batch: { queued: 2, active: 3, used: 3 },
+    });
+  });
+
+  it("reserved: units held for a lane are never taken by others, whatever their priority", () => {
+    const { engine, acquire } = setup();
+    engine.setLimits("k", "lock", {
+      capacity: 3,
+      lanes: { strategy: "fair", reserved: { interactive: 1 } },
+    });
+    const others = ["a", "b", "c"].map((id) => acquire(id, { priority: 1_000 }));
+    expect(others.map((r) => r.state)).toEqual(["active", "active", "queued"]);
+    const i0 = acquire("i0", { lane: "interactive", priority: -5 });
+    expect(i0.state).toBe("active"); // its reservation, though others wait ahead of it
+    // Its reservation first, then the pool, in turn with the others.
+    const i1 = acquire("i1", { lane: "interactive" });
+    engine.release("k", others[0]!.id);
+    expect([others[2]!.state, i1.state]).toEqual(["active", "queued"]);
+    const r = engine.acquire("k", "big", { resource: "lock", load: 3 });
+    expect(r).toMatchObject({ ok: false, code: "capacity_mismatch", field: "load" });
+  });
+
+  it("refuses shares and reservations beyond the capacity, or without an operator's capacity", () => {
+    const { engine, acquire } = setup();
+    acquire("a");
+    expect(
+      engine.setLimits("k", "lock", { lanes: { strategy: "strict", shares: { a: 1 } } }),
+    ).toMatchObject({ ok: false, field: "lanes", detail: expect.stringMatching(/set "capacity"/) });
+    expect(
+      engine.setLimits("k", "lock", {
+        capacity: 2,
+        lanes: { strategy: "fair", reserved: { a: 2, b: 1 } },
+      }),
+    ).toMatchObject({ ok: false, field: "lanes", detail: expect.stringMatching(/add up to 3/) });
+    engine.setLimits("k", "lock", { capacity: 3, lanes: { strategy: "fair", reserved: { a: 2 } } });
+    expect(engine.setLimits("k", "lock", { capacity: 1 })).toMatchObject({
+      ok: false,
+      field: "capacity",
+    });
+    expect(engine.setLimits("k", "lock", { capacity: null })).toMatchObject({
+      ok: false,
+      field: "capacity",
+    });
+    // A waiter that would then never be granted: refused, as for a capacity.
+    expect(acquire("w").state).toBe("queued"); // the pool (3 - 2) is taken by "a"
+    expect(
+      engine.setLimits("k", "lock", { lanes: { strategy: "strict", shares: { a: 2 } } }),
+    ).toMatchObject({ ok: false, field: "lanes", detail: expect.stringMatching(/request w/) });
+  });
+
+  it("a resource without lanes keeps its single line; lanes come with the first request that names one", () => {
+    const { engine, acquire } = setup();
+    acquire("a", { capacity: 2 });
+    expect(engine.resource("k", "lock")?.lanes).toBeUndefined();
+    acquire("b", { capacity: 2, lane: "x" });
+    acquire("c", { capacity: 2, lane: "x" });
+    expect(engine.resource("k", "lock")?.lanes).toEqual({
+      default: { queued: 0, active: 1, used: 1 },
+      x: { queued: 1, active: 1, used: 1 },
+    });
+  });
+
+  it("a retried create in another lane is a conflict", () => {
+    const { engine, acquire } = setup();
+    acquire("a", { lane: "x" });
+    expect(engine.acquire("k", "a", { resource: "lock", lane: "y" })).toMatchObject({
+      ok: false,
+      code: "request_conflict",
+    });
+    expect(engine.acquire("k", "a", { resource: "lock", lane: "x" })).toMatchObject({ ok: true });
+  });
+
+  it("restores requests into their lanes, after the lanes", () => {
+    const { engine, acquire, clock } = setup();
+    engine.setLimits("k", "lock", {
+      capacity: 2,
+      lanes: { strategy: "strict", shares: { a: 1, b: 1 } },
+    });
+    for (const [id, lane] of [
+      ["a0", "a"],
+      ["a1", "a"],
+      ["b0", "b"],
+    ] as const)
+      acquire(id, { lane });
+    const saved = [...engine.liveRequests()].map((r) => ({ ...savedOf(r) }));
+    const next = new Engine(CONFIG, clock);
+    next.restore(
+      saved,
+      5_000,
+      new Map(),
+      0,
+      new Map(),
+      new Map([["k\0lock", 2]]),
+      new Map(),
+      new Map(),
+      new Map([["k\0lock", { strategy: "strict", shares: { a: 1, b: 1 } } as const]]),
+    );
+    expect(next.resource("k", "lock")?.lanes).toEqual({
+      a: { queued: 1, active: 1, used: 1 },
+      b: { queued: 0, active: 1, used: 1 },
+    });
+    next.release("k", "a0");
+    expect(next.get("k", "a1")?.state).toBe("active");
   });
 });

@@ -1,6 +1,7 @@
 import {
   type AcquireBody,
   DEFAULT_CAPACITY,
+  DEFAULT_LANE,
   DEFAULT_LOAD,
   DEFAULT_PRIORITY,
   type RequestSnapshot,
@@ -8,6 +9,13 @@ import {
   type ResourceSnapshot,
 } from "@ratequeue/core";
 import { DeadlineHeap } from "./internal/deadline-heap.js";
+import {
+  type Lane,
+  type LaneConfig,
+  Lanes,
+  laneConfigProblem,
+  laneMost,
+} from "./internal/lanes.js";
 import { Line } from "./internal/line.js";
 import { List } from "./internal/list.js";
 import { type LivenessConfig, Session } from "./liveness.js";
@@ -49,6 +57,8 @@ export interface SavedRequest {
   name: string;
   load: number;
   priority: number;
+  /** Its lane; left out for the default lane (and by stores of versions before lanes). */
+  lane?: string;
   capacity: number;
   askedCapacity: number | undefined;
   expiresIn: number;
@@ -77,6 +87,7 @@ export function saved(req: Request): SavedRequest {
     name: req.name,
     load: req.load,
     priority: req.priority,
+    ...(req.lane === DEFAULT_LANE ? {} : { lane: req.lane }),
     capacity: req.capacity,
     askedCapacity: req.askedCapacity,
     expiresIn: req.expiresIn,
@@ -131,6 +142,8 @@ export class Request {
   grantedAt = 0;
   /** Why an operator revoked it (state `revoked`). */
   reason: string | undefined = undefined;
+  /** The lane it waits in (see `Lanes`). */
+  lane = DEFAULT_LANE;
 
   constructor(
     readonly ns: Namespace,
@@ -168,7 +181,12 @@ export class Resource {
   heldBackCount = 0;
   /** Most requests holding at once, whatever their load (an operator's `concurrency`). */
   concurrency = Number.POSITIVE_INFINITY;
-  readonly line = new Line<Request>();
+  /**
+   * Its waiters: one line, until it has lanes (a request names a lane, or an operator configures
+   * them) — then a line per lane, for good (see `Lanes`). A resource that never sees a lane keeps
+   * the single line and its direct checks: lanes cost nothing where they are not used.
+   */
+  line: Line<Request> | Lanes<Request> = new Line<Request>();
   readonly holders = new List<Request>();
   constructor(
     readonly name: string,
@@ -191,6 +209,8 @@ export class Namespace {
   readonly rates = new Map<string, readonly RateLimitSpec[]>();
   /** Most requests holding at once an operator set (admin API), by resource name: kept too. */
   readonly concurrency = new Map<string, number>();
+  /** Lanes an operator configured (admin API), by resource name: kept too. */
+  readonly lanes = new Map<string, LaneConfig>();
   /**
    * Its ended requests, oldest first, remembered for `retention` — at most `maxRetained` of
    * them: a quota per namespace, so that one key's traffic never makes another's forgotten.
@@ -212,7 +232,8 @@ export class Namespace {
       this.sessions.size === 0 &&
       this.limits.size === 0 &&
       this.rates.size === 0 &&
-      this.concurrency.size === 0
+      this.concurrency.size === 0 &&
+      this.lanes.size === 0
     );
   }
 }
@@ -229,6 +250,8 @@ export class Namespace {
  *   as its load fits, and nothing behind it may pass it (so large requests never starve) — except
  *   a waiter whose session is away (its connection closed): it keeps its place, but is passed
  *   over until its client comes back;
+ * - with lanes, each lane is such a line; lanes take turns (`fair`), or each waits for its own
+ *   share (`strict`) — see `pumpLanes`;
  * - every grant takes the next fencing token of its namespace: a counter shared by the
  *   namespace's resources, so tokens strictly increase per resource even after the resource is
  *   forgotten and recreated, and one per namespace, so a key learns nothing of another's
@@ -297,12 +320,14 @@ export class Engine {
     const space = this.namespace(ns);
     const load = body.load ?? DEFAULT_LOAD;
     const priority = body.priority ?? DEFAULT_PRIORITY;
+    const lane = body.lane ?? DEFAULT_LANE;
     const existing = space.requests.get(id);
     if (existing) {
       if (
         existing.name !== body.resource ||
         existing.load !== load ||
         existing.priority !== priority ||
+        existing.lane !== lane ||
         existing.askedCapacity !== body.capacity
       ) {
         return {
@@ -360,6 +385,15 @@ export class Engine {
         detail: `load ${load} exceeds the rate limit of resource ${JSON.stringify(body.resource)} (${describeRate(over)}): it could never be granted`,
       };
     }
+    const laneConfig = space.lanes.size === 0 ? undefined : space.lanes.get(body.resource);
+    if (laneConfig !== undefined && load > laneMost(laneConfig, lane, resource.capacity)) {
+      this.forgetIfIdle(space, resource);
+      return laneRefusal(laneConfig, body.resource, lane, load, resource.capacity);
+    }
+    const lanes =
+      resource.line instanceof Lanes || lane !== DEFAULT_LANE
+        ? this.withLanes(space, resource)
+        : undefined;
 
     // Until a poll attaches, a request of its own session is as good as abandoned after repollGrace.
     const session =
@@ -382,9 +416,14 @@ export class Engine {
       timeoutAt,
     );
     req.lockDelay = body.lockDelay ?? 0;
+    req.lane = lane;
     req.seq = ++this.seq;
     req.createdAt = now;
-    if (resource.line.size === 0 && this.fits(resource, load, now)) {
+    if (
+      resource.line.size === 0 &&
+      this.fits(resource, load, now) &&
+      (lanes === undefined || this.laneRoom(resource, lanes, lanes.lane(lane), load) <= POOL)
+    ) {
       this.grant(resource, req, now); // the common, uncontended case: no line to join
     } else {
       resource.line.push(req);
@@ -445,6 +484,8 @@ export class Engine {
     rates: ReadonlyMap<string, readonly RateLimitSpec[]> = new Map(),
     /** Operators' concurrency limits (`ns\0name` → requests holding at once), kept while idle. */
     concurrency: ReadonlyMap<string, number> = new Map(),
+    /** Operators' lanes (`ns\0name` → config), kept while idle. */
+    lanes: ReadonlyMap<string, LaneConfig> = new Map(),
   ): {
     /** The sessions restored, and when each must be back by. */
     sessions: Array<{ ns: string; session: string; until: number }>;
@@ -460,6 +501,11 @@ export class Engine {
     for (const { space, name, value } of this.byName(limits)) {
       space.limits.set(name, value);
       if (!space.resources.has(name)) this.createResource(space, name, value);
+    }
+    // Lanes before the requests: they join their lanes' lines as they are restored.
+    for (const { space, name, value } of this.byName(lanes)) {
+      space.lanes.set(name, value);
+      this.withLanes(space, this.kept(space, name));
     }
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
@@ -488,9 +534,14 @@ export class Engine {
         r.waitUntil,
       );
       req.lockDelay = r.lockDelay;
+      req.lane = r.lane ?? DEFAULT_LANE;
       req.seq = r.seq;
       req.createdAt = now;
       this.seq = Math.max(this.seq, r.seq);
+      const lane =
+        resource.line instanceof Lanes || req.lane !== DEFAULT_LANE
+          ? this.withLanes(space, resource).lane(req.lane)
+          : undefined;
       space.token = Math.max(space.token, r.fencingToken);
       if (r.state === "revoked") {
         // Revoked before the restart, its client perhaps not told: it may still believe it
@@ -502,6 +553,7 @@ export class Engine {
         req.endedAt = now;
         req.resource = undefined;
         resource.used += req.load;
+        if (lane !== undefined) lane.used += req.load;
         resource.heldBack += req.load;
         resource.heldBackCount++;
         req.heldBackOn = resource;
@@ -514,6 +566,10 @@ export class Engine {
       if (r.state === "active") {
         resource.holders.push(req);
         resource.used += req.load;
+        if (lane !== undefined) {
+          lane.used += req.load;
+          lane.active++;
+        }
         req.state = "active";
         session.active++;
         req.fencingToken = r.fencingToken;
@@ -741,7 +797,7 @@ export class Engine {
     }
     let away = 0;
     for (const w of resource.line) if (w.session.away) away++;
-    return {
+    const snap: ResourceSnapshot = {
       name,
       capacity: resource.capacity,
       used: resource.used,
@@ -751,6 +807,8 @@ export class Engine {
       away,
       holders,
     };
+    if (resource.line instanceof Lanes) snap.lanes = laneView(resource.line);
+    return snap;
   }
 
   /** Every namespace with something live or remembered, for the admin API. */
@@ -830,6 +888,8 @@ export class Engine {
     const rates = space.rates.get(name);
     if (rates !== undefined) resource.rate = new RateState(rates);
     resource.concurrency = space.concurrency.get(name) ?? Number.POSITIVE_INFINITY;
+    const lanes = space.lanes.get(name);
+    if (lanes !== undefined) resource.line = new Lanes<Request>(lanes);
     space.resources.set(name, resource);
     this.resourceCount++;
     return resource;
@@ -864,6 +924,10 @@ export class Engine {
    * (the rate heap wakes the resource then); nothing passes it meanwhile.
    */
   private pump(resource: Resource, now: number, quiet?: Request): void {
+    if (resource.line instanceof Lanes) {
+      this.pumpLanes(resource, resource.line, now, quiet);
+      return;
+    }
     for (
       let head = this.serviceable(resource);
       head !== undefined;
@@ -896,7 +960,113 @@ export class Engine {
     this.rateHeap.delete(resource);
   }
 
+  /**
+   * `pump` for a resource with lanes. Lanes are tried in turn order (see `Lanes`); within a lane
+   * only its first present waiter may be served (head of line, as in one line). The first lane in
+   * turn whose waiter has room is served, and the turn moves on. The waiter chosen waits for the
+   * resource's shared limits (concurrency, rates) holding everyone up, as a head does in one
+   * line. A lane whose head waits for its own strict share holds nobody else up: that share is
+   * nobody else's. A fair lane whose head waits for the shared pool lets later lanes be served
+   * from their reservations only — never from the pool, which it is next in line for (so it
+   * never starves). Own units always fit the capacity, but for a while after an operator changed
+   * the lanes under holders (as after a cut of the capacity): such a lane waits alone.
+   */
+  private pumpLanes(
+    resource: Resource,
+    lanes: Lanes<Request>,
+    now: number,
+    quiet: Request | undefined,
+  ): void {
+    for (;;) {
+      let pick: Request | undefined;
+      let poolBlocked = false;
+      for (let lane = lanes.ring.head; lane !== undefined; lane = lane.next) {
+        const head = firstPresent(lane);
+        if (head === undefined) continue;
+        const room = this.laneRoom(resource, lanes, lane, head.load);
+        // Its own units still held by others (shares or reservations set while they held more):
+        // it waits for them alone.
+        if (room === OWN && resource.used + head.load > resource.capacity) continue;
+        if (room === OWN || (room === POOL && !poolBlocked)) {
+          pick = head;
+          break;
+        }
+        if (room === NO_POOL) {
+          poolBlocked = true;
+          // Nobody after it may take from the pool, and nobody has units of their own.
+          if (lanes.reserving.length === 0) break;
+        }
+      }
+      if (pick === undefined) break;
+      if (
+        resource.used + pick.load > resource.capacity ||
+        resource.holders.size + resource.heldBackCount >= resource.concurrency
+      )
+        break;
+      if (resource.rate !== undefined) {
+        const at = resource.rate.fitsAt(pick.load, now);
+        if (at > now) {
+          if (at === Number.POSITIVE_INFINITY) this.rateHeap.delete(resource);
+          else this.rateHeap.set(resource, at);
+          return;
+        }
+      }
+      const lane = lanes.lanes.get(pick.lane)!;
+      lanes.unlink(pick);
+      pick.session.queued--;
+      this.grant(resource, pick, now);
+      lanes.served(lane);
+      if (pick !== quiet) {
+        this.schedule(pick);
+        this.scheduleSession(pick.session);
+        this.onChange(pick);
+      }
+    }
+    this.rateHeap.delete(resource);
+  }
+
+  /**
+   * Where a request of `load` in `lane` would take its units from: its own (`OWN`: a strict
+   * share, or a fair lane's reservation), the shared pool (`POOL`), or nowhere yet — its strict
+   * share is full (`NO_SHARE`), or the pool is (`NO_POOL`). The resource's shared limits are
+   * checked apart.
+   */
+  private laneRoom(resource: Resource, lanes: Lanes<Request>, lane: Lane<Request>, load: number) {
+    if (lanes.strategy === "strict") return lane.used + load <= lane.share ? OWN : NO_SHARE;
+    if (lane.used + load <= lane.reserved) return OWN;
+    if (lanes.reservedTotal === 0)
+      return resource.used + load <= resource.capacity ? POOL : NO_POOL;
+    // Units past a lane's reservation come from the pool: the capacity less every reservation.
+    const poolUsed = resource.used - lanes.reservedUsed();
+    const need = lane.used + load - Math.max(lane.used, lane.reserved);
+    return poolUsed + need <= resource.capacity - lanes.reservedTotal ? POOL : NO_POOL;
+  }
+
+  /** Resource `resource` with a line per lane from now on (its waiters and holders moved over). */
+  private withLanes(space: Namespace, resource: Resource): Lanes<Request> {
+    if (resource.line instanceof Lanes) return resource.line;
+    const lanes = new Lanes<Request>(space.lanes.get(resource.name));
+    const line = resource.line;
+    resource.line = lanes;
+    for (const req of [...line]) {
+      line.unlink(req);
+      lanes.push(req);
+    }
+    // Everything held so far was held in the default lane (a request in another made the lanes).
+    if (resource.used > 0 || resource.holders.size > 0) {
+      const lane = lanes.lane(DEFAULT_LANE);
+      lane.used += resource.used;
+      lane.active += resource.holders.size;
+    }
+    return lanes;
+  }
+
   private grant(resource: Resource, req: Request, now: number): void {
+    if (resource.line instanceof Lanes) {
+      const lane = resource.line.lane(req.lane);
+      lane.used += req.load;
+      lane.active++;
+    }
     resource.holders.push(req);
     resource.used += req.load;
     req.state = "active";
@@ -967,10 +1137,37 @@ export class Engine {
       capacity?: number | null;
       rates?: readonly RateLimitSpec[] | null;
       concurrency?: number | null;
+      lanes?: LaneConfig | null;
     },
   ): Resource | Refusal | undefined {
-    const { capacity, rates, concurrency } = change;
-    const existing = this.namespaces.get(ns)?.resources.get(name);
+    const { capacity, rates, concurrency, lanes } = change;
+    const before = this.namespaces.get(ns);
+    const existing = before?.resources.get(name);
+    // Shares and reservations are parts of an operator's capacity: both as they will be.
+    const laneConfig = lanes === undefined ? before?.lanes.get(name) : (lanes ?? undefined);
+    const limit = capacity === undefined ? before?.limits.get(name) : (capacity ?? undefined);
+    const laneProblem = laneConfigProblem(laneConfig, limit);
+    if (laneProblem !== undefined)
+      return {
+        ok: false,
+        code: "capacity_mismatch",
+        field: lanes === undefined ? "capacity" : "lanes",
+        detail: `${JSON.stringify(name)}: ${laneProblem}`,
+      };
+    if (existing !== undefined && laneConfig !== undefined) {
+      const cap = limit ?? existing.capacity;
+      for (const r of existing.line) {
+        const most = laneMost(laneConfig, r.lane, cap);
+        if (r.load > most) {
+          return {
+            ok: false,
+            code: "capacity_mismatch",
+            field: "lanes",
+            detail: `request ${r.id} (load ${r.load}) waits in lane ${JSON.stringify(r.lane)} of ${JSON.stringify(name)}, which could then hold at most ${most}: it could never be granted. Give that lane room, or revoke that request first`,
+          };
+        }
+      }
+    }
     if (existing !== undefined && typeof capacity === "number") {
       for (const r of [...existing.holders, ...existing.line]) {
         if (r.load > capacity) {
@@ -997,7 +1194,10 @@ export class Engine {
       }
     }
     const sets =
-      typeof capacity === "number" || typeof concurrency === "number" || (rates?.length ?? 0) > 0;
+      typeof capacity === "number" ||
+      typeof concurrency === "number" ||
+      (rates?.length ?? 0) > 0 ||
+      (lanes ?? undefined) !== undefined;
     if (!sets && !this.namespaces.has(ns)) return undefined; // nothing to lift where nothing is
     const space = this.namespace(ns);
     const now = this.clock.now();
@@ -1007,15 +1207,23 @@ export class Engine {
     else if (rates !== undefined) space.rates.set(name, rates);
     if (concurrency === null) space.concurrency.delete(name);
     else if (concurrency !== undefined) space.concurrency.set(name, concurrency);
+    if (lanes === null) space.lanes.delete(name);
+    else if (lanes !== undefined) space.lanes.set(name, lanes);
     const resource = space.resources.get(name);
     if (resource === undefined) {
-      if (space.limits.has(name) || space.rates.has(name) || space.concurrency.has(name))
+      if (
+        space.limits.has(name) ||
+        space.rates.has(name) ||
+        space.concurrency.has(name) ||
+        space.lanes.has(name)
+      )
         return this.kept(space, name); // made with them, as set
       this.forgetNamespaceIfEmpty(space);
       return undefined;
     }
     if (typeof capacity === "number") resource.capacity = capacity;
     if (concurrency !== undefined) resource.concurrency = concurrency ?? Number.POSITIVE_INFINITY;
+    if (lanes !== undefined) this.withLanes(space, resource).configure(lanes ?? undefined);
     if (rates !== undefined) {
       const specs = space.rates.get(name);
       resource.rate = specs === undefined ? undefined : new RateState(specs, resource.rate, now);
@@ -1053,6 +1261,12 @@ export class Engine {
     if (req.state === "active") {
       resource.holders.unlink(req);
       if (!holdBack) resource.used -= req.load;
+      if (resource.line instanceof Lanes) {
+        const lane = resource.line.lane(req.lane);
+        lane.active--;
+        if (!holdBack) lane.used -= req.load;
+        resource.line.forgetIfIdle(lane);
+      }
     } else {
       resource.line.unlink(req);
     }
@@ -1076,6 +1290,11 @@ export class Engine {
     req.heldBackOn = undefined;
     this.heap.delete(req);
     resource.used -= req.load;
+    if (resource.line instanceof Lanes) {
+      const lane = resource.line.lane(req.lane);
+      lane.used -= req.load;
+      resource.line.forgetIfIdle(lane);
+    }
     resource.heldBack -= req.load;
     resource.heldBackCount--;
     this.onHoldBackEnd?.(req);
@@ -1151,6 +1370,7 @@ export class Engine {
       !space.limits.has(resource.name) &&
       !space.rates.has(resource.name) &&
       !space.concurrency.has(resource.name) &&
+      !space.lanes.has(resource.name) &&
       space.resources.get(resource.name) === resource
     ) {
       space.resources.delete(resource.name);
@@ -1229,4 +1449,49 @@ export class Engine {
     for (const req of session.requests) if (req.state === "queued") resources.add(req.resource!);
     for (const resource of resources) this.pump(resource, now);
   }
+}
+
+/** `pumpLanes`' answers: where a lane's head would take its units from (see `laneRoom`). */
+const OWN = 0;
+const POOL = 1;
+const NO_SHARE = 2;
+const NO_POOL = 3;
+
+/** The lane's first waiter whose session is present (see `serviceable`). */
+function firstPresent(lane: Lane<Request>): Request | undefined {
+  const head = lane.line.first();
+  if (head === undefined || !head.session.away) return head;
+  for (const r of lane.line) if (!r.session.away) return r;
+  return undefined;
+}
+
+/** Per lane: waiting, holding, units held (for the resource's snapshot and the admin API). */
+export function laneView(
+  lanes: Lanes<Request>,
+): Record<string, { queued: number; active: number; used: number }> {
+  const view: Record<string, { queued: number; active: number; used: number }> = {};
+  for (const lane of lanes.lanes.values())
+    view[lane.name] = { queued: lane.line.size, active: lane.active, used: lane.used };
+  return view;
+}
+
+/** Why a request of `load` in `lane` could never be granted under the resource's lanes. */
+function laneRefusal(
+  config: LaneConfig,
+  name: string,
+  lane: string,
+  load: number,
+  capacity: number,
+): Refusal {
+  const most = laneMost(config, lane, capacity);
+  const detail =
+    config.strategy === "strict" && most === 0
+      ? `lane ${JSON.stringify(lane)} has no share of resource ${JSON.stringify(name)}, whose lanes are strict (${Object.keys(config.shares ?? {}).join(", ")}): use one of those lanes, or have an operator give it a share`
+      : `load ${load} exceeds what lane ${JSON.stringify(lane)} may hold of resource ${JSON.stringify(name)} (${most}: ${config.strategy === "strict" ? "its share" : "the capacity less the units reserved for other lanes"}): it could never be granted`;
+  return {
+    ok: false,
+    code: "capacity_mismatch",
+    field: config.strategy === "strict" && most === 0 ? "lane" : "load",
+    detail,
+  };
 }

@@ -18,6 +18,7 @@ import {
   type Request,
   type Session,
 } from "./engine.js";
+import type { LaneConfig } from "./internal/lanes.js";
 import type { RateLimitSpec } from "./rate.js";
 import type { Store } from "./store.js";
 
@@ -118,7 +119,8 @@ export class LocalBackend implements Backend, SessionBackend {
       if (req.state === "revoked") this.store?.remove(req.ns.key, req.id);
     };
     if (store) {
-      const { requests, tokens, tokenFloor, recovering, limits, rates, concurrency } = store.load();
+      const { requests, tokens, tokenFloor, recovering, limits, rates, concurrency, lanes } =
+        store.load();
       for (const r of requests)
         trace?.(
           `${r.id} restored ${r.state} ${r.name} token=${r.fencingToken} session=${r.session}`,
@@ -132,6 +134,7 @@ export class LocalBackend implements Backend, SessionBackend {
         limits,
         rates,
         concurrency,
+        lanes,
       );
       // A revoke the client may not have heard of before the restart: its session's first
       // event when it comes back (a request without a session hears it from its next poll).
@@ -329,6 +332,7 @@ export class LocalBackend implements Backend, SessionBackend {
       capacity?: number | null;
       rates?: readonly RateLimitSpec[] | null;
       concurrency?: number | null;
+      lanes?: LaneConfig | null;
     },
   ) {
     const result = this.engine.setLimits(ns, name, change);
@@ -338,6 +342,7 @@ export class LocalBackend implements Backend, SessionBackend {
       if (change.capacity !== undefined) this.store?.limit(ns, name, change.capacity ?? undefined);
       if (change.rates !== undefined)
         this.store?.rates(ns, name, change.rates?.length ? change.rates : undefined);
+      if (change.lanes !== undefined) this.store?.lanes(ns, name, change.lanes ?? undefined);
     }
     this.settle();
     return result;

@@ -96,6 +96,12 @@ export const OPENAPI = {
           capacity: { type: "integer", minimum: 1 },
           load: { type: "integer", minimum: 1 },
           priority: { type: "integer" },
+          lane: {
+            type: "string",
+            pattern: "^[A-Za-z0-9._-]{1,64}$",
+            description:
+              "The lane to wait in (default `default`): each lane is a line of its own, and the resource's lane strategy decides between lanes",
+          },
           timeout: { type: "integer", minimum: 0 },
           expiresIn: { type: "integer", minimum: 1 },
           lockDelay: { type: "integer", minimum: 0 },
@@ -127,7 +133,40 @@ export const OPENAPI = {
               },
             },
           },
+          lanes: ref("LaneCounts"),
         },
+      },
+      LaneCounts: {
+        type: "object",
+        description:
+          "Per lane (once the resource has lanes): requests waiting, requests holding, and units held (held back included)",
+        additionalProperties: {
+          type: "object",
+          required: ["queued", "active", "used"],
+          additionalProperties: false,
+          properties: {
+            queued: { type: "integer", minimum: 0 },
+            active: { type: "integer", minimum: 0 },
+            used: { type: "integer", minimum: 0 },
+          },
+        },
+      },
+      LaneConfig: {
+        type: "object",
+        description:
+          "A resource's lanes. fair (the default): lanes with waiters take turns, `weights` grants per turn (default 1); `reserved` units are for those lanes only. strict: each lane owns its `shares` units, and a lane without one is refused. Shares and reserved units need an operator's capacity, and add up to at most it",
+        additionalProperties: false,
+        properties: {
+          strategy: { enum: ["fair", "strict"] },
+          weights: ref("LaneUnits"),
+          shares: ref("LaneUnits"),
+          reserved: ref("LaneUnits"),
+        },
+      },
+      LaneUnits: {
+        type: "object",
+        propertyNames: { pattern: "^[A-Za-z0-9._-]{1,64}$" },
+        additionalProperties: { type: "integer", minimum: 1, maximum: 1_000_000_000 },
       },
       SessionAnswer: {
         type: "object",
@@ -153,6 +192,7 @@ export const OPENAPI = {
           address: { type: ["string", "null"] },
           load: { type: "integer" },
           priority: { type: "integer" },
+          lane: { type: "string" },
           fencingToken: { type: "integer" },
           heldMs: { type: "integer" },
           expiresInMs: { type: "integer" },
@@ -188,6 +228,8 @@ export const OPENAPI = {
           "concurrency",
           "heldBackHolders",
           "rates",
+          "laneConfig",
+          "lanes",
         ],
         additionalProperties: false,
         properties: {
@@ -228,6 +270,14 @@ export const OPENAPI = {
                 fullUntil: { type: "integer" },
               },
             },
+          },
+          laneConfig: {
+            oneOf: [ref("LaneConfig"), { type: "null" }],
+            description: "The lanes an operator set (null: none)",
+          },
+          lanes: {
+            oneOf: [ref("LaneCounts"), { type: "null" }],
+            description: "Per lane, what waits and holds (null: the resource has no lanes)",
           },
         },
       },
@@ -481,7 +531,7 @@ export const OPENAPI = {
       parameters: [ns, path("name", "A resource name, percent-encoded")],
       put: {
         summary:
-          "Set the resource's limits — its capacity, its concurrency, its rate limits, any of them (what the body leaves out stays as it was; null, or rates: [], lifts one): they apply to the line at once, all together",
+          "Set the resource's limits — its capacity, its concurrency, its rate limits, its lanes, any of them (what the body leaves out stays as it was; null, or rates: [], lifts one): they apply to the line at once, all together",
         security: admin,
         requestBody: {
           required: true,
@@ -495,6 +545,7 @@ export const OPENAPI = {
                   capacity: { type: ["integer", "null"], minimum: 1, maximum: 1_000_000_000 },
                   concurrency: { type: ["integer", "null"], minimum: 1, maximum: 1_000_000_000 },
                   rates: { type: ["array", "null"], maxItems: 8, items: ref("RateLimit") },
+                  lanes: { oneOf: [ref("LaneConfig"), { type: "null" }] },
                 },
               },
             },
@@ -509,7 +560,7 @@ export const OPENAPI = {
         },
       },
       delete: {
-        summary: "Lift the resource's limits (capacity, concurrency and rates)",
+        summary: "Lift the resource's limits (capacity, concurrency, rates and lanes)",
         security: admin,
         responses: { "204": { description: "Lifted" }, ...problems(401, 403, 404) },
       },

@@ -116,6 +116,7 @@ export class PgStore implements Store {
         limits: table<number>("limits"),
         rates: table<RateLimitSpec[]>("rates"),
         concurrency: table<number>("concurrency"),
+        lanes: table("lanes"),
       },
       onFailure,
       proofLimit,
@@ -159,6 +160,10 @@ export class PgStore implements Store {
 
   concurrency(ns: string, name: string, holders: number | undefined): void {
     this.pendingKeyed.set(`concurrency\0${ns}\0${name}`, holders ?? null);
+  }
+
+  lanes(ns: string, name: string, config: Parameters<Store["lanes"]>[2]): void {
+    this.pendingKeyed.set(`lanes\0${ns}\0${name}`, config ?? null);
   }
 
   /**

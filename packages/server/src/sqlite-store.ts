@@ -17,6 +17,7 @@ import type { Database, Statement } from "node-sqlite3-wasm";
 import sqlite from "node-sqlite3-wasm";
 import { lockDirectory } from "./dir-lock.js";
 import { Request, type SavedRequest, saved } from "./engine.js";
+import type { LaneConfig } from "./internal/lanes.js";
 import { namespaceId } from "./keys.js";
 import type { RateLimitSpec } from "./rate.js";
 import type { Store, StoredState } from "./store.js";
@@ -107,6 +108,10 @@ export class SqliteStore implements Store {
           ns TEXT NOT NULL, name TEXT NOT NULL, holders INTEGER NOT NULL,
           PRIMARY KEY (ns, name)
         );
+        CREATE TABLE IF NOT EXISTS lanes (
+          ns TEXT NOT NULL, name TEXT NOT NULL, config TEXT NOT NULL,
+          PRIMARY KEY (ns, name)
+        );
         CREATE TABLE IF NOT EXISTS rates (
           ns TEXT NOT NULL, name TEXT NOT NULL, specs TEXT NOT NULL,
           PRIMARY KEY (ns, name)
@@ -124,6 +129,9 @@ export class SqliteStore implements Store {
       // Added with revokes: why an operator revoked a request (state `revoked`).
       if (!columns.some((c) => c.name === "reason"))
         this.db.exec("ALTER TABLE requests ADD COLUMN reason TEXT");
+      // Added with lanes: the request's lane (NULL: the default lane).
+      if (!columns.some((c) => c.name === "lane"))
+        this.db.exec("ALTER TABLE requests ADD COLUMN lane TEXT");
       // Keyed by `(ns, id)` before row ids (see `rows`): copied once into the new form.
       if (!columns.some((c) => c.name === "rid")) {
         const copied = COPIED_COLUMNS.join(", ");
@@ -208,6 +216,7 @@ export class SqliteStore implements Store {
         seq: Number(r.seq),
         state: r.state === "active" || r.state === "revoked" ? r.state : "queued",
         ...(r.reason === null || r.reason === undefined ? {} : { reason: String(r.reason) }),
+        ...(r.lane === null || r.lane === undefined ? {} : { lane: String(r.lane) }),
         fencingToken: Number(r.token),
         expiresAt: Number(r.expires_at),
         waitUntil: r.wait_until === null ? Number.POSITIVE_INFINITY : Number(r.wait_until),
@@ -224,12 +233,16 @@ export class SqliteStore implements Store {
     const rates = new Map(
       [...this.readKeyed("rates")].map(([k, v]) => [k, JSON.parse(String(v)) as RateLimitSpec[]]),
     );
+    const lanes = new Map(
+      [...this.readKeyed("lanes")].map(([k, v]) => [k, JSON.parse(String(v)) as LaneConfig]),
+    );
     return {
       requests,
       recovering,
       limits,
       rates,
       concurrency,
+      lanes,
       tokens: new Map(this.tokens),
       tokenFloor: Math.max(legacy, meta("token_hwm")),
     };
@@ -267,6 +280,11 @@ export class SqliteStore implements Store {
   concurrency(ns: string, name: string, holders: number | undefined): void {
     this.pendingKeyed.set(`concurrency\0${ns}\0${name}`, holders ?? null);
     this.records.push(JSON.stringify(["c", ns, name, holders ?? null]));
+  }
+
+  lanes(ns: string, name: string, config: LaneConfig | undefined): void {
+    this.pendingKeyed.set(`lanes\0${ns}\0${name}`, config ? JSON.stringify(config) : null);
+    this.records.push(JSON.stringify(["n", ns, name, config ?? null]));
   }
 
   recovered(ns: string, session: string): void {
@@ -460,6 +478,7 @@ export class SqliteStore implements Store {
       Number.isFinite(r.waitUntil) ? r.waitUntil : null,
       r.session ?? null,
       r.reason ?? null,
+      r.lane ?? null,
     ]);
   }
 
@@ -499,6 +518,8 @@ export class SqliteStore implements Store {
         this.limit(record[1], record[2], record[3] ?? undefined);
       } else if (record[0] === "c") {
         this.concurrency(record[1], record[2], record[3] ?? undefined);
+      } else if (record[0] === "n") {
+        this.lanes(record[1], record[2], record[3] ?? undefined);
       } else if (record[0] === "g") {
         this.rates(record[1], record[2], record[3] ?? undefined);
       } else if (record[0] === "t" && Number.isFinite(record[1])) {
@@ -558,6 +579,7 @@ type JournalRecord =
   | ["l", string, string, number | null]
   | ["g", string, string, RateLimitSpec[] | null]
   | ["c", string, string, number | null]
+  | ["n", string, string, LaneConfig | null]
   | ["t", number];
 
 /** The requests table: a row id the store hands out (see `rows`), then the saved request. */
@@ -567,7 +589,7 @@ const REQUEST_COLUMNS = `
   load INTEGER NOT NULL, priority INTEGER NOT NULL, capacity INTEGER NOT NULL,
   asked_capacity INTEGER, expires_in INTEGER NOT NULL, lock_delay INTEGER NOT NULL,
   seq INTEGER NOT NULL, state TEXT NOT NULL, token INTEGER NOT NULL,
-  expires_at INTEGER NOT NULL, wait_until INTEGER, session TEXT, reason TEXT`;
+  expires_at INTEGER NOT NULL, wait_until INTEGER, session TEXT, reason TEXT, lane TEXT`;
 /** The saved request's columns (all but the row id). */
 const COPIED_COLUMNS = [
   "ns",
@@ -586,21 +608,24 @@ const COPIED_COLUMNS = [
   "wait_until",
   "session",
   "reason",
+  "lane",
 ];
 
 /** The small keyed tables: their key column, and their value column. */
-type KeyedTable = "recovering" | "limits" | "rates" | "concurrency";
+type KeyedTable = "recovering" | "limits" | "rates" | "concurrency" | "lanes";
 const KEYED = {
   recovering: "session",
   limits: "name",
   rates: "name",
   concurrency: "name",
+  lanes: "name",
 } as const;
 const VALUE = {
   recovering: "until",
   limits: "capacity",
   rates: "specs",
   concurrency: "holders",
+  lanes: "config",
 } as const;
 
 /**

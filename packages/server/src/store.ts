@@ -1,4 +1,5 @@
 import type { Request, SavedRequest } from "./engine.js";
+import type { LaneConfig } from "./internal/lanes.js";
 import type { RateLimitSpec } from "./rate.js";
 
 /** What a store hands back at start: the live requests and the fencing tokens to continue from. */
@@ -19,6 +20,8 @@ export interface StoredState {
   rates: Map<string, RateLimitSpec[]>;
   /** Operators' concurrency limits (admin API), by `ns\0name`: requests holding at once. */
   concurrency: Map<string, number>;
+  /** Operators' lanes (admin API), by `ns\0name`. */
+  lanes: Map<string, LaneConfig>;
 }
 
 /**
@@ -49,6 +52,8 @@ export interface Store {
   rates(ns: string, name: string, specs: readonly RateLimitSpec[] | undefined): void;
   /** An operator set how many requests may hold `name` at once (`undefined`: lifted it). */
   concurrency(ns: string, name: string, holders: number | undefined): void;
+  /** An operator set resource `name`'s lanes (`undefined`: lifted them). */
+  lanes(ns: string, name: string, config: LaneConfig | undefined): void;
   /** Session `session` came back (or ended): a later restart gives it a window of its own. */
   recovered(ns: string, session: string): void;
   /** Commits what the current operation wrote (or, for an asynchronous store, starts to). */

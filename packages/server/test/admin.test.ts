@@ -360,6 +360,23 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     [{ concurrency: 0 }, 400, /concurrency must be a whole number from 1/],
     [{ rates: [{ limit: 5 }] }, 400, /rates\[0\]\.window must be a whole number of ms/],
     [{ capacity: 1 }, 409, /below the load \(2\) of request big/],
+    [{ lanes: { strategy: "round-robin" } }, 400, /must be "fair" or "strict"/],
+    [{ lanes: { shares: { a: 1 } } }, 400, /applies to strict lanes only/],
+    [{ lanes: { strategy: "strict" } }, 400, /strict lanes need their shares/],
+    [
+      { lanes: { strategy: "strict", shares: { a: 1 }, reserved: { a: 1 } } },
+      400,
+      /fair lanes only/,
+    ],
+    [{ lanes: { weights: { "a b": 1 } } }, 400, /is not a lane name/],
+    [{ lanes: { weights: { a: 0 } } }, 400, /whole number from 1 to 1000/],
+    [{ lanes: { colour: "red" } }, 400, /"colour" is not a lanes field|is not a lanes field/],
+    [{ lanes: { strategy: "strict", shares: { a: 2 } } }, 409, /set "capacity" with them/],
+    [
+      { capacity: 4, lanes: { reserved: { a: 3, b: 2 } } },
+      409,
+      /add up to 5, more than the capacity \(4\)/,
+    ],
   ])("%j → %i", async (body, status, detail) => {
     await using server = await startTestServer();
     await client(server, "alpha").acquire("big", { resource: "pool", capacity: 4, load: 2 });
@@ -367,6 +384,78 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     const res = await limit(server.url, ns, "pool", body);
     expect(res.status).toBe(status);
     expect(res.body.detail).toMatch(detail);
+  });
+});
+
+describe("lanes (the lanes of a resource's limits)", () => {
+  const limit = (url: string, ns: string, name: string, body?: unknown) =>
+    fetch(`${url}/v1/admin/namespaces/${ns}/limits/${encodeURIComponent(name)}`, {
+      method: body === undefined ? "DELETE" : "PUT",
+      ...(body === undefined
+        ? {}
+        : { headers: { "content-type": "application/json" }, body: JSON.stringify(body) }),
+    }).then(async (res) => ({
+      status: res.status,
+      body: res.status === 204 ? null : await res.json(),
+    }));
+
+  it("strict shares apply at once, show per lane, and stay across a restart with the requests' lanes", async () => {
+    const dataDir = stateDir();
+    const first = await startTestServer({ dataDir, repollGrace: 30_000 });
+    const api = client(first, "alpha");
+    await api.acquire("h", { resource: "gpu", lane: "batch" });
+    const ns = (await get(first.url, "/v1/admin/namespaces")).body.namespaces[0].id;
+    const lanes = { strategy: "strict", shares: { batch: 2, interactive: 1 } };
+    const set = await limit(first.url, ns, "gpu", { capacity: 3, lanes });
+    expect(set.status).toBe(200);
+    expect(set.body).toMatchObject({
+      limit: 3,
+      laneConfig: lanes,
+      lanes: { batch: { queued: 0, active: 1, used: 1 } },
+    });
+    expect((await api.acquire("b2", { resource: "gpu", lane: "batch" })).body.state).toBe("active");
+    // batch's share is full: it waits, though interactive's unit is free.
+    expect((await api.acquire("b3", { resource: "gpu", lane: "batch" }, 0)).body.state).toBe(
+      "queued",
+    );
+    const none = await api.acquire("d", { resource: "gpu" });
+    expect(none.status).toBe(409);
+    expect(none.body).toMatchObject({ code: "capacity_mismatch", field: "lane" });
+    const view = (await get(first.url, `/v1/admin/namespaces/${ns}/resources/gpu`)).body;
+    expect(view.line).toEqual([expect.objectContaining({ id: "b3", lane: "batch" })]);
+    expect((await api.resource("gpu")).body).toMatchObject({
+      lanes: {
+        batch: { queued: 1, active: 2, used: 2 },
+        interactive: { queued: 0, active: 0, used: 0 },
+      },
+    });
+    await first.close();
+
+    await using second = await startTestServer({ dataDir, recoveryWindow: 60_000 });
+    const after = (await get(second.url, `/v1/admin/namespaces/${ns}/resources/gpu`)).body;
+    expect(after).toMatchObject({
+      limit: 3,
+      laneConfig: lanes,
+      lanes: { batch: { queued: 1, active: 2, used: 2 } },
+    });
+    const again = client(second, "alpha");
+    expect((await again.acquire("i1", { resource: "gpu", lane: "interactive" })).body.state).toBe(
+      "active",
+    );
+    expect((await limit(second.url, ns, "gpu", { lanes: null })).body).toMatchObject({
+      laneConfig: null,
+    });
+    expect((await limit(second.url, ns, "gpu")).status).toBe(204);
+  });
+
+  it("a lane name is checked: 400 naming the lane field", async () => {
+    await using server = await startTestServer();
+    const api = client(server, "alpha");
+    for (const lane of ["", "a b", "x".repeat(65), 7]) {
+      const res = await api.acquire("r1", { resource: "r", lane });
+      expect(res.status).toBe(400);
+      expect(res.body).toMatchObject({ code: "invalid_request", field: "lane" });
+    }
   });
 });
 

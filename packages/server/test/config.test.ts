@@ -25,6 +25,12 @@ describe("--config: limits set at start", () => {
           resource: "stripe",
           rates: [{ limit: 1, window: 60_000, kind: "fixed", counts: "requests" }],
         },
+        {
+          apiKey: "team-a",
+          resource: "gpu",
+          capacity: 2,
+          lanes: { strategy: "fair", weights: { interactive: 3 }, reserved: { interactive: 1 } },
+        },
       ],
     });
     await using server = await startTestServer({ apiKeys: ["team-a", "team-b"], config });
@@ -37,6 +43,16 @@ describe("--config: limits set at start", () => {
     expect((await a.release("s1")).status).toBe(200);
     // One a minute: a release gives nothing back.
     expect((await a.acquire("s2", { resource: "stripe" }, 0)).body.state).toBe("queued");
+
+    // Lanes from the file: interactive keeps its reserved unit from a burst in batch.
+    for (const id of ["x1", "x2", "x3"]) await a.acquire(id, { resource: "gpu", lane: "batch" }, 0);
+    expect((await a.resource("gpu")).body).toMatchObject({
+      used: 1,
+      lanes: { batch: { active: 1, queued: 2 } },
+    });
+    expect((await a.acquire("i1", { resource: "gpu", lane: "interactive" })).body.state).toBe(
+      "active",
+    );
 
     // Another namespace's resource of the same name has no limits.
     const b = client(server, "team-b");
@@ -79,6 +95,31 @@ describe("--config: limits set at start", () => {
         ],
       },
       /limits\[1\] sets "r" a second time/,
+    );
+    await refused(
+      {
+        limits: [
+          { apiKey: "k", resource: "r", lanes: { strategy: "strict", shares: { "a/b": 1 } } },
+        ],
+      },
+      /limits\[0\]\.lanes\.shares\.a\/b is wrong: .*is not a lane name/,
+    );
+    await refused(
+      { limits: [{ apiKey: "k", resource: "r", lanes: { weights: { a: 1.5 } } }] },
+      /limits\[0\]\.lanes\.weights\.a is wrong: .*whole number from 1 to 1000/,
+    );
+    await refused(
+      {
+        limits: [
+          {
+            apiKey: "k",
+            resource: "r",
+            capacity: 2,
+            lanes: { strategy: "strict", shares: { a: 3 } },
+          },
+        ],
+      },
+      /limits\[0\] \("r"\) cannot be set now: .*shares add up to 3, more than the capacity \(2\)/,
     );
     await expect(startTestServer({ config: "/nonexistent/ratequeue.json" })).rejects.toThrow(
       /cannot read the config file \/nonexistent\/ratequeue\.json/,

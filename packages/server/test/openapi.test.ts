@@ -106,6 +106,15 @@ describe("the OpenAPI document (GET /v1/openapi.json)", () => {
     await call(u, "GET", `/v1/admin/namespaces/${ns}/resources/gone`, ops);
     await call(u, "PUT", `/v1/admin/namespaces/${ns}/limits/r`, { ...ops, body: { capacity: 2 } });
     await call(u, "PUT", `/v1/admin/namespaces/${ns}/limits/r`, { ...ops, body: { capacity: 0 } });
+    // Lanes: the config and the per-lane counts, in the admin view and the public one.
+    await call(u, "PUT", `/v1/admin/namespaces/${ns}/limits/r`, {
+      ...ops,
+      body: { capacity: 2, lanes: { strategy: "fair", weights: { a: 2 }, reserved: { a: 1 } } },
+    });
+    await call(u, "PUT", "/v1/requests/l?wait=0", { ...app, body: { resource: "r", lane: "a" } });
+    await call(u, "GET", "/v1/resources/r", app);
+    await call(u, "GET", `/v1/admin/namespaces/${ns}/resources/r`, ops);
+    await call(u, "PUT", `/v1/admin/namespaces/${ns}/limits/r`, { ...ops, body: { lanes: null } });
     await call(u, "DELETE", `/v1/admin/namespaces/${ns}/limits/r`, ops);
     await call(u, "DELETE", `/v1/admin/namespaces/${ns}/limits/r`, ops);
     await call(u, "POST", `/v1/admin/namespaces/${ns}/requests/w/revoke`, {

@@ -184,7 +184,8 @@ describe("the WebSocket session", () => {
     it.each([
       [{ t: "acquire", id: "x" }, "resource", /resource/],
       [{ t: "acquire", id: "x", resource: "r", load: 0 }, "load", /load/],
-      [{ t: "acquire", id: "x", resource: "r", lane: "a" }, "lane", /lane/],
+      [{ t: "acquire", id: "x", resource: "r", lane: "a b" }, "lane", /letters, digits/],
+      [{ t: "acquire", id: "x", resource: "r", lane: "x".repeat(65) }, "lane", /at most 64/],
       [{ t: "acquire", resource: "r" }, "id", /request id/],
       [{ t: "teleport", id: "x" }, "t", /unknown message type/],
       [{ t: "ping" }, undefined, /integer `n`/],

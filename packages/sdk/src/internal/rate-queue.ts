@@ -83,18 +83,12 @@ export function makeRateQueue(options: RateQueueOptions, defaults: Defaults): Ra
     for (const key of Object.keys(opts ?? {})) {
       if (!ACQUIRE_OPTION_KEYS.has(key)) {
         throw new ValidationError(
-          `${key} is not an acquire option; expected some of: ${[...ACQUIRE_OPTION_KEYS].filter((k) => k !== "lane").join(", ")}`,
+          `${key} is not an acquire option; expected some of: ${[...ACQUIRE_OPTION_KEYS].join(", ")}`,
           {
             field: key,
           },
         );
       }
-    }
-    if (opts?.lane !== undefined) {
-      throw new ValidationError(
-        "lane is not supported by the server yet: remove it (or use priority)",
-        { field: "lane" },
-      );
     }
     if (fn !== undefined && typeof fn !== "function") {
       throw new ValidationError(`fn must be a function, got ${describe(fn)}`, { field: "fn" });
