@@ -1,8 +1,9 @@
 // The dashboard in a real browser (Debian's /usr/bin/chromium, headless, driven by playwright-core):
 // a server with SDK clients holding and waiting; the page asks for the admin key, shows the
 // resource, its holder and its line live, a waiter moving up when the holder releases, a capacity
-// change, rate limits set by an operator, and a force-release whose reason reaches the holder's
-// LeaseLostError.
+// change, rate limits set by an operator, a force-release whose reason reaches the holder's
+// LeaseLostError, and lanes: each lane's config and counts and each request's lane shown, a lanes
+// config set, refused (the server's error shown), made strict and lifted from the page.
 //
 // Usage: node dashboard/check.mjs [--screenshot FILE]   (CHROMIUM=/path/to/chromium for another binary)
 import { createRateQueue } from "@ratequeue/sdk";
@@ -168,6 +169,139 @@ try {
     { timeout: 10_000 },
   );
   check(true, "the revoked holder leaves the view");
+
+  // Lanes: a holder in "interactive", waiters in "batch" and "interactive", each shown with its
+  // lane, and each lane with its counts.
+  const admin = (path, init = {}) =>
+    fetch(`${server.url}/v1/admin/namespaces/${ns}${path}`, {
+      ...init,
+      headers: { authorization: "Bearer ops", "content-type": "application/json" },
+    });
+  const daily = "exports%2Fdaily";
+  const laned = [await rq().acquire("exports/daily", { lane: "interactive" })];
+  const laneWaiters = ["batch", "interactive"].map((lane) =>
+    rq().acquire("exports/daily", { lane }),
+  );
+  await page.click('#resources tbody tr[data-resource="exports/daily"]', { timeout: 10_000 });
+  await page.waitForFunction(
+    () =>
+      document.querySelectorAll("#line tbody tr").length === 2 &&
+      document.querySelectorAll("#lanes tbody tr").length === 2,
+    undefined,
+    { timeout: 10_000 },
+  );
+  const laneRow = async (lane) =>
+    (await page.locator(`#lanes tbody tr[data-lane="${lane}"] td`).allTextContents()).join(",");
+  check(
+    (await laneRow("interactive")) === "interactive,1,-,0,1,1,1" &&
+      (await laneRow("batch")) === "batch,1,-,0,1,0,0" &&
+      (await page.textContent("#lanes-strategy")).startsWith("fair"),
+    "shows each lane: weight, share, reservation, waiting, holding, used",
+  );
+  const laneCells = async (table) =>
+    (
+      await page
+        .locator(`#${table} tbody tr td:nth-child(${table === "line" ? 3 : 2})`)
+        .allTextContents()
+    )
+      .sort()
+      .join(",");
+  check(
+    (await laneCells("holders")) === "interactive" &&
+      (await laneCells("line")) === "batch,interactive",
+    "shows the lane of each holder and waiter",
+  );
+
+  // Lanes set from the dashboard: a config the server refuses shows its error, word for word.
+  const setLanes = async (text, button = "#lanes-submit") => {
+    await page.fill("#lanes-value", text);
+    await page.evaluate(() => {
+      document.querySelector("#lanes-result").textContent = "";
+    });
+    await page.click(button);
+    await page.waitForFunction(
+      () => document.querySelector("#lanes-result").textContent !== "",
+      undefined,
+      {
+        timeout: 10_000,
+      },
+    );
+    return (await page.textContent("#lanes-result")).trim();
+  };
+  const laneConfig = async () => (await (await admin(`/resources/${daily}`)).json()).laneConfig;
+  // What the admin API itself answers to `lanes` (the same PUT the page sends).
+  const refusal = async (lanes) =>
+    (await admin(`/limits/${daily}`, { method: "PUT", body: `{"lanes": ${lanes}}` })).json();
+  const badWeights = '{"strategy": "strict", "weights": {"batch": 2}}';
+  const badRefusal = await refusal(badWeights);
+  const shown = await setLanes(badWeights);
+  check(
+    badRefusal.status === 400 && shown === badRefusal.detail && shown.includes("lanes.weights"),
+    `a lanes config the server refuses (400) shows its error: ${shown}`,
+  );
+  const noCapacity = '{"reserved": {"interactive": 1}}';
+  const noCapacityRefusal = await refusal(noCapacity);
+  const overCapacity = await setLanes(noCapacity);
+  check(
+    noCapacityRefusal.status === 409 &&
+      overCapacity === noCapacityRefusal.detail &&
+      (await laneConfig()) === null &&
+      (await page.inputValue("#lanes-value")) === noCapacity,
+    `a refusal (409) changes nothing, shows why and keeps the edit to fix: ${overCapacity}`,
+  );
+
+  // With an operator's capacity of 3, fair lanes with a weight and a reservation, then strict ones.
+  await page.fill("#capacity-value", "3");
+  await page.click("#capacity button");
+  await page.waitForFunction(
+    () => document.querySelector("#detail-name")?.textContent.includes("capacity 3"),
+    undefined,
+    {
+      timeout: 10_000,
+    },
+  );
+  const fair = { strategy: "fair", weights: { interactive: 3 }, reserved: { interactive: 1 } };
+  const fairSet = await setLanes(JSON.stringify(fair));
+  await page.waitForFunction(
+    () =>
+      document.querySelector('#lanes tbody tr[data-lane="interactive"] td:nth-child(2)')
+        ?.textContent === "3",
+    undefined,
+    { timeout: 10_000 },
+  );
+  check(
+    fairSet === "set" &&
+      JSON.stringify(await laneConfig()) === JSON.stringify(fair) &&
+      (await laneRow("interactive")).startsWith("interactive,3,-,1,") &&
+      (await laneRow("batch")).startsWith("batch,1,-,0,"),
+    "fair lanes set from the dashboard reach the server, and show their weight and reservation",
+  );
+  const strict = { strategy: "strict", shares: { interactive: 2, batch: 1 } };
+  await setLanes(JSON.stringify(strict));
+  await page.waitForFunction(
+    () => document.querySelector("#lanes-strategy")?.textContent.startsWith("strict"),
+    undefined,
+    { timeout: 10_000 },
+  );
+  check(
+    JSON.stringify(await laneConfig()) === JSON.stringify(strict) &&
+      (await laneRow("interactive")).startsWith("interactive,-,2,-,") &&
+      (await laneRow("batch")).startsWith("batch,-,1,-,") &&
+      (await page.inputValue("#lanes-value")) === JSON.stringify(strict),
+    "strict lanes set from the dashboard reach the server, and show their shares",
+  );
+  await setLanes("", "#lanes-lift");
+  await page.waitForFunction(
+    () => document.querySelector("#lanes-strategy")?.textContent.includes("none set"),
+    undefined,
+    { timeout: 10_000 },
+  );
+  check(
+    (await laneConfig()) === null && (await page.inputValue("#lanes-value")) === "",
+    "lifting the lanes from the dashboard reaches the server",
+  );
+  laned.push(...(await Promise.all(laneWaiters)));
+  for (const lease of laned) await lease.release();
   void lost;
   for (const w of await Promise.all(waiters)) await w.release();
 } catch (error) {

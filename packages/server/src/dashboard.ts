@@ -102,10 +102,13 @@ const HTML = `<!doctype html>
     <h3>Rate limits</h3>
     <table id="rates"><thead><tr><th>limit</th><th>per</th><th>window</th><th>counts</th><th>used</th><th></th></tr></thead><tbody></tbody></table>
     <form id="rate-add"><input id="rate-limit" type="number" min="1" step="1" placeholder="limit" aria-label="limit" required> per <input id="rate-window" type="number" min="1" step="1" placeholder="window, ms" aria-label="window in ms" required> ms <select id="rate-kind" aria-label="window kind"><option>sliding</option><option>fixed</option></select> <select id="rate-counts" aria-label="counts"><option>requests</option><option>load</option></select> <button>Add</button><span id="rates-result"></span></form>
+    <h3>Lanes <span id="lanes-strategy" class="hint"></span></h3>
+    <table id="lanes"><thead><tr><th>lane</th><th>weight</th><th>share</th><th>reserved</th><th>waiting</th><th>holding</th><th>used</th></tr></thead><tbody></tbody></table>
+    <form id="lanes-set"><textarea id="lanes-value" rows="2" cols="64" spellcheck="false" aria-label="lanes (JSON)" placeholder='{"strategy": "fair", "weights": {"interactive": 3}, "reserved": {"interactive": 2}} or {"strategy": "strict", "shares": {"interactive": 2, "batch": 6}}'></textarea> <button id="lanes-submit">Set</button> <button id="lanes-lift" type="button">Lift</button><span id="lanes-result"></span></form>
     <h3>Holders</h3>
-    <table id="holders"><thead><tr><th>request</th><th>token</th><th>held</th><th>address</th><th></th></tr></thead><tbody></tbody></table>
+    <table id="holders"><thead><tr><th>request</th><th>lane</th><th>token</th><th>held</th><th>address</th><th></th></tr></thead><tbody></tbody></table>
     <h3>Line</h3>
-    <table id="line"><thead><tr><th>#</th><th>request</th><th>priority</th><th>waited</th><th>address</th></tr></thead><tbody></tbody></table>
+    <table id="line"><thead><tr><th>#</th><th>request</th><th>lane</th><th>priority</th><th>waited</th><th>address</th></tr></thead><tbody></tbody></table>
   </section>
 </main>
 </body>
@@ -119,7 +122,8 @@ h1{font-size:1.2em;margin:0}#status{opacity:.8}
 main,form#login{padding:1em;display:grid;gap:1.5em}
 table{border-collapse:collapse;min-width:30em}th,td{text-align:left;padding:.25em .75em;border-bottom:1px solid #ddd}
 tbody tr{cursor:pointer}tbody tr.selected{background:#e8f0fe}
-button{cursor:pointer}.hint{color:#666}
+button{cursor:pointer}.hint{color:#666;font-weight:normal}
+textarea{font:12px ui-monospace,monospace;vertical-align:middle}
 `;
 
 // Plain browser JavaScript: no framework, no build step.
@@ -180,7 +184,7 @@ function render(view) {
     for (const v of [r.name, r.capacity, r.used, r.active, r.queued]) cell(tr, v);
     tr.dataset.resource = r.name;
     if (r.name === state.resource) tr.classList.add("selected");
-    tr.onclick = () => { state.resource = r.name; watch(); };
+    tr.onclick = () => { state.resource = r.name; delete $("lanes-value").dataset.edited; $("lanes-result").textContent = ""; watch(); };
   });
   const d = view.resource;
   $("detail").hidden = !d;
@@ -196,8 +200,9 @@ function render(view) {
     button.onclick = () => setRates(state.rates.filter((_, j) => j !== i));
     const td = document.createElement("td"); td.append(button); tr.append(td);
   });
+  renderLanes(d);
   rows($("holders").tBodies[0], d.holders, (tr, h) => {
-    for (const v of [h.id, h.fencingToken, ms(h.heldMs), h.address || "-"]) cell(tr, v);
+    for (const v of [h.id, h.lane, h.fencingToken, ms(h.heldMs), h.address || "-"]) cell(tr, v);
     tr.dataset.request = h.id;
     const button = document.createElement("button"); button.textContent = "Force-release";
     button.onclick = async () => {
@@ -208,10 +213,32 @@ function render(view) {
     };
     const td = document.createElement("td"); td.append(button); tr.append(td);
   });
+  // With lanes the line comes lane by lane, each in its own order: # is the place in its lane.
+  const place = {};
+  $("line").tHead.rows[0].cells[0].textContent = d.lanes ? "# in lane" : "#";
   rows($("line").tBodies[0], d.line, (tr, w, i) => {
-    for (const v of [i + 1, w.id, w.priority, ms(w.waitedMs), w.address || "-"]) cell(tr, v);
+    place[w.lane] = (place[w.lane] || 0) + 1;
+    for (const v of [d.lanes ? place[w.lane] : i + 1, w.id, w.lane, w.priority, ms(w.waitedMs), w.address || "-"]) cell(tr, v);
     tr.dataset.request = w.id;
   });
+}
+
+/** The lanes: the operator's config (weights, shares, reservations) beside each lane's counts. */
+function renderLanes(d) {
+  const config = d.laneConfig, counts = d.lanes || {}, strict = config?.strategy === "strict";
+  $("lanes-strategy").textContent = config
+    ? config.strategy + (strict ? ": each lane owns its share" : ": lanes take turns by weight")
+    : d.lanes ? "fair, every weight 1 (none set)" : "none";
+  const names = [...new Set([config?.weights, config?.shares, config?.reserved, counts].flatMap((m) => Object.keys(m || {})))].sort();
+  $("lanes").hidden = names.length === 0;
+  rows($("lanes").tBodies[0], names, (tr, name) => {
+    const c = counts[name] || { queued: 0, active: 0, used: 0 };
+    for (const v of [name, strict ? "-" : config?.weights?.[name] ?? 1, strict ? config.shares?.[name] ?? 0 : "-", strict ? "-" : config?.reserved?.[name] ?? 0, c.queued, c.active, c.used]) cell(tr, v);
+    tr.dataset.lane = name;
+  });
+  // What is set, to edit: kept while the operator is editing it (or a refused edit is on show).
+  const field = $("lanes-value");
+  if (document.activeElement !== field && !field.dataset.edited) field.value = config ? JSON.stringify(config) : "";
 }
 
 $("login").onsubmit = (e) => { e.preventDefault(); state.key = $("key").value; sessionStorage.setItem("ratequeue-admin-key", state.key); start(); };
@@ -225,6 +252,7 @@ $("capacity").onsubmit = async (e) => {
 async function setLimit(body, result) {
   const res = await api("/namespaces/" + state.ns + "/limits/" + encodeURIComponent(state.resource), { method: "PUT", body: JSON.stringify(body) });
   $(result).textContent = res.ok ? " set" : " " + (await res.json()).detail;
+  return res.ok;
 }
 const setRates = (rates) => setLimit({ rates: rates.length ? rates : null }, "rates-result");
 $("concurrency").onsubmit = (e) => {
@@ -236,5 +264,16 @@ $("rate-add").onsubmit = (e) => {
   e.preventDefault();
   setRates([...(state.rates || []), { limit: Number($("rate-limit").value), window: Number($("rate-window").value), kind: $("rate-kind").value, counts: $("rate-counts").value }]);
 };
+$("lanes-value").oninput = (e) => { e.target.dataset.edited = "1"; };
+/** Lanes as JSON, as the admin API takes them (empty lifts them): the server says what is wrong. */
+const setLanes = async (lanes) => { if (await setLimit({ lanes }, "lanes-result")) delete $("lanes-value").dataset.edited; };
+$("lanes-set").onsubmit = (e) => {
+  e.preventDefault();
+  const text = $("lanes-value").value.trim();
+  let lanes = null;
+  try { if (text !== "") lanes = JSON.parse(text); } catch (error) { $("lanes-result").textContent = " not JSON: " + error.message; return; }
+  setLanes(lanes);
+};
+$("lanes-lift").onclick = () => setLanes(null);
 start();
 `;
