@@ -46,16 +46,24 @@ export function cyclesPerSecond(
 /**
  * Hand-overs per second on one contended lock: 100 requests wait; each release grants the next.
  */
-export function handoversPerSecond(cycles: number): number {
+export function handoversPerSecond(
+  cycles: number,
+  /** Spreads the requests over this many lanes (fair turns, weight 1): what lanes cost. */
+  lanes = 0,
+): number {
   const e = engine({ maxQueue: 1_000_000 });
   const ids = Array.from({ length: cycles }, (_, i) => `req-${i}`);
-  const body = { resource: "hot" };
+  const bodies =
+    lanes === 0
+      ? [{ resource: "hot" }]
+      : Array.from({ length: lanes }, (_, l) => ({ resource: "hot", lane: `lane-${l}` }));
+  const body = (i: number) => bodies[i % bodies.length]!;
   const depth = 100;
-  for (let i = 0; i < depth; i++) e.acquire("key", ids[i]!, body);
+  for (let i = 0; i < depth; i++) e.acquire("key", ids[i]!, body(i));
   const t0 = performance.now();
   for (let i = 0; i < cycles - depth; i++) {
-    e.release("key", ids[i]!); // grants request i+1
-    e.acquire("key", ids[i + depth]!, body); // joins the line
+    e.release("key", ids[i]!); // grants the next (in its turn's lane)
+    e.acquire("key", ids[i + depth]!, body(i + depth)); // joins the line
   }
   const seconds = (performance.now() - t0) / 1000;
   return (cycles - depth) / seconds;

@@ -51,9 +51,12 @@ row(
   `${fmt(rated)} (${(plain / rated).toFixed(2)}×)`,
   "≤ 1.3×",
 );
+const oneLine = median(await repeat(() => handoversPerSecond(cycles)));
+row("engine hand-overs, one lock with 100 waiting (/s)", fmt(oneLine));
+const inLanes = median(await repeat(() => handoversPerSecond(cycles, 4)));
 row(
-  "engine hand-overs, one lock with 100 waiting (/s)",
-  fmt(median(await repeat(() => handoversPerSecond(cycles)))),
+  "engine hand-overs, one lock with 100 waiting in 4 fair lanes (/s; cost ÷ one line)",
+  `${fmt(inLanes)} (${(oneLine / inLanes).toFixed(2)}×)`,
 );
 const held = quick ? 10_000 : 100_000;
 row(
