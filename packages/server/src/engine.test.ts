@@ -823,6 +823,82 @@ describe("Engine: lanes", () => {
     expect(engine.acquire("k", "a", { resource: "lock", lane: "x" })).toMatchObject({ ok: true });
   });
 
+  it("a lane named like an object's own methods (toString, constructor, __proto__) is a lane like any other", () => {
+    const { engine, acquire } = setup();
+    engine.setLimits("k", "lock", {
+      capacity: 4,
+      lanes: { strategy: "strict", shares: { a: 2 } },
+    });
+    for (const lane of ["toString", "constructor", "__proto__", "hasOwnProperty"]) {
+      // No share: refused at once, as any lane without one (it used to wait for ever).
+      const r = engine.acquire("k", `s-${lane}`, { resource: "lock", lane });
+      expect(r).toMatchObject({ ok: false, code: "capacity_mismatch", field: "lane" });
+    }
+    engine.setLimits("k", "pool", {
+      capacity: 4,
+      lanes: { strategy: "fair", reserved: { gold: 3 } },
+    });
+    const r = engine.acquire("k", "big", { resource: "pool", lane: "toString", load: 4 });
+    expect(r).toMatchObject({ ok: false, code: "capacity_mismatch", field: "load" });
+    const silver = acquire("silver", { resource: "pool", lane: "silver" });
+    expect(silver.state).toBe("active"); // the pool's one unit: nothing blocks it
+  });
+
+  it("fair: a lane served out of turn does not give the lane whose turn it is more than its weight", () => {
+    const { engine, tick } = setup();
+    engine.setLimits("k", "lock", { lanes: { strategy: "fair", weights: { a: 3 } } });
+    // Each hold expires after 100 ms: a step is one hand-over.
+    const make = (id: string, lane: string, session: string) => {
+      const r = engine.acquire("k", id, { resource: "lock", lane, expiresIn: 100 }, session);
+      if (!r.ok) throw new Error(r.detail);
+    };
+    make("h", "x", "sh");
+    for (let i = 0; i < 10; i++) make(`a${i}`, "a", "sa");
+    for (let i = 0; i < 4; i++) make(`b${i}`, "b", "sb");
+    for (let i = 0; i < 4; i++) make(`c${i}`, "c", "sc");
+    const order: string[] = [];
+    const step = () => {
+      for (const id of ["sa", "sb", "sc", "sh"]) {
+        const session = engine.findSession("k", id);
+        if (session && !session.away) engine.touch(session);
+      }
+      tick(100);
+      const holder = engine.findNamespace("k")!.resources.get("lock")!.holders.head;
+      if (holder) order.push(holder.id);
+    };
+    step();
+    step(); // a0 a1: a's turn has one grant left
+    engine.leave(engine.findSession("k", "sa")!);
+    step(); // a's waiters away: b is served out of turn
+    engine.touch(engine.findSession("k", "sa")!);
+    for (let i = 0; i < 5; i++) step();
+    // a's turn: a0 a1, (b0 out of turn), a2 — three, its weight — then c, b, and a's next turn.
+    expect(order.join(" ")).toBe("a0 a1 b0 a2 c0 b1 a3 a4");
+  });
+
+  it("restores fair lanes without an operator's capacity on the capacity their requests gave", () => {
+    const { engine, acquire, clock } = setup();
+    engine.setLimits("k", "lock", { lanes: { strategy: "fair", weights: { a: 2 } } });
+    acquire("h", { capacity: 5, load: 3, lane: "a" });
+    acquire("w", { capacity: 5, load: 3, lane: "b" });
+    const saved = [...engine.liveRequests()].map((r) => ({ ...savedOf(r) }));
+    const next = new Engine(CONFIG, clock);
+    next.restore(
+      saved,
+      5_000,
+      new Map(),
+      0,
+      new Map(),
+      new Map(),
+      new Map(),
+      new Map(),
+      new Map([["k\0lock", { strategy: "fair", weights: { a: 2 } } as const]]),
+    );
+    expect(next.resource("k", "lock")).toMatchObject({ capacity: 5, used: 3, queued: 1 });
+    next.release("k", "h");
+    expect(next.get("k", "w")?.state).toBe("active"); // it used to find a capacity of 1
+  });
+
   it("restores requests into their lanes, after the lanes", () => {
     const { engine, acquire, clock } = setup();
     engine.setLimits("k", "lock", {

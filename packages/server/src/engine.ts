@@ -502,10 +502,14 @@ export class Engine {
       space.limits.set(name, value);
       if (!space.resources.has(name)) this.createResource(space, name, value);
     }
-    // Lanes before the requests: they join their lanes' lines as they are restored.
+    // Lanes before the requests, so that they join their lanes' lines as they are restored (a
+    // resource made now gets its lanes). Only a resource that exists already (an operator's
+    // capacity) is given them now: one the requests make keeps their capacity, and one with
+    // neither is made last (made here, it would have had the default capacity, 1).
     for (const { space, name, value } of this.byName(lanes)) {
       space.lanes.set(name, value);
-      this.withLanes(space, this.kept(space, name));
+      const resource = space.resources.get(name);
+      if (resource !== undefined) this.withLanes(space, resource);
     }
     for (const r of [...saved].sort((a, b) => a.seq - b.seq)) {
       const space = this.namespace(r.ns);
@@ -584,7 +588,9 @@ export class Engine {
       this.schedule(req);
       this.scheduleSession(session);
     }
-    // Concurrency and rate limits last: a resource the saved requests made keeps their capacity.
+    // Lanes, concurrency and rate limits last: a resource the saved requests made keeps their
+    // capacity.
+    for (const { space, name } of this.byName(lanes)) this.kept(space, name);
     for (const { space, name, value } of this.byName(concurrency)) {
       space.concurrency.set(name, value);
       this.kept(space, name).concurrency = value;
@@ -1469,10 +1475,13 @@ function firstPresent(lane: Lane<Request>): Request | undefined {
 export function laneView(
   lanes: Lanes<Request>,
 ): Record<string, { queued: number; active: number; used: number }> {
-  const view: Record<string, { queued: number; active: number; used: number }> = {};
-  for (const lane of lanes.lanes.values())
-    view[lane.name] = { queued: lane.line.size, active: lane.active, used: lane.used };
-  return view;
+  // fromEntries: a lane named __proto__ is an entry like any other.
+  return Object.fromEntries(
+    [...lanes.lanes.values()].map((lane) => [
+      lane.name,
+      { queued: lane.line.size, active: lane.active, used: lane.used },
+    ]),
+  );
 }
 
 /** Why a request of `load` in `lane` could never be granted under the resource's lanes. */

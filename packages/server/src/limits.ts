@@ -107,15 +107,14 @@ export function parseLanes(raw: unknown): LaneConfig | { error: string; field: s
       return bad(`.${field}`, `must be an object of lane names to numbers (${meaning})`);
     const entries = Object.entries(value as Record<string, unknown>);
     if (entries.length > 64) return bad(`.${field}`, "may name at most 64 lanes");
-    const out: Record<string, number> = {};
     for (const [lane, n] of entries) {
       const badLane = checkLane(lane);
       if (badLane) return bad(`.${field}.${lane}`, `is not a lane name: it ${badLane}`);
       if (!Number.isSafeInteger(n) || (n as number) < 1 || (n as number) > max)
         return bad(`.${field}.${lane}`, `must be a whole number from 1 to ${max} (${meaning})`);
-      out[lane] = n as number;
     }
-    config[field] = out;
+    // fromEntries, not out[lane] = n: a lane named __proto__ stays an entry of its own.
+    config[field] = Object.fromEntries(entries) as Record<string, number>;
   }
   if (strategy === "strict" && config.shares === undefined)
     return bad(

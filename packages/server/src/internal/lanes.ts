@@ -158,10 +158,13 @@ export class Lanes<T extends LaneWaiter<T>> {
    */
   served(lane: Lane<T>): void {
     if (lane.line.size === 0) return; // out of the ring already
-    if (this.ring.head === lane && --this.credit > 0) return;
+    const inTurn = this.ring.head === lane;
+    if (inTurn && --this.credit > 0) return;
     this.ring.unlink(lane);
     this.ring.push(lane);
-    this.credit = this.ring.head!.weight;
+    // A new turn only when the turn ended: a lane served out of turn leaves the head's credit as
+    // it was (refilling it gave the head more than its weight in one turn).
+    if (inTurn) this.credit = this.ring.head!.weight;
   }
 
   /** Forgets a lane nothing waits in, holds, or configures (lane names are the clients' to make). */
@@ -178,11 +181,19 @@ export class Lanes<T extends LaneWaiter<T>> {
 /** The most units one request of `lane` can ever hold on a resource of `capacity` with `config`. */
 export function laneMost(config: LaneConfig | undefined, lane: string, capacity: number): number {
   if (config === undefined) return capacity;
-  if (config.strategy === "strict") return Math.min(capacity, config.shares?.[lane] ?? 0);
-  const reserved = config.reserved ?? {};
+  if (config.strategy === "strict") return Math.min(capacity, own(config.shares, lane));
   let total = 0;
-  for (const v of Object.values(reserved)) total += v;
-  return Math.min(capacity, capacity - total + (reserved[lane] ?? 0));
+  for (const v of Object.values(config.reserved ?? {})) total += v;
+  return Math.min(capacity, capacity - total + own(config.reserved, lane));
+}
+
+/**
+ * `units[lane]`, or 0 — its own entries only: lane names are the clients' to choose, and
+ * `toString` or `constructor` must not find an object's inherited methods (which made a lane
+ * with no share look unbounded, and wait for ever instead of being refused).
+ */
+function own(units: Record<string, number> | undefined, lane: string): number {
+  return units !== undefined && Object.hasOwn(units, lane) ? units[lane]! : 0;
 }
 
 /** Why a config could not hold on a resource of `capacity` (undefined: it can). */
