@@ -4,8 +4,11 @@ import { type ChaosSession, formatReport, runChaos, summary } from "./run.js";
 // A short chaos run per session transport (pnpm test:chaos runs longer): client processes with
 // dozens of acquire loops each — some holding for seconds with the rest queued behind — while
 // clients are SIGKILLed, their connections reset, the server SIGKILLed and restarted on its
-// data directory, and an operator revokes holders and changes a capacity. Only what must hold is asserted: how much work a run gets done depends on the
-// machine, so beyond "some" (the run goes on until it has seen a grant) nothing is counted.
+// data directory, and an operator revokes holders and changes a capacity; meanwhile a quarter of
+// the acquires go to a resource under an operator's capacity, concurrency, rate limits and fair
+// lanes with a reservation, a tenth to one of strict lanes. Only what must hold is asserted: how
+// much work a run gets done depends on the machine, so beyond "some" (the run goes on until it
+// has seen a grant) nothing is counted.
 describe("chaos", () => {
   it.each<ChaosSession>(["websocket", "http"])(
     "keeps exclusion and fencing, and leaves no waiter behind, over a %s session",
@@ -34,6 +37,15 @@ describe("chaos", () => {
       expect(r.overlaps, verdict).toBe(0);
       expect(r.staleWritesAccepted, verdict).toBe(0);
       expect(r.waitersStuck, verdict).toBe(0);
+      // The scheduled resources (resources.ts): their limits as set after every restart, never
+      // exceeded, no rate limit exceeded in any window (the server's grant times), no lane starved.
+      expect(r.limitsChecked, verdict).toBeGreaterThan(0);
+      expect(r.limitsLost, verdict).toBe(0);
+      for (const s of r.scheduled) {
+        expect(s.limitViolations, verdict).toEqual({});
+        expect(s.rateViolations, verdict).toBe(0);
+        expect(s.starved, verdict).toBe(0);
+      }
     },
     120_000,
   );

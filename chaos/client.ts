@@ -3,7 +3,8 @@
  * the SDK keeps per client, as a busy service does — each acquiring, holding (briefly, or for
  * seconds while others queue behind it), releasing, or giving up while it waits. A holder of a
  * lock writes through the harness's fenced register while it believes it holds. Every step is
- * reported to the harness over IPC. The process may be SIGKILLed at any moment (the harness
+ * reported to the harness over IPC. A quarter of the acquires go to resources.ts's "sched", a tenth
+ * to "shares" (an operator's limits and lanes), with a random load and lane, and always a timeout. The process may be SIGKILLed at any moment (the harness
  * records that itself); on "stop" it gives up its waits, cuts its holds short, and exits.
  *
  *   argv: serverUrls registerUrl seed loops session — serverUrls: one URL, or several (replicas)
@@ -13,7 +14,7 @@ import { setMaxListeners } from "node:events";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createRateQueue, LeaseLostError, nodeWebSocket } from "../packages/sdk/src/node.js";
-import { RESOURCES } from "./resources.js";
+import { RESOURCES, SCHEDULED } from "./resources.js";
 
 const [serverUrls, registerUrl, seedArg, loopsArg, session] = process.argv.slice(2) as [
   string,
@@ -101,13 +102,28 @@ function tracing(): ReturnType<typeof nodeWebSocket> {
   };
 }
 
-const rq = createRateQueue({
-  apiKey: "chaos",
-  baseUrl: serverUrls.includes(",") ? serverUrls.split(",") : serverUrls,
-  session,
-  retry: { retries: 10, maxDelay: 500 },
-  ...(traceDir ? { webSocket: tracing() } : {}),
-});
+const connect = () =>
+  createRateQueue({
+    apiKey: "chaos",
+    baseUrl: serverUrls.includes(",") ? serverUrls.split(",") : serverUrls,
+    session,
+    retry: { retries: 10, maxDelay: 500 },
+    ...(traceDir ? { webSocket: tracing() } : {}),
+  });
+const rq = connect();
+/**
+ * A client (so a session) per load on the scheduled resources: the server logs each grant with
+ * its session, not its load, so the harness learns each session's load from the grants reported
+ * here and knows the load of those a client never saw (given up as they came, or killed first).
+ */
+const byLoad = new Map<number, ReturnType<typeof createRateQueue>>([[1, rq]]);
+const clientFor = (load: number) => {
+  const known = byLoad.get(load);
+  if (known !== undefined) return known;
+  const client = connect();
+  byLoad.set(load, client);
+  return client;
+};
 
 const stop = new AbortController();
 setMaxListeners(0, stop.signal);
@@ -178,64 +194,92 @@ const phases: string[] = [];
 async function loop(i: number): Promise<void> {
   while (!stop.signal.aborted) {
     phases[i] = "acquiring";
-    const { name, capacity } = pick(RESOURCES);
+    // A quarter of the acquires on "sched", a tenth on "shares" (resources.ts), the rest on the
+    // locks and the semaphore.
+    const r = random();
+    const scheduled = r < 0.25 ? SCHEDULED[0] : r < 0.35 ? SCHEDULED[1] : undefined;
+    const { name, capacity } = scheduled
+      ? { name: scheduled.name, capacity: scheduled.limits.capacity }
+      : pick(RESOURCES);
+    const lane = scheduled ? pick(scheduled.lanes) : undefined;
+    const load = scheduled && lane ? pick(scheduled.loads[lane]!) : 1;
+    // The operator's capacity applies: a request on a scheduled resource names none.
+    const options = scheduled ? { load, lane } : { capacity };
+    const waitFrom = Date.now();
+    let waitReported = false;
+    const waited = (granted: boolean, to = Date.now()) => {
+      if (!scheduled || waitReported) return;
+      waitReported = true;
+      report({ type: "wait", name, lane, from: waitFrom, to, granted });
+    };
     const long = random() < LONG_SHARE;
     const holdFor = long
       ? LONG_HOLD[0] + random() * (LONG_HOLD[1] - LONG_HOLD[0])
       : 5 + random() * 40;
-    const timeout = pick([undefined, undefined, 0, 100, 1_000]);
+    // On a scheduled resource, always a timeout: it serves a few grants a second (its rate
+    // limits), and loops waiting without one would pile up there. Its lanes stay waited on all
+    // the same, by waiters that come and give up (check.ts, checkStarvation).
+    const timeout = scheduled
+      ? pick([100, 1_000, 3_000, 5_000])
+      : pick([undefined, undefined, 0, 100, 1_000]);
     const wait = new AbortController();
     waits.add(wait);
     if (random() < 0.2) setTimeout(() => wait.abort(), random() * 300); // give up while waiting
     try {
-      await rq.acquire(name, { capacity, timeout, signal: wait.signal }, async (lease) => {
-        waits.delete(wait);
-        phases[i] = "holding";
-        const token = lease.fencingToken;
-        const grantedAt = Date.now();
-        report({ type: "grant", name, token, at: grantedAt });
-        if (traceDir) note(`grant ${name} ${token} (${lease.id})`);
-        let believes = true;
-        const lost = (at = Date.now()) => {
-          believes = false; // (a loss found by the release comes after the hold: reported all the same)
-          const reason = why(lease.signal.reason);
-          if (traceDir) {
-            note(`lost ${name} ${token}: ${(lease.signal.reason as Error).message}`);
-            if (reason !== "silence")
-              writeFileSync(join(traceDir, `${process.pid}-${token}.log`), trace.join("\n"));
-          }
-          report({
-            type: "lost",
-            name,
-            token,
-            at,
-            why: reason,
-            stall: recentStall(),
-          });
-        };
-        // Lost before the holder ran (the session's budget ran out as the grant came in): the
-        // holder learns it at once, and holds nothing.
-        if (lease.signal.aborted) lost(grantedAt);
-        else lease.signal.addEventListener("abort", () => lost(), { once: true });
-        try {
-          const until = Date.now() + holdFor;
-          if (capacity === 1) await write(name, token, lease.signal);
-          while (Date.now() < until && !lease.signal.aborted && !stop.signal.aborted) {
-            await sleep(Math.min(until - Date.now(), WRITE_EVERY), lease.signal, stop.signal);
+      await clientFor(load).acquire(
+        name,
+        { ...options, timeout, signal: wait.signal },
+        async (lease) => {
+          waits.delete(wait);
+          phases[i] = "holding";
+          const token = lease.fencingToken;
+          const grantedAt = Date.now();
+          report({ type: "grant", name, token, at: grantedAt, load, lane, asked: waitFrom });
+          waited(true, grantedAt);
+          if (traceDir) note(`grant ${name} ${token} (${lease.id})`);
+          let believes = true;
+          const lost = (at = Date.now()) => {
+            believes = false; // (a loss found by the release comes after the hold: reported all the same)
+            const reason = why(lease.signal.reason);
+            if (traceDir) {
+              note(`lost ${name} ${token}: ${(lease.signal.reason as Error).message}`);
+              if (reason !== "silence")
+                writeFileSync(join(traceDir, `${process.pid}-${token}.log`), trace.join("\n"));
+            }
+            report({
+              type: "lost",
+              name,
+              token,
+              at,
+              why: reason,
+              stall: recentStall(),
+            });
+          };
+          // Lost before the holder ran (the session's budget ran out as the grant came in): the
+          // holder learns it at once, and holds nothing.
+          if (lease.signal.aborted) lost(grantedAt);
+          else lease.signal.addEventListener("abort", () => lost(), { once: true });
+          try {
+            const until = Date.now() + holdFor;
             if (capacity === 1) await write(name, token, lease.signal);
+            while (Date.now() < until && !lease.signal.aborted && !stop.signal.aborted) {
+              await sleep(Math.min(until - Date.now(), WRITE_EVERY), lease.signal, stop.signal);
+              if (capacity === 1) await write(name, token, lease.signal);
+            }
+          } finally {
+            // Whatever happened, the holder stops believing here: it releases (unless told lost).
+            if (believes && !lease.signal.aborted) {
+              believes = false;
+              report({ type: "release", name, token, at: Date.now(), stall: recentStall() });
+              if (traceDir) note(`release ${name} ${token}`);
+            }
+            phases[i] = "releasing";
           }
-        } finally {
-          // Whatever happened, the holder stops believing here: it releases (unless told lost).
-          if (believes && !lease.signal.aborted) {
-            believes = false;
-            report({ type: "release", name, token, at: Date.now(), stall: recentStall() });
-            if (traceDir) note(`release ${name} ${token}`);
-          }
-          phases[i] = "releasing";
-        }
-      });
+        },
+      );
       report({ type: "outcome", kind: "ok" });
     } catch (error) {
+      waited(false);
       report({
         type: "outcome",
         kind: error instanceof LeaseLostError ? "lease_lost" : (error as Error).name,

@@ -15,6 +15,18 @@
  * not told they lost their lease, stale writes accepted, and waiters stuck at the end; the run
  * fails unless the last three are 0.
  *
+ * The scheduler, in every run: at the start an operator sets the limits of resources.ts's
+ * SCHEDULED through the admin API ("sched": capacity, concurrency, a sliding and a fixed rate
+ * limit, fair lanes with a reservation; "shares": strict lanes), and reads them back after every
+ * server start or new leader (they are the store's to keep). Clients acquire them with random
+ * loads and lanes. The servers run with `--log-level debug`: their grant lines (each process's
+ * stdout) give the grants as the server made them, and when. The report adds, per resource,
+ * grants by lane and what the checks found (check.ts): holds over the capacity, concurrency,
+ * reservations or strict shares; windows over a rate limit by the servers' grant times (and the
+ * most each limit counted in one window: a limit never reached tests nothing); lanes starved
+ * (waiters throughout `STARVE_BOUND` ms of service, no grant). Any of these, or limits not as
+ * set, fails the run.
+ *
  *   CHAOS_SECONDS (default 60), CHAOS_CLIENTS (default 6), CHAOS_LOOPS (acquire loops per client
  *   process, "min-max" or a number; default 20-100), CHAOS_SESSION (websocket | http | auto;
  *   default websocket), CHAOS_SERVER_KILLS (default 0), CHAOS_RESETS (default 1),
@@ -43,7 +55,7 @@
  * (kept, lost, ended otherwise); per PostgreSQL restart, those times from its first answer.
  */
 import { type ChildProcess, fork, spawn } from "node:child_process";
-import { appendFileSync, mkdtempSync, rmSync } from "node:fs";
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -56,14 +68,25 @@ import {
   attributeLosses,
   type CapacityChange,
   check,
+  checkLimits,
+  checkRate,
+  checkStarvation,
   type Fault,
   type Hold,
+  type LaneHold,
+  type LaneWait,
+  type LimitViolation,
   type Loss,
+  limitsDiffer,
+  type RateViolation,
+  ratePeak,
+  type ServerGrant,
+  type Starved,
   type Write,
 } from "./check.js";
 import { type PgStopMode, type PrivatePostgres, startPostgres } from "./postgres.js";
 import { type ChaosProxy, type Refuse, startProxy } from "./proxy.js";
-import { RESOURCES } from "./resources.js";
+import { RESOURCES, SCHEDULED } from "./resources.js";
 
 export type ChaosSession = "websocket" | "http" | "auto";
 
@@ -171,7 +194,39 @@ export interface ChaosReport {
    * again, and the holds open when it began, by what became of them.
    */
   failovers: Failover[];
+  /** The resources under an operator's limits and lanes (resources.ts's SCHEDULED). */
+  scheduled: ScheduledReport[];
+  /** Reads of the operator's limits after a server's start or a new leader: as set, and not. */
+  limitsChecked: number;
+  limitsLost: number;
 }
+
+/** What the run saw of a resource under an operator's limits (see `checkLimits`, `checkRate`). */
+export interface ScheduledReport {
+  name: string;
+  /** Grants the clients saw, by lane. */
+  grantsByLane: Record<string, number>;
+  /** Grants in the servers' logs (debug "grant" lines), of them of a load no client reported. */
+  serverGrants: number;
+  unknownLoad: number;
+  /** Windows over a rate limit if every unknown load were the most a client asks (not certain ones). */
+  rateViolationsUnknownAsMost: number;
+  /** Grants clients saw that no server logged (lost with a SIGKILLed server's last lines). */
+  notLogged: number;
+  /** Holds against capacity, concurrency, reservations and strict shares (by kind). */
+  limitViolations: Record<string, number>;
+  /** Windows over a rate limit, by the servers' grant times. */
+  rateViolations: number;
+  /** ...and by the log times taken as grant times (maybe wrongly, see `ServerGrant`): logged, not counted. */
+  overLogTimes: number;
+  /** Per rate limit: the most it counted in one window (by the log times), and its limit. */
+  ratePeaks: string[];
+  /** Waits on a lane that got no grant within the bound. */
+  starved: number;
+}
+
+/** The most ms of service (time down not counted) a lane's waiter may go without a grant in its lane. */
+export const STARVE_BOUND = 10_000;
 
 /** A failover: from its cause until a replica led again (a "leading on" line of a new term). */
 export interface Failover {
@@ -218,6 +273,7 @@ export interface PgRestart {
 export const REPLICA_GRACE = 1_500;
 
 const CAPACITIES = Object.fromEntries(RESOURCES.map((r) => [r.name, r.capacity]));
+const SCHEDULED_NAMES = new Set(SCHEDULED.map((r) => r.name));
 /** A loss this soon after a fault touching its client is put down to the fault, ms. */
 const NEAR_FAULT = 1_000;
 /** An event-loop stall this long may cost a holder its lease (the budget is grace − 25 ms), ms. */
@@ -225,7 +281,17 @@ const STALL = 50;
 const STOP_WITHIN = 5_000;
 
 type ClientMessage =
-  | { type: "grant"; name: string; token: number; at: number }
+  | {
+      type: "grant";
+      name: string;
+      token: number;
+      at: number;
+      load: number;
+      lane?: string;
+      /** When the client asked (scheduled resources). */
+      asked?: number;
+    }
+  | { type: "wait"; name: string; lane: string; from: number; to: number; granted: boolean }
   | { type: "release"; name: string; token: number; at: number; stall: number }
   | { type: "lost"; name: string; token: number; at: number; why: string; stall: number }
   | { type: "write"; name: string; token: number; at: number; accepted: boolean }
@@ -300,6 +366,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   /** Every "leading on" line of a replica, when it came: a new term each. */
   const terms: Array<{ at: number; i: number }> = [];
   const termWaiters: Array<{ after: number; resolve: (at: number) => void }> = [];
+  /** How the servers ended holders of the scheduled resources (name/token), for the evidence. */
+  const serverEnds = new Map<string, { state: string; at: number }>();
+  /** When each server process was up (listening), for the evidence of a rate limit exceeded. */
+  const serverStarts: Array<{ i: number; pid: number; at: number }> = [];
+  /** A server started or a replica began to lead: the operator's limits are to be read back. */
+  let limitsDue = false;
   /** Resolves at the first term begun at or after `after`. */
   const termAfter = (after: number) =>
     new Promise<number>((resolve) => {
@@ -329,6 +401,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       [
         ...[bundle.server, "--port", String(s.port), "--api-key", "chaos"],
         ...["--admin-key", "chaos-operator"],
+        // A line per grant (lifecycle-log.ts), for the rate limits' check by the server's times.
+        ...["--log-level", "debug"],
         ...(replicas > 0
           ? ["--store", pgCluster!.url, "--pg-schema", "chaos"]
           : ["--data-dir", dataDir]),
@@ -339,12 +413,48 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     s.lines = [];
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      if (line.includes('"event":"end"') && line.includes('"was":"active"')) {
+        try {
+          const e = JSON.parse(line) as {
+            resource: string;
+            fencingToken: number;
+            time: number;
+            state: string;
+          };
+          if (SCHEDULED_NAMES.has(e.resource))
+            serverEnds.set(`${e.resource}/${e.fencingToken}`, { state: e.state, at: e.time });
+        } catch {} // a line cut short by a SIGKILL
+        return;
+      }
+      if (!line.includes('"event":"grant"')) return;
+      try {
+        const g = JSON.parse(line) as {
+          resource: string;
+          fencingToken: number;
+          time: number;
+          session?: string;
+          waitedMs?: number;
+        };
+        if (SCHEDULED_NAMES.has(g.resource))
+          serverGrants.push({
+            name: g.resource,
+            token: g.fencingToken,
+            at: g.time,
+            session: g.session,
+            waitedMs: g.waitedMs,
+            replica: s.i,
+            pid: child.pid ?? 0,
+          });
+      } catch {} // a line cut short by a SIGKILL
+    });
     createInterface({ input: child.stderr! }).on("line", (line) => {
       s.lines = [...s.lines, line].slice(-20);
       if (replicas > 0) mark(`replica ${s.i} (pid ${child.pid}) said: ${line}`);
       if (/^\[ratequeue\] leading on /.test(line)) {
         const at = Date.now();
         leader = s;
+        limitsDue = true;
         terms.push({ at, i: s.i });
         mark(`replica ${s.i} (pid ${child.pid}) leads`);
         for (const w of termWaiters.splice(0)) {
@@ -376,6 +486,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       );
     });
     s.port = Number(new URL(url).port);
+    serverStarts.push({ i: s.i, pid: child.pid ?? 0, at: Date.now() });
     s.child = child;
     s.up = true;
     if (replicas === 0) leader = s;
@@ -391,7 +502,19 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     // Only now does nothing listen on the server's port: the proxies stop listening too.
     for (const c of clients.values()) c.proxies[s.i]!.serverDown();
   };
-  const holds = new Map<string, Hold>(); // key: client/token
+  const holds = new Map<string, Hold & Partial<LaneHold> & { asked?: number }>(); // key: client/token
+  /** Waits on the scheduled resources, as the clients saw them. */
+  const laneWaits: LaneWait[] = [];
+  /** Grants on the scheduled resources as the servers logged them (each process's stdout). */
+  const serverGrants: Array<{
+    name: string;
+    token: number;
+    at: number;
+    session: string | undefined;
+    waitedMs: number | undefined;
+    replica: number;
+    pid: number;
+  }> = [];
   /** How each hold ended, for the log of an overlap. */
   const ended = new Map<string, string>();
   /** ...and in a word, for the failovers' figures. */
@@ -432,6 +555,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     leaderKills: 0,
     pgRestarts: [],
     failovers: [],
+    scheduled: [],
+    limitsChecked: 0,
+    limitsLost: 0,
   };
   for (const s of servers) await startServer(s);
   if (replicas > 0) await termAfter(0); // a replica leads
@@ -488,6 +614,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
         report.outcomes[m.kind] = (report.outcomes[m.kind] ?? 0) + 1;
         return;
       }
+      if (m.type === "wait") {
+        laneWaits.push({
+          client: id,
+          name: m.name,
+          lane: m.lane,
+          from: m.from,
+          to: m.to,
+          granted: m.granted,
+        });
+        return;
+      }
       const key = `${id}/${m.token}`;
       if (m.type !== "write") mark(`${id} ${m.type} token=${m.token} at ${m.at}`);
       if (m.type === "grant") {
@@ -502,6 +639,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           token: m.token,
           start: m.at,
           end: goneAt.get(id),
+          load: m.load,
+          lane: m.lane,
+          asked: m.asked,
         });
         if (goneAt.has(id)) endKind.set(key, "gone");
       } else if (m.type === "release") {
@@ -566,7 +706,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     const url = base();
     let queued = 0;
     let active = 0;
-    for (const name of Object.keys(CAPACITIES)) {
+    for (const name of [...Object.keys(CAPACITIES), ...SCHEDULED_NAMES]) {
       const res = await fetch(`${url}/v1/resources/${name}`, {
         headers: { authorization: "Bearer chaos" },
         signal: AbortSignal.timeout(2_000),
@@ -650,6 +790,79 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     tick = now;
     if (late >= STALL) faults.push({ kind: "stall", from: Date.now() - late, to: Date.now() });
   }, 10);
+
+  /** The namespace of the API key "chaos" (its id in the admin API), found at setup. */
+  let nsId = "";
+  const adminFetch = (path: string, init: RequestInit = {}) =>
+    fetch(`${base()}/v1/admin${path}`, {
+      ...init,
+      headers: { authorization: "Bearer chaos-operator", "content-type": "application/json" },
+      signal: AbortSignal.timeout(2_000),
+    });
+  // The operator sets the scheduled resources' limits (resources.ts) once, through the admin
+  // API: they are the store's to keep across every restart and failover from now on.
+  for (let attempt = 0; ; attempt++) {
+    const urls = servers.map((s) => `http://127.0.0.1:${s.port}`);
+    const rq = createRateQueue({
+      apiKey: "chaos",
+      baseUrl: urls.length > 1 ? urls : urls[0]!,
+      session,
+      retry: { retries: 20, maxDelay: 250 },
+    });
+    try {
+      // A hold of its own makes the namespace live: the admin API knows it then.
+      await rq.acquire("chaos-setup", { timeout: 5_000 }, async () => {
+        const { namespaces } = (await (await adminFetch("/namespaces")).json()) as {
+          namespaces: Array<{ id: string }>;
+        };
+        if (namespaces.length !== 1)
+          throw new Error(`one namespace expected, not ${JSON.stringify(namespaces)}`);
+        nsId = namespaces[0]!.id;
+        for (const r of SCHEDULED) {
+          const res = await adminFetch(`/namespaces/${nsId}/limits/${r.name}`, {
+            method: "PUT",
+            body: JSON.stringify(r.limits),
+          });
+          if (res.status !== 200) throw new Error(`${res.status} ${await res.text()}`);
+          const off = limitsDiffer(r.limits, await res.json());
+          if (off) throw new Error(`${r.name}'s limits as set: ${off}`);
+        }
+      });
+      break;
+    } catch (error) {
+      if (attempt >= 10) throw new Error(`the operator's limits could not be set: ${error}`);
+      log(`setting the operator's limits: ${(error as Error).message}; again`);
+      await sleep(500);
+    } finally {
+      void rq.close().catch(() => {});
+    }
+  }
+  log(
+    `operator's limits set: ${SCHEDULED.map((r) => `${r.name} ${JSON.stringify(r.limits)}`).join("; ")}`,
+  );
+  limitsDue = false;
+  /** Reads in a row that found the limits not as set (a new leader may not know the namespace yet). */
+  let limitsOff = 0;
+  /** Reads the scheduled resources' limits back; throws if the server does not answer. */
+  const verifyLimits = async () => {
+    const off: string[] = [];
+    for (const r of SCHEDULED) {
+      const res = await adminFetch(`/namespaces/${nsId}/resources/${r.name}`);
+      if (res.status >= 500) throw new Error(`${res.status}`); // not leading (yet, or any more)
+      const problem =
+        res.status === 200
+          ? limitsDiffer(r.limits, await res.json())
+          : `${res.status} ${await res.text()}`;
+      if (problem) off.push(`${r.name}: ${problem}`);
+    }
+    if (off.length > 0 && ++limitsOff < 4) throw new Error("again"); // read again next tick
+    report.limitsChecked++;
+    if (off.length > 0) {
+      report.limitsLost++;
+      log(`the operator's limits after a restart are not as set: ${off.join("; ")}`);
+    }
+    limitsOff = 0;
+  };
 
   for (let i = 0; i < o.clients; i++) await spawnClient();
   // With replicas the run's clock starts at the first grant (within a minute): on a loaded
@@ -876,11 +1089,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
       }
       await sleep(100 + random() * 400);
       await startServer(s);
+      limitsDue = true;
       await Promise.all([...clients.values()].map((c) => c.proxies[0]!.serverUp()));
       lastRestart = Date.now();
       mark("server up");
       faults.push({ kind: "server", from, to: lastRestart });
       nextServerKill = Date.now() + 2_000 + random() * 3_000;
+    }
+    if (limitsDue && leaderUrl() !== undefined) {
+      limitsDue = false;
+      await verifyLimits().catch(() => {
+        limitsDue = true; // the server went down, or not as set yet: next tick
+      });
     }
     if (leaderUrl() !== undefined && Date.now() >= nextSample) {
       nextSample = Date.now() + 1_000;
@@ -935,6 +1155,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     left = await ask();
   }
   report.settleMs = Date.now() - endOfRun;
+  // The limits once more, after the last restart.
+  for (let tries = 0; tries < 10 && leaderUrl() !== undefined; tries++) {
+    if (
+      await verifyLimits().then(
+        () => true,
+        () => false,
+      )
+    )
+      break;
+    await sleep(300);
+  }
   clearInterval(stallWatch);
   register.close();
   // Every server stops (SIGTERM; SIGKILL 5 s later): the followers first, so that the leader's
@@ -1009,6 +1240,132 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   for (const w of verdict.staleWritesAccepted.slice(0, 5))
     log(`stale write accepted on ${w.name} at ${w.at}: token ${w.token}`);
 
+  // The scheduled resources: what was held against the limits (the clients' holds), the rate
+  // limits by the servers' grant times, and no lane starved.
+  const laneGrants = [...holds.values()]
+    .filter(
+      (h): h is LaneHold & { asked?: number } =>
+        SCHEDULED_NAMES.has(h.name) && h.lane !== undefined,
+    )
+    .map((h) => ({ ...h }));
+  for (const r of SCHEDULED) {
+    const mine = laneGrants.filter((h) => h.name === r.name);
+    const grantsByLane: Record<string, number> = {};
+    for (const h of mine) grantsByLane[h.lane] = (grantsByLane[h.lane] ?? 0) + 1;
+    const limitViolations = checkLimits(mine, r.name, r.limits, endOfRun);
+    // The servers' grants, a load each from the client's report of the grant (by token), or
+    // else from its session's (a client process keeps a session per load: client.ts).
+    const loads = new Map(mine.map((h) => [h.token, h.load]));
+    /** When each client asked (before the request reached the server), by the token it got. */
+    const asked = new Map(
+      mine.filter((h) => h.asked !== undefined).map((h) => [h.token, h.asked!]),
+    );
+    const sessionLoads = new Map<string, Set<number>>();
+    for (const g of serverGrants) {
+      const load = loads.get(g.token);
+      if (g.session === undefined || load === undefined) continue;
+      const seen = sessionLoads.get(g.session) ?? new Set<number>();
+      sessionLoads.set(g.session, seen.add(load));
+    }
+    const loadOf = (session: string | undefined) => {
+      const seen = session === undefined ? undefined : sessionLoads.get(session);
+      return seen?.size === 1 ? [...seen][0] : undefined;
+    };
+    const byToken = new Map<number, ServerGrant>();
+    for (const g of serverGrants)
+      if (g.name === r.name && !byToken.has(g.token))
+        byToken.set(g.token, {
+          token: g.token,
+          at: g.at,
+          ...(asked.has(g.token) && g.waitedMs !== undefined
+            ? { lo: asked.get(g.token)! + g.waitedMs }
+            : {}),
+          load: loads.get(g.token) ?? loadOf(g.session),
+        });
+    const logged = [...byToken.values()];
+    const rateViolations: RateViolation[] = (r.limits.rates ?? []).flatMap((spec) =>
+      checkRate(logged, spec),
+    );
+    const down = faults.filter((f) => f.kind === "server");
+    const starved: Starved[] = checkStarvation(
+      laneWaits.filter((w) => w.name === r.name),
+      mine.map((h) => ({ name: h.name, lane: h.lane, at: h.start })),
+      STARVE_BOUND,
+      down,
+      (grace ?? LIVENESS_DEFAULTS.grace) + 3_000,
+    );
+    const kinds: Record<string, number> = {};
+    for (const v of limitViolations) kinds[v.kind] = (kinds[v.kind] ?? 0) + 1;
+    const overByLogTimes = (r.limits.rates ?? []).flatMap((spec) =>
+      checkRate(logged, spec, { exact: true }),
+    );
+    report.scheduled.push({
+      name: r.name,
+      grantsByLane,
+      serverGrants: logged.length,
+      unknownLoad: logged.filter((g) => g.load === undefined).length,
+      rateViolationsUnknownAsMost: (r.limits.rates ?? []).flatMap((spec) =>
+        checkRate(logged, spec, { unknownLoad: Math.max(...Object.values(r.loads).flat()) }),
+      ).length,
+      notLogged: mine.filter((h) => !byToken.has(h.token)).length,
+      limitViolations: kinds,
+      rateViolations: rateViolations.length,
+      overLogTimes: overByLogTimes.length,
+      ratePeaks: (r.limits.rates ?? []).map(
+        (spec) =>
+          `${ratePeak(logged, spec)} of ${spec.limit} ${spec.counts === "load" ? "units" : "requests"} per ${spec.window} ms (${spec.kind})`,
+      ),
+      starved: starved.length,
+    });
+    for (const v of limitViolations.slice(0, 5) as LimitViolation[]) {
+      log(
+        `${v.kind} exceeded on ${v.name} at ${v.at}: ${v.held} > ${v.most}, held by ${v.holders.join(", ")}`,
+      );
+      for (const holder of v.holders) {
+        const key = holder.replace(/\(.*$/, "").replace("#", "/");
+        const h = holds.get(key)!;
+        const g = serverGrants.find((x) => x.name === r.name && x.token === h.token);
+        log(
+          `  ${holder}: held from ${h.start - v.at} to ${(h.end ?? endOfRun) - v.at} ms (${ended.get(key) ?? "open"}); the server logged its grant at ${g === undefined ? "?" : g.at - v.at} ms, its end ${serverEnds.has(`${r.name}/${h.token}`) ? `as ${serverEnds.get(`${r.name}/${h.token}`)!.state} at ${serverEnds.get(`${r.name}/${h.token}`)!.at - v.at} ms` : "not (yet)"}`,
+        );
+      }
+    }
+    // Over a limit by the log times taken as the grant times, certain or not (a line is written
+    // after its grant, by how much the log does not say): each with its grants — when logged, made
+    // no earlier than (the client's ask + waitedMs), and by which server process.
+    for (const v of overByLogTimes.slice(0, 5)) {
+      const certain = rateViolations.some((c) => c.tokens.some((t) => v.tokens.includes(t)));
+      const grants = v.tokens.map((t) => {
+        const g = serverGrants.find((x) => x.name === r.name && x.token === t)!;
+        const lo = byToken.get(t)?.lo;
+        return `#${t}@${g.at - v.from}ms(made from ${lo === undefined ? "?" : `${lo - v.from}ms`}, pid ${g.pid}${replicas > 0 ? ` replica ${g.replica}` : ""}, load ${byToken.get(t)?.load ?? "?"})`;
+      });
+      log(
+        `rate limit ${v.limit} on ${r.name}: ${v.counted} in ${v.from}..${v.to} by the log times${certain ? " — EXCEEDED, certainly" : ", not certainly (the grants may have been made earlier than logged)"}: ${grants.join(" ")}`,
+      );
+    }
+    if (overByLogTimes.length > 0) {
+      // The evidence: every grant of the resource as the servers logged it, and the clients'.
+      const file = join(tmpdir(), `ratequeue-chaos-${r.name}-grants-${Date.now()}.json`);
+      writeFileSync(
+        file,
+        JSON.stringify({
+          limits: r.limits,
+          serverGrants: serverGrants
+            .filter((g) => g.name === r.name)
+            .map((g) => ({ ...g, load: byToken.get(g.token)?.load })),
+          clientHolds: mine,
+          serverStarts,
+        }),
+      );
+      log(`${r.name}'s grants (servers' and clients'): ${file}`);
+    }
+    for (const s of starved.slice(0, 5))
+      log(
+        `lane ${s.lane} of ${r.name} starved: waiters (${s.waiters.join(", ")}) throughout ${s.from}..${s.to} (${s.to - s.from} ms), no grant in the lane`,
+      );
+  }
+
   // What became of the holds open at each failover. Kept: still believed, without a word of
   // loss, both after a replica led again and `grace` after the old leader was gone — so
   // confirmed by the new leader. Lost: told so before `grace` + 2 s after a replica led again.
@@ -1042,7 +1399,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     if (next < Number.POSITIVE_INFINITY) r.grantAfterMs = next - answeredAt;
   }
   if (pgCluster) {
-    const failed = report.overlaps + report.staleWritesAccepted + report.waitersStuck > 0;
+    const failed = !passed(report);
     if (failed)
       log(`PostgreSQL's cluster (data directory and postgres.log) is kept in ${pgCluster.dir}`);
     pgCluster.dispose(failed);
@@ -1054,13 +1411,43 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   }
 }
 
+/** Whether the run kept every guarantee the checks count. */
+export function passed(r: ChaosReport): boolean {
+  return (
+    r.overlaps === 0 &&
+    r.staleWritesAccepted === 0 &&
+    r.waitersStuck === 0 &&
+    scheduledFailures(r) === 0
+  );
+}
+
+/** Violations on the scheduled resources: limits, rate limits, lanes starved, limits lost. */
+export function scheduledFailures(r: ChaosReport): number {
+  let n = r.limitsLost;
+  for (const s of r.scheduled) {
+    n += s.rateViolations + s.starved;
+    for (const k of Object.values(s.limitViolations)) n += k;
+  }
+  return n;
+}
+
+/** A scheduled resource in a few words. */
+function scheduledLine(s: ScheduledReport): string {
+  const lanes = Object.entries(s.grantsByLane)
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([lane, n]) => `${lane} ${n}`)
+    .join(" / ");
+  const over = Object.values(s.limitViolations).reduce((a, b) => a + b, 0);
+  return `${s.name}: ${Object.values(s.grantsByLane).reduce((a, b) => a + b, 0)} grants (${lanes}), ${over} limit violations, ${s.rateViolations} rate-limit violations, ${s.starved} starved`;
+}
+
 /** The figures in one line. */
 export function summary(r: ChaosReport): string {
   const replicas =
     r.replicas > 0
       ? `${r.replicas} replicas (grace ${r.grace} ms), ${r.serverRestarts} replica kills (${r.leaderKills} leaders), ${r.pgRestarts.length} PostgreSQL restarts, leases at failovers ${failoverTotals(r)}, `
       : `${r.serverRestarts} server restarts, `;
-  return `${r.session}: ${r.grants} grants, ${r.clientKills} client kills, ${replicas}${r.resets} resets, ${r.revokes} revokes, ${r.capacityChanges} capacity changes, longest without a grant ${r.longestWithoutGrant} ms, ${r.leasesLost} leases lost (${r.leasesLostNearFault} near a fault, ${r.leasesLostNearStall} near a stall, ${r.leasesLostUnexplained} with nothing near), ${r.overlaps} overlaps, ${r.staleWritesAccepted} stale writes accepted, ${r.waitersStuck} stuck`;
+  return `${r.session}: ${r.grants} grants, ${r.clientKills} client kills, ${replicas}${r.resets} resets, ${r.revokes} revokes, ${r.capacityChanges} capacity changes, longest without a grant ${r.longestWithoutGrant} ms, ${r.leasesLost} leases lost (${r.leasesLostNearFault} near a fault, ${r.leasesLostNearStall} near a stall, ${r.leasesLostUnexplained} with nothing near), ${r.overlaps} overlaps, ${r.staleWritesAccepted} stale writes accepted, ${r.waitersStuck} stuck; ${r.scheduled.map(scheduledLine).join("; ")}; limits read back ${r.limitsChecked}, lost ${r.limitsLost}`;
 }
 
 /** The report as the command prints it. */
@@ -1088,7 +1475,26 @@ clients stuck at stop / crashed:           ${r.clientsStuckAtStop} / ${r.clientC
 overlaps among holders not told they lost: ${r.overlaps}   (must be 0)
 stale writes accepted:                     ${r.staleWritesAccepted}   (must be 0)
 waiters stuck at the end:                  ${r.waitersStuck}   (must be 0; settled in ${r.settleMs} ms)
-client-side outcomes:                      ${JSON.stringify(r.outcomes)}${r.replicas > 0 ? formatReplicas(r) : ""}`;
+client-side outcomes:                      ${JSON.stringify(r.outcomes)}
+${r.scheduled.map(formatScheduled).join("\n")}
+operator's limits read back after restarts: ${r.limitsChecked}, not as set: ${r.limitsLost}   (must be 0)${r.replicas > 0 ? formatReplicas(r) : ""}`;
+}
+
+function formatScheduled(s: ScheduledReport): string {
+  const over = Object.values(s.limitViolations).reduce((a, b) => a + b, 0);
+  return `${`${s.name} (operator's limits and lanes):`.padEnd(43)}${Object.entries(s.grantsByLane)
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([lane, n]) => `${lane} ${n}`)
+    .join(", ")} grants
+  grants the servers logged:               ${s.serverGrants} (${s.unknownLoad} of a load no client reported: counted 1, and if counted the most, ${s.rateViolationsUnknownAsMost} windows over; ${s.notLogged} client grants not logged)
+  over capacity/concurrency/reserve/share: ${over}   (must be 0) ${JSON.stringify(s.limitViolations)}
+  windows over a rate limit:               ${s.rateViolations}   (must be 0; by the servers' grant times; ${s.overLogTimes} by the log times alone)${
+    s.ratePeaks.length > 0
+      ? `
+  most in one window:                      ${s.ratePeaks.join(", ")}`
+      : ""
+  }
+  lanes starved (${STARVE_BOUND / 1000} s of service):        ${s.starved}   (must be 0)`;
 }
 
 /** Over every failover: holds kept, lost, and ended otherwise, of those open when it began. */
@@ -1196,7 +1602,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     console.log(
       `\nWARNING: ${r.serverCrashes} server${r.replicas > 0 ? " (replica)" : ""} process(es) died on their own (their last lines are above): a bug, though not one the checks count`,
     );
-  const ok = r.overlaps === 0 && r.staleWritesAccepted === 0 && r.waitersStuck === 0;
+  const ok = passed(r);
   console.log(ok ? "\nchaos: OK" : "\nchaos: FAILED");
   process.exit(ok ? 0 : 1);
 }
