@@ -41,6 +41,21 @@ export interface CapacityChange {
   capacity: number;
 }
 
+/**
+ * The holds of `name` as a sweep: +1 at each start, -1 at each end (an open hold ends with the
+ * run); ends sort before starts at the same instant. A holder told at once that it lost the
+ * lease (end = start) held nothing.
+ */
+function sweep<H extends Hold>(holds: readonly H[], name: string, endOfRun: number) {
+  return holds
+    .filter((h) => h.name === name && (h.end === undefined || h.end > h.start))
+    .flatMap((h) => [
+      { at: h.start, delta: 1, h },
+      { at: h.end ?? endOfRun, delta: -1, h },
+    ])
+    .sort((a, b) => a.at - b.at || a.delta - b.delta);
+}
+
 export function check(
   holds: Hold[],
   writes: Write[],
@@ -61,15 +76,7 @@ export function check(
       }
       return inForce;
     };
-    // Sweep: +1 at each start, -1 at each end; ends sort before starts at the same instant.
-    const events = holds
-      // A holder told at once that it lost the lease (end = start) held nothing.
-      .filter((h) => h.name === name && (h.end === undefined || h.end > h.start))
-      .flatMap((h) => [
-        { at: h.start, delta: 1, h },
-        { at: h.end ?? endOfRun, delta: -1, h },
-      ])
-      .sort((a, b) => a.at - b.at || a.delta - b.delta);
+    const events = sweep(holds, name, endOfRun);
     const open = new Set<Hold>();
     for (const e of events) {
       if (e.delta < 0) open.delete(e.h);
@@ -212,13 +219,7 @@ export function checkLimits(
   const reserved = limits.lanes?.strategy === "fair" ? (limits.lanes.reserved ?? {}) : {};
   const reservedTotal = Object.values(reserved).reduce((a, b) => a + b, 0);
   const shares = limits.lanes?.strategy === "strict" ? (limits.lanes.shares ?? {}) : undefined;
-  const events = holds
-    .filter((h) => h.name === name && (h.end === undefined || h.end > h.start))
-    .flatMap((h) => [
-      { at: h.start, delta: 1, h },
-      { at: h.end ?? endOfRun, delta: -1, h },
-    ])
-    .sort((a, b) => a.at - b.at || a.delta - b.delta);
+  const events = sweep(holds, name, endOfRun);
   const open = new Set<LaneHold>();
   const byLane = new Map<string, number>();
   let units = 0;
