@@ -360,35 +360,23 @@ export class PgStore implements Store {
     this.pending = new Map();
     this.pendingKeyed = new Map();
     this.dirtyTokens = new Set();
+    // In commit order; within a chunk `apply` deletes, then saves, then writes tokens and
+    // settings — one transaction, so only the order between chunks matters.
+    const writes: Array<["keyed" | "del" | "save", unknown]> = [
+      ...keyed.map((k) => ["keyed", k] as ["keyed", unknown]),
+      ...del.map((d) => ["del", d] as ["del", unknown]),
+      ...[...frees, ...grants].map((r) => ["save", r] as ["save", unknown]),
+    ];
     const chunks: string[] = [];
-    let chunk = {
-      save: [] as SavedRequest[],
-      del: [] as string[][],
-      keyed: [] as unknown[],
-      tokens,
-    };
+    let chunk = { save: [] as unknown[], del: [] as unknown[], keyed: [] as unknown[], tokens };
     let size = tokens.length;
-    const room = () => {
-      if (size < CHUNK) return;
-      chunks.push(JSON.stringify(chunk));
-      chunk = { save: [], del: [], keyed: [], tokens: [] };
-      size = 0;
-    };
-    // Within a chunk `apply` deletes, then saves, then writes tokens and settings — all in one
-    // transaction, so only the order between chunks matters.
-    for (const k of keyed) {
-      room();
-      chunk.keyed.push(k);
-      size++;
-    }
-    for (const d of del) {
-      room();
-      chunk.del.push(d);
-      size++;
-    }
-    for (const r of [...frees, ...grants]) {
-      room();
-      chunk.save.push(r);
+    for (const [kind, write] of writes) {
+      if (size >= CHUNK) {
+        chunks.push(JSON.stringify(chunk));
+        chunk = { save: [], del: [], keyed: [], tokens: [] };
+        size = 0;
+      }
+      chunk[kind].push(write);
       size++;
     }
     // JSON writes Infinity (a wait without a timeout) as null; `take` reads it back.
