@@ -790,6 +790,9 @@ export class ClientSession {
           // The server held the poll `held` ms after it arrived (no sooner than it was sent),
           // with the session attached: it heard from the session that late at the earliest.
           const held = typeof body.held === "number" ? Math.max(0, Math.min(body.held, wait)) : 0;
+          // Sent after the budget ran out, it proves nothing of the time between (`confirmLate`).
+          if (this.budget.spent(performance.now()) && sent >= this.budget.safeUntil)
+            this.expireIfSpent();
           this.answered(sent, sent + held);
         }
         for (const m of body.messages) this.receive(m, sent);
@@ -895,6 +898,7 @@ export class ClientSession {
    * on this WebSocket (answers and events come in the order the server wrote them).
    */
   private receive(m: ServerMessage, ref?: number): void {
+    this.confirmLate(m, ref);
     this.expireIfSpent();
     switch (m.t) {
       case "welcome":
@@ -967,6 +971,24 @@ export class ClientSession {
     this.setIdle();
     this.link?.idle(this.idle); // a new connection starts referenced
     if (this.mode === "http") void this.httpPoll?.();
+  }
+
+  /**
+   * An answer read after the budget ran out still counts if its message was sent before then:
+   * the server heard from the session at that send time, with the leases still ours (no hand-on
+   * before `grace` after that), so they are safe `grace` − margin after it. This happens when this
+   * process stalled (a burst of its own work, a loaded machine) with the answer already in the
+   * socket: timers run before I/O in a turn of the event loop. An answer to a message sent after
+   * the budget ran out proves nothing of the time between, and counts only after `expireIfSpent`
+   * (it may still confirm the leases granted since).
+   */
+  private confirmLate(m: ServerMessage, ref?: number): void {
+    if (this.held === 0 || !this.budget.spent(performance.now())) return;
+    let sentAt: number | undefined;
+    if (m.t === "pong") sentAt = this.pings.get(m.n);
+    else if ((m.t === "state" && m.seq === undefined) || (m.t === "error" && m.id !== undefined))
+      sentAt = ref ?? this.entries.get(m.id!)?.inflight[0]?.sentAt;
+    if (sentAt !== undefined && sentAt < this.budget.safeUntil) this.budget.confirm(sentAt);
   }
 
   private everWelcomed = false;
@@ -1166,6 +1188,17 @@ export class ClientSession {
 
   private readonly checkBudget = (): void => {
     this.budgetTimer = undefined;
+    if (this.held === 0) return;
+    if (!this.budget.spent(performance.now())) {
+      this.armBudget();
+      return;
+    }
+    // Timers run before I/O: after a stall of this process, an answer that extends the budget
+    // may be waiting in the socket (see `confirmLate`). Judged again once that I/O is read.
+    atNextTurn(this.budgetSpent);
+  };
+
+  private readonly budgetSpent = (): void => {
     if (this.held === 0) return;
     if (!this.budget.spent(performance.now())) {
       this.armBudget();

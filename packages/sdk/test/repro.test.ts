@@ -345,8 +345,15 @@ describe.each(SESSIONS)("reproductions over $transport", ({ session }) => {
       const waiting = Array.from({ length: 1_000 }, () =>
         rq.acquire("lock", { signal: crowd.signal }).catch((e: Error) => e),
       );
-      await queued({ url }, "lock", 1_000, 20_000);
+      // Polled every 50 ms, and no longer once the holder has lost its lease: the polls run in
+      // the holder's process, and undici's fetch every 5 ms took a third of its CPU.
+      await eventually(
+        async () => held.signal.aborted || (await resourceState({ url }, "lock")).queued === 1_000,
+        20_000,
+        50,
+      );
       expect(held.signal.aborted, String(held.signal.reason)).toBe(false);
+      expect((await resourceState({ url }, "lock")).queued).toBe(1_000);
       crowd.abort();
       for (const outcome of await Promise.all(waiting)) expect(outcome).toBe(crowd.signal.reason); // every waiter left the line; none was granted
       await held.release();
