@@ -180,7 +180,15 @@ export type ClientMessage =
    * First message on a WebSocket: authenticates and opens (or resumes) session `session`.
    * `after`: the last event seq seen, counted in server run `run` (from the last welcome).
    */
-  | { t: "hello"; key: string; session: string; after?: number; run?: string }
+  | {
+      t: "hello";
+      key: string;
+      session: string;
+      after?: number;
+      run?: string;
+      /** The client takes grants marked `provisional` (and their `recorded`). */
+      provisional?: boolean;
+    }
   /** Create or resume request `id` (as `PUT /v1/requests/{id}`): answered with a `state`. */
   | ({ t: "acquire"; id: string } & AcquireBody)
   /** Release or cancel request `id` (as `DELETE`): answered with a `state`. */
@@ -207,7 +215,18 @@ export type ServerMessage =
    * (with `seq`: a grant, or an end the client did not ask for) — events are replayed on resume
    * until acknowledged.
    */
-  | ({ t: "state"; seq?: number } & RequestSnapshot)
+  | ({
+      t: "state";
+      seq?: number;
+      /**
+       * A grant told before it is durable (only to a client that said `provisional` in its
+       * hello): the lease holds once `recorded` follows; if the connection ends first, it may
+       * never have been, and the client gives it up.
+       */
+      provisional?: true;
+    } & RequestSnapshot)
+  /** The provisional grant of request `id` is durable. */
+  | { t: "recorded"; id: string }
   /** An `acquire` or `release` refused: the same problem the HTTP route would answer. */
   | { t: "error"; id?: string; status: number; code: string; detail: string; field?: string }
   | { t: "pong"; n: number }

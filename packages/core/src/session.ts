@@ -174,6 +174,8 @@ interface Entry {
   abandoned: boolean;
   /** Counted in `held` (granted, handed out, not yet released or lost). */
   holding: boolean;
+  /** Granted provisionally, and not yet `recorded`: lost if the connection ends first. */
+  provisional?: boolean;
   released?: Promise<RequestState | undefined>;
 }
 
@@ -557,6 +559,17 @@ export class ClientSession {
     if (this.link !== link) return;
     this.link = undefined;
     this.connected = false;
+    // A grant told before its commit, and the connection gone before `recorded`: the server
+    // may have died first, and the one that takes over may never know of it.
+    for (const entry of this.entries.values()) {
+      if (!entry.provisional) continue;
+      entry.provisional = false;
+      if (entry.holding)
+        this.lose(
+          entry,
+          "the connection ended before the server had recorded the grant (a replica on PostgreSQL that stopped serving may not have)",
+        );
+    }
     clearTimeout(this.pingTimer);
     this.pingTimer = undefined;
     this.pings.clear();
@@ -676,6 +689,7 @@ export class ClientSession {
         session: this.id,
         after: this.ack,
         run: this.run,
+        provisional: true,
       });
       ws.send(big);
     });
@@ -925,6 +939,11 @@ export class ClientSession {
       case "error":
         this.refused(m);
         return;
+      case "recorded": {
+        const entry = this.entries.get(m.id);
+        if (entry !== undefined) entry.provisional = false;
+        return;
+      }
       case "state":
         this.state(m, m.seq, ref);
         return;
@@ -1006,7 +1025,7 @@ export class ClientSession {
   }
 
   private state(
-    snap: RequestSnapshot & { seq?: number },
+    snap: RequestSnapshot & { seq?: number; provisional?: true },
     seq: number | undefined,
     ref?: number,
   ): void {
@@ -1055,6 +1074,7 @@ export class ClientSession {
       const lease = new Held(entry.id, entry.body.resource, snap.fencingToken!);
       entry.lease = lease;
       entry.holding = true;
+      entry.provisional = snap.provisional === true;
       this.held++;
       // The server cannot have granted before it read our last answered message: counting
       // `expiresIn` from that message's send time never overestimates the hold.

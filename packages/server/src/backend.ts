@@ -113,6 +113,11 @@ export interface SessionBackend {
    * it already is; rejected if the store failed). Messages wait for it before they leave.
    */
   durable?(): Promise<void> | undefined;
+  /**
+   * Whether a grant event (fencing token `token`, namespace `ns`) may leave before `durable`
+   * resolves, marked `provisional` (docs/protocol.md, "Sessions").
+   */
+  provisional?(ns: string, token: number): boolean;
   /** Session `id`'s unacknowledged events after `after`. */
   pendingEvents(ns: string, id: string, after: number | undefined): ServerMessage[];
 }

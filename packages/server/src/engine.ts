@@ -290,6 +290,8 @@ export class Engine {
   private readonly tokens = new Map<string, number>();
   /** No namespace's tokens start below this. */
   private tokenFloor = 0;
+  /** Nothing is granted before this time (`quietUntil`). */
+  private quietTill = Number.NEGATIVE_INFINITY;
   private seq = 0;
   private retainedCount = 0;
   private liveCount = 0;
@@ -421,6 +423,7 @@ export class Engine {
     req.createdAt = now;
     if (
       resource.line.size === 0 &&
+      now >= this.quietTill &&
       this.fits(resource, load, now) &&
       (lanes === undefined || this.laneRoom(resource, lanes, lanes.lane(lane), load) <= POOL)
     ) {
@@ -726,6 +729,16 @@ export class Engine {
   }
 
   /** Clock time of the next deadline, if any: call `advance()` then. */
+  /**
+   * Grants nothing before `until` (the clock's time): what waits, or arrives meanwhile, queues in
+   * order and is served then. A replica that takes over on PostgreSQL does this for `grace`, since
+   * the leader before it may have told a client of a grant it never committed
+   * (docs/operations.md, "Grants before their commit").
+   */
+  quietUntil(until: number): void {
+    this.quietTill = until;
+  }
+
   nextDeadline(): number | undefined {
     let due = this.heap.peek()?.deadline;
     for (const at of [
@@ -930,6 +943,10 @@ export class Engine {
    * (the rate heap wakes the resource then); nothing passes it meanwhile.
    */
   private pump(resource: Resource, now: number, quiet?: Request): void {
+    if (now < this.quietTill) {
+      if (resource.line.size > 0) this.rateHeap.set(resource, this.quietTill); // pumped then
+      return;
+    }
     if (resource.line instanceof Lanes) {
       this.pumpLanes(resource, resource.line, now, quiet);
       return;

@@ -119,6 +119,11 @@ export class LocalBackend implements Backend, SessionBackend {
       if (req.state === "revoked") this.store?.remove(req.ns.key, req.id);
     };
     if (store) {
+      // A store whose grants may be told before their commit (PostgreSQL): the leader before
+      // this one may have told a client of a grant it never committed, and that client holds it
+      // until its budget runs out, `grace` at most from now (docs/operations.md).
+      if (store.provisional !== undefined && store.inherited)
+        this.engine.quietUntil(clock.now() + config.grace);
       const { requests, tokens, tokenFloor, recovering, limits, rates, concurrency, lanes } =
         store.load();
       for (const r of requests)
@@ -389,6 +394,14 @@ export class LocalBackend implements Backend, SessionBackend {
    */
   durable(): Promise<void> | undefined {
     return this.store?.flushed?.();
+  }
+
+  /**
+   * Whether the grant of `req` (fencing token `token`, namespace `ns`) may be told before it is
+   * durable: only with a store that says so (see `Store.provisional`).
+   */
+  provisional(ns: string, token: number): boolean {
+    return this.store?.provisional?.(ns, token) ?? false;
   }
 
   /**

@@ -28,8 +28,17 @@ export class PgStore implements Store {
   /** Writes not yet sent, by `ns\0id`: the request (read when it is sent), or null if removed. */
   private pending = new Map<string, Request | SavedRequest | null>();
   private pendingKeyed = new Map<string, unknown>();
+  /**
+   * Per namespace, the fencing-token ceiling to write: `TOKEN_HEADROOM` above the latest token
+   * granted whenever that came within half of it of the last ceiling. A new leader continues
+   * above what it reads, so above every token this leader handed out.
+   */
   private readonly tokens = new Map<string, number>();
   private dirtyTokens = new Set<string>();
+  /** Per namespace, the ceiling PostgreSQL has: tokens up to it may be told before their commit. */
+  private readonly durableTokens = new Map<string, number>();
+  /** The ceilings of each commit on the wire, by its `gen`, durable once it is in. */
+  private tokensInFlight = new Map<number, Array<[string, number]>>();
   /** Commits asked for (`commit()` with writes), and those PostgreSQL has. */
   private asked = 0;
   private done = 0;
@@ -57,7 +66,10 @@ export class PgStore implements Store {
   ) {
     this.secret = secret;
     this.state = state;
-    for (const [ns, token] of state.tokens) this.tokens.set(ns, token);
+    for (const [ns, token] of state.tokens) {
+      this.tokens.set(ns, token);
+      this.durableTokens.set(ns, token);
+    }
   }
 
   /**
@@ -181,11 +193,29 @@ export class PgStore implements Store {
   /** A promise of everything asked so far being in PostgreSQL; undefined if it already is. */
   flushed(): Promise<void> | undefined {
     if (this.failure) return Promise.reject(this.failure);
+    this.commit(); // everything done so far, whether or not its operation has asked yet
     // An old proof (a stalled event loop, a slow commit): what is to leave waits for a new one.
     if (this.stale()) return this.probe().then(() => this.flushed());
     if (this.done >= this.asked) return undefined;
     const gen = this.asked;
     return new Promise((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
+  }
+
+  /**
+   * Whether a grant with fencing token `token` in namespace `ns` may be told before its commit
+   * (docs/operations.md, "Grants before their commit"): its token is at or below a ceiling
+   * PostgreSQL already has, so a leader that takes over after a crash before the commit hands
+   * out only higher tokens.
+   */
+  /** Whether a leader served before this one (the first leader of a schema has epoch 1). */
+  get inherited(): boolean {
+    return this.epoch > 1;
+  }
+
+  provisional(ns: string, token: number): boolean {
+    return (
+      this.failure === undefined && !this.stale() && token <= (this.durableTokens.get(ns) ?? 0)
+    );
   }
 
   /**
@@ -272,7 +302,8 @@ export class PgStore implements Store {
 
   private send(): void {
     this.sending = true;
-    this.sendChunk(this.takeChunks(), 0, this.asked);
+    const gen = this.asked;
+    this.sendChunk(this.takeChunks(gen), 0, gen);
   }
 
   /**
@@ -295,6 +326,9 @@ export class PgStore implements Store {
           return;
         }
         this.done = gen;
+        for (const [ns, ceiling] of this.tokensInFlight.get(gen) ?? [])
+          if (ceiling > (this.durableTokens.get(ns) ?? 0)) this.durableTokens.set(ns, ceiling);
+        this.tokensInFlight.delete(gen);
         // Nothing leaves on an old proof (a commit that took longer than `grace` proves too
         // little): the answers it holds wait for a probe.
         const release = () => {
@@ -342,9 +376,10 @@ export class PgStore implements Store {
    * units is safe to restore alone: the client let go (a release), its session ended, its own
    * timer ended the hold (an expiry), or the units stay held back until it is told (a revoke).
    */
-  private takeChunks(): string[] {
+  private takeChunks(gen: number): string[] {
     const tokens: Array<[string, number]> = [];
     for (const ns of this.dirtyTokens) tokens.push([ns, this.tokens.get(ns)!]);
+    if (tokens.length > 0) this.tokensInFlight.set(gen, tokens);
     const keyed: unknown[] = [];
     for (const [key, v] of this.pendingKeyed) keyed.push([...key.split("\0"), v]);
     const del: string[][] = [];
@@ -385,12 +420,20 @@ export class PgStore implements Store {
   }
 
   private raiseToken(ns: string, token: number): void {
-    if (token > (this.tokens.get(ns) ?? 0)) {
-      this.tokens.set(ns, token);
+    const ceiling = this.tokens.get(ns) ?? 0;
+    if (token > ceiling - TOKEN_HEADROOM / 2) {
+      this.tokens.set(ns, Math.max(ceiling, token + TOKEN_HEADROOM));
       this.dirtyTokens.add(ns);
     }
   }
 }
+
+/**
+ * How far above the latest fencing token granted the stored ceiling is set (see `tokens`). Tokens
+ * count a millisecond as 1,000, so a new leader skips at most a second's worth, and the ceiling is
+ * written once per 500,000 grants of a namespace rather than with every grant.
+ */
+const TOKEN_HEADROOM = 1_000_000;
 
 /**
  * Most writes in one commit of a group: a commit of 10,000 took longer than `grace` on a loaded

@@ -193,10 +193,43 @@ function serveWebSocket(
   let lastHeard = performance.now();
   const out: ServerMessage[] = [];
   let flushing = false;
+  /** The client takes provisional grants (it said so in its hello). */
+  let provisional = false;
+  /** Requests whose `queued` answer has left: their place in line is durable. */
+  const placed = new Set<string>();
   const write = (n: number) => {
     if (ws.readyState !== ws.OPEN) return;
     const batch = out.splice(0, n);
-    if (batch.length > 0) ws.send(JSON.stringify(batch.length === 1 ? batch[0] : batch));
+    if (batch.length === 0) return;
+    if (provisional)
+      for (const m of batch)
+        if (m.t === "state") {
+          if (m.state === "queued") placed.add(m.id);
+          else placed.delete(m.id);
+        }
+    ws.send(JSON.stringify(batch.length === 1 ? batch[0] : batch));
+  };
+  /**
+   * A grant that may leave before its commit (docs/protocol.md, "Provisional grants"): to a client
+   * that takes them, of a request whose place in line is durable, with a fencing token the store
+   * says a later leader would not hand out again. `recorded` follows once the commit is in: it
+   * waits in `out`, for the same `durable()` as everything else.
+   */
+  const early = (e: ServerMessage): boolean => {
+    if (
+      !provisional ||
+      e.t !== "state" ||
+      e.seq === undefined ||
+      e.state !== "active" ||
+      !placed.has(e.id) ||
+      ws.readyState !== ws.OPEN ||
+      !backend.provisional?.(ns, e.fencingToken!)
+    )
+      return false;
+    placed.delete(e.id);
+    ws.send(JSON.stringify({ ...e, provisional: true }));
+    push({ t: "recorded", id: e.id });
+    return true;
   };
   let waiting = false;
   const flush = () => {
@@ -234,7 +267,7 @@ function serveWebSocket(
   };
   const link: SessionLink = {
     send: (events) => {
-      for (const e of events) push(e);
+      for (const e of events) if (!early(e)) push(e);
     },
     bye: (recovery) => {
       push({ t: "bye", recovery });
@@ -292,6 +325,7 @@ function serveWebSocket(
       const after = ofThisRun(backend, hello.after as number | undefined, hello.run);
       ns = who.ns;
       sid = hello.session as string;
+      provisional = hello.provisional === true;
       proven();
       // The welcome goes first, then any unacknowledged events, then the answers.
       push({ t: "welcome", session: sid, resumed: false, run: backend.run, ...backend.terms });

@@ -64,5 +64,13 @@ export interface Store {
    * commit may leave the server before it resolves. Synchronous stores leave it out.
    */
   flushed?(): Promise<void> | undefined;
+  /**
+   * An asynchronous store whose grants may be told before their commit: whether the grant of
+   * fencing token `token` in namespace `ns` may be (a leader taking over after a crash hands out
+   * only higher tokens). Its restore grants nothing for `grace`.
+   */
+  provisional?(ns: string, token: number): boolean;
+  /** Another leader served this state before (its provisional grants may be out there). */
+  readonly inherited?: boolean;
   close(): void | Promise<void>;
 }
