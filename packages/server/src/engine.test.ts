@@ -109,6 +109,47 @@ describe("Engine: granting and queueing", () => {
   });
 });
 
+describe("Engine: quiet after a takeover (quietUntil)", () => {
+  // A replica that takes over on PostgreSQL grants nothing on a resource with restored waiters
+  // for twice its grace: a client of the leader before may hold a grant told before its commit,
+  // always of a waiter the restored state still has in line.
+  it("a resource with restored waiters grants nothing before the time, then serves them in order", () => {
+    const before = setup();
+    before.acquire("holder");
+    before.acquire("w1");
+    before.acquire("w2");
+    before.acquire("idle", { resource: "free" });
+    before.engine.release("k", "idle");
+    const saved = [...before.engine.namespaceList()].flatMap((space) =>
+      [...space.requests.values()].filter((r) => r.resource !== undefined).map(savedOf),
+    );
+    const { engine, acquire, tick, changes } = setup();
+    engine.quietUntil(1_000 + 300);
+    engine.restore(saved, 14_000, new Map(), 0, new Map());
+    engine.release("k", "holder"); // its release had reached the old leader: units free
+    const late = acquire("late");
+    expect([engine.get("k", "w1")?.state, late.state]).toEqual(["queued", "queued"]);
+    // A try-lock there is refused as busy: the lock may be held by a grant the store lacks.
+    const tryLock = engine.acquire("k", "t", { resource: "lock", timeout: 0 });
+    expect(tryLock.ok && tryLock.request.state).toBe("timed_out");
+    // A resource nothing waited on is not held up.
+    expect(acquire("other", { resource: "free" }).state).toBe("active");
+    tick(299);
+    expect(engine.get("k", "w1")?.state).toBe("queued");
+    expect(engine.nextDeadline()).toBeLessThanOrEqual(1_300); // a host's timer wakes it then
+    tick(1);
+    expect(engine.get("k", "w1")?.state).toBe("active");
+    engine.release("k", "w1");
+    engine.release("k", "w2");
+    expect(late.state).toBe("active");
+    expect(changes.filter(([, state]) => state === "active").map(([id]) => id)).toEqual([
+      "w1",
+      "w2",
+      "late",
+    ]);
+  });
+});
+
 describe("Engine: refusals", () => {
   it("resumes a retried create instead of queueing it twice", () => {
     const { engine, acquire } = setup();

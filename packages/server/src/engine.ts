@@ -175,6 +175,8 @@ export class Resource {
   /** When its line's head fits its rate limits again; owned by the engine's rate heap. */
   deadline = 0;
   heapIndex = -1;
+  /** Nothing is granted before this time (see `Engine.quietUntil`). */
+  quietUntil = Number.NEGATIVE_INFINITY;
   /** Units held back by the lock delay of holders that ended without a release. */
   heldBack = 0;
   /** How many such ended holders hold units back (they count as holders for `concurrency`). */
@@ -290,7 +292,7 @@ export class Engine {
   private readonly tokens = new Map<string, number>();
   /** No namespace's tokens start below this. */
   private tokenFloor = 0;
-  /** Nothing is granted before this time (`quietUntil`). */
+  /** What `restore` sets as the quiet time of resources with waiters (`quietUntil`). */
   private quietTill = Number.NEGATIVE_INFINITY;
   private seq = 0;
   private retainedCount = 0;
@@ -423,7 +425,7 @@ export class Engine {
     req.createdAt = now;
     if (
       resource.line.size === 0 &&
-      now >= this.quietTill &&
+      now >= resource.quietUntil &&
       this.fits(resource, load, now) &&
       (lanes === undefined || this.laneRoom(resource, lanes, lanes.lane(lane), load) <= POOL)
     ) {
@@ -586,6 +588,7 @@ export class Engine {
       } else {
         resource.line.push(req);
         session.queued++;
+        resource.quietUntil = this.quietTill;
       }
       this.record(space, req);
       this.schedule(req);
@@ -728,17 +731,18 @@ export class Engine {
     if (req.resource !== undefined) this.leave(req.session);
   }
 
-  /** Clock time of the next deadline, if any: call `advance()` then. */
   /**
-   * Grants nothing before `until` (the clock's time): what waits, or arrives meanwhile, queues in
-   * order and is served then. A replica that takes over on PostgreSQL does this for `grace`, since
-   * the leader before it may have told a client of a grant it never committed
-   * (docs/operations.md, "Grants before their commit").
+   * For the next `restore`: a resource it restores waiters to grants nothing before `until` (the
+   * clock's time); what waits, or arrives meanwhile, queues in order and is served then. A replica
+   * that takes over on PostgreSQL does this for twice its `grace`: the leader before it may have
+   * told a client of a grant it never committed, and such a grant is always of a waiter the
+   * restored state has (docs/operations.md, "Grants before their commit").
    */
   quietUntil(until: number): void {
     this.quietTill = until;
   }
 
+  /** Clock time of the next deadline, if any: call `advance()` then. */
   nextDeadline(): number | undefined {
     let due = this.heap.peek()?.deadline;
     for (const at of [
@@ -943,8 +947,8 @@ export class Engine {
    * (the rate heap wakes the resource then); nothing passes it meanwhile.
    */
   private pump(resource: Resource, now: number, quiet?: Request): void {
-    if (now < this.quietTill) {
-      if (resource.line.size > 0) this.rateHeap.set(resource, this.quietTill); // pumped then
+    if (now < resource.quietUntil) {
+      if (resource.line.size > 0) this.rateHeap.set(resource, resource.quietUntil); // pumped then
       return;
     }
     if (resource.line instanceof Lanes) {

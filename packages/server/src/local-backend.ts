@@ -120,10 +120,12 @@ export class LocalBackend implements Backend, SessionBackend {
     };
     if (store) {
       // A store whose grants may be told before their commit (PostgreSQL): the leader before
-      // this one may have told a client of a grant it never committed, and that client holds it
-      // until its budget runs out, `grace` at most from now (docs/operations.md).
+      // this one may have told a client of a grant it never committed. That client holds it
+      // until its budget runs out: `grace` after a message the old leader answered, which it did
+      // only within `grace` of its last proof of the lock — before this takeover. So nothing is
+      // granted for twice `grace` (docs/operations.md, "Grants before their commit").
       if (store.provisional !== undefined && store.inherited)
-        this.engine.quietUntil(clock.now() + config.grace);
+        this.engine.quietUntil(clock.now() + 2 * config.grace);
       const { requests, tokens, tokenFloor, recovering, limits, rates, concurrency, lanes } =
         store.load();
       for (const r of requests)

@@ -201,17 +201,17 @@ export class PgStore implements Store {
     return new Promise((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
   }
 
+  /** Whether a leader served before this one (the first leader of a schema has epoch 1). */
+  get inherited(): boolean {
+    return this.epoch > 1;
+  }
+
   /**
    * Whether a grant with fencing token `token` in namespace `ns` may be told before its commit
    * (docs/operations.md, "Grants before their commit"): its token is at or below a ceiling
    * PostgreSQL already has, so a leader that takes over after a crash before the commit hands
    * out only higher tokens.
    */
-  /** Whether a leader served before this one (the first leader of a schema has epoch 1). */
-  get inherited(): boolean {
-    return this.epoch > 1;
-  }
-
   provisional(ns: string, token: number): boolean {
     return (
       this.failure === undefined && !this.stale() && token <= (this.durableTokens.get(ns) ?? 0)

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { client, startTestServer, stateDir } from "./helpers.js";
+import { client, pastTakeover, startTestServer, stateDir } from "./helpers.js";
 
 async function get(url: string, path: string, token?: string) {
   const res = await fetch(url + path, {
@@ -271,6 +271,7 @@ describe("operators' limits (PUT/DELETE /v1/admin/namespaces/{ns}/limits/{name})
     await first.close();
 
     await using second = await startTestServer({ dataDir, recoveryWindow: 60_000 });
+    await pastTakeover();
     const after = (await get(second.url, `/v1/admin/namespaces/${ns}/resources/llm`)).body;
     // The grants before the restart are not kept: each limit counts as full for its window.
     expect(after).toMatchObject({ limit: 1_000, concurrency: 20 });

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { RequestSnapshot } from "@ratequeue/core";
+import { LIVENESS_DEFAULTS, type RequestSnapshot } from "@ratequeue/core";
 import { afterAll, expect } from "vitest";
 import { type RunningServer, type ServerOptions, startServer } from "../src/index.js";
 
@@ -138,6 +138,18 @@ async function dropSchemas(url: string, own: string[]): Promise<void> {
   } finally {
     await db.end();
   }
+}
+
+/**
+ * On PostgreSQL, a server started again on the same schema is a replica taking over from another:
+ * it grants nothing for twice its grace (docs/operations.md, "Grants before their commit").
+ * Resolves once that has passed — at once on the other stores — for tests of what a restart
+ * keeps that then expect grants at once.
+ */
+export async function pastTakeover(options: ServerOptions = {}): Promise<void> {
+  if (TEST_STORE.kind !== "postgres") return;
+  const grace = options.grace ?? LIVENESS_DEFAULTS.grace;
+  await new Promise((resolve) => setTimeout(resolve, 2 * grace + 20));
 }
 
 /** A server on a free port (on the test store), disposed with `await using`. */

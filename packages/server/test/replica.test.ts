@@ -3,6 +3,7 @@ import { randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { connect } from "node:net";
 import { fileURLToPath } from "node:url";
+import { createRateQueue, LeaseLostError, nodeWebSocket } from "@ratequeue/sdk";
 import { afterEach, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import type { SavedRequest } from "../src/engine.js";
@@ -37,6 +38,69 @@ async function spawnServer(args: string[]) {
   });
   return { child, url, stderr: () => err };
 }
+
+type Message = Record<string, unknown>;
+
+/**
+ * A raw WebSocket session (docs/protocol.md, "Sessions"), key `test-token`: every message it
+ * received, in order, in `log`, with the test's own marks (`mark`) between them, so that a test
+ * can say what arrived before and after something it did.
+ */
+async function rawSession(url: string, hello: Message = {}) {
+  const ws = new WebSocket(`${url.replace("http", "ws")}/v1/session`);
+  const log: Message[] = [];
+  let heard = () => {};
+  ws.on("message", (data) => {
+    const m = JSON.parse(String(data));
+    for (const one of Array.isArray(m) ? m : [m]) log.push(one);
+    heard();
+  });
+  ws.on("error", () => {});
+  await once(ws, "open");
+  ws.send(JSON.stringify({ t: "hello", key: "test-token", session: randomUUID(), ...hello }));
+  const send = (m: Message | Message[]) => {
+    if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(m));
+  };
+  // A session silent for repollGrace is cut: ping meanwhile.
+  let n = 0;
+  const pinger = setInterval(() => send({ t: "ping", n: ++n }), 1_000);
+  /** The first message `match` takes, once it has arrived. */
+  const next = async (match: (m: Message) => boolean, ms = 10_000): Promise<Message> => {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const found = log.find(match);
+      if (found !== undefined) return found;
+      if (Date.now() > deadline)
+        throw new Error(`no such message within ${ms} ms: ${JSON.stringify(log)}`);
+      await new Promise<void>((resolve) => {
+        heard = resolve;
+        setTimeout(resolve, 50);
+      });
+    }
+  };
+  return {
+    log,
+    send,
+    next,
+    /** A mark in `log` where the test did something. */
+    mark: (what: string) => log.push({ t: "mark", what }),
+    /** Where in `log` the first message `match` takes is (-1: not there). */
+    at: (match: (m: Message) => boolean) => log.findIndex(match),
+    /** Resolves once everything the server had to say before a ping has arrived. */
+    sync: async () => {
+      const k = ++n;
+      send({ t: "ping", n: k });
+      await next((m) => m.t === "pong" && m.n === k);
+    },
+    close: () => {
+      clearInterval(pinger);
+      ws.close();
+    },
+  };
+}
+
+const isState = (id: string, state: string) => (m: Message) =>
+  m.t === "state" && m.id === id && m.state === state;
 
 describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
   const schemas: string[] = [];
@@ -132,7 +196,8 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
       held.body.fencingToken,
     );
     expect((await api.release("h")).status).toBe(200);
-    const next = await api.poll("w");
+    // Granted once the new leader's quiet time on a resource with waiters is over (2 × grace).
+    const next = await api.poll("w", "queued", 5_000);
     expect(next.body.state).toBe("active");
     expect(next.body.fencingToken).toBeGreaterThan(
       held.body.fencingToken ?? Number.POSITIVE_INFINITY,
@@ -363,7 +428,8 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
         expect(c.save.length + c.del.length + c.keyed.length + c.tokens.length).toBeLessThanOrEqual(
           256,
         );
-      expect(chunks[0]!.tokens).toEqual([["n", 1_299]]);
+      // The token ceiling: 1,000,000 above the first token, not raised again within half of it.
+      expect(chunks[0]!.tokens).toEqual([["n", 1_001_000]]);
       expect(chunks[0]!.keyed).toEqual([["limits", "n", "r", 1_000]]);
       // Flattened in commit order: every release and waiter before the first grant.
       const order = chunks.flatMap((c) => [
@@ -417,6 +483,227 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
         `SELECT (SELECT count(*) FROM "${s}".requests) AS requests, (SELECT count(*) FROM "${s}".keyed) AS keyed`,
       );
       expect(left.rows[0]).toEqual({ requests: "2999", keyed: "2999" });
+    } finally {
+      await pg.end();
+    }
+  });
+
+  // Grants before their commit (docs/protocol.md, "Sessions"; docs/operations.md, "Grants before
+  // their commit"). Commits are held up by a transaction that locks the table `apply` writes to.
+  const blockCommits = async (pgSchema: string) => {
+    const locker = await connectPg();
+    await locker.query("BEGIN");
+    await locker.query(`LOCK TABLE "${pgSchema}".requests IN ACCESS EXCLUSIVE MODE`);
+    return locker;
+  };
+
+  it("a grant leaves before its commit, marked provisional, to a client that takes that; recorded follows the commit", async () => {
+    const s = schema("early");
+    const a = await replica(s, 3_000); // a commit held up for less than grace: the leader stays
+    const api = client(a);
+    const held = await api.acquire("b", { resource: "r" });
+    expect(held.body.state).toBe("active");
+    const w = await rawSession(a.url, { provisional: true });
+    let locker: Awaited<ReturnType<typeof connectPg>> | undefined;
+    try {
+      w.send({ t: "acquire", id: "w", resource: "r" });
+      await w.next(isState("w", "queued")); // its place in line is durable: the answer left
+      locker = await blockCommits(s);
+      const release = api.release("b");
+      const grant = await w.next(isState("w", "active"));
+      expect(await settledWithin(release, 0)).toBe("pending"); // the hand-over is not committed
+      expect(grant).toMatchObject({ provisional: true, seq: expect.any(Number) });
+      expect(grant.fencingToken).toBeGreaterThan(held.body.fencingToken!);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(w.at((m) => m.t === "recorded")).toBe(-1);
+      expect(await settledWithin(release, 0)).toBe("pending");
+
+      w.mark("unblocked");
+      await locker.query("COMMIT");
+      expect((await release).status).toBe(200);
+      await w.next((m) => m.t === "recorded" && m.id === "w");
+      const unblocked = w.at((m) => m.t === "mark");
+      expect(w.at(isState("w", "active"))).toBeLessThan(unblocked);
+      expect(w.at((m) => m.t === "recorded")).toBeGreaterThan(unblocked);
+      // Told once: no second, durable grant of the same request follows.
+      await w.sync();
+      expect(w.log.filter(isState("w", "active"))).toHaveLength(1);
+      expect(w.log.filter((m) => m.t === "recorded")).toEqual([{ t: "recorded", id: "w" }]);
+    } finally {
+      w.close();
+      await locker?.end();
+    }
+  });
+
+  it("a client that did not say provisional in its hello is told of a grant only once it is committed", async () => {
+    const s = schema("notearly");
+    const a = await replica(s, 3_000);
+    // A holder of two locks; on each, a waiter: W (no provisional) and P (provisional), a witness
+    // that the leader did hand over while its commits were held up.
+    const h = await rawSession(a.url);
+    const w = await rawSession(a.url);
+    const p = await rawSession(a.url, { provisional: true });
+    let locker: Awaited<ReturnType<typeof connectPg>> | undefined;
+    try {
+      h.send([
+        { t: "acquire", id: "b", resource: "r" },
+        { t: "acquire", id: "b2", resource: "r2" },
+      ]);
+      await h.next(isState("b", "active"));
+      await h.next(isState("b2", "active"));
+      w.send({ t: "acquire", id: "w", resource: "r" });
+      p.send({ t: "acquire", id: "p", resource: "r2" });
+      await w.next(isState("w", "queued"));
+      await p.next(isState("p", "queued"));
+      locker = await blockCommits(s);
+      // One frame, in order: by the time P is granted, W has been granted too (in memory).
+      h.send([
+        { t: "release", id: "b" },
+        { t: "release", id: "b2" },
+      ]);
+      expect(await p.next(isState("p", "active"))).toMatchObject({ provisional: true });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(w.at(isState("w", "active"))).toBe(-1);
+      expect(h.at(isState("b", "released"))).toBe(-1);
+
+      w.mark("unblocked");
+      await locker.query("COMMIT");
+      const grant = await w.next(isState("w", "active"));
+      expect(w.at(isState("w", "active"))).toBeGreaterThan(w.at((m) => m.t === "mark"));
+      expect(grant).not.toHaveProperty("provisional");
+      expect(grant.seq).toEqual(expect.any(Number));
+      await w.sync();
+      expect(w.at((m) => m.t === "recorded")).toBe(-1);
+    } finally {
+      for (const c of [h, w, p]) c.close();
+      await locker?.end();
+    }
+  });
+
+  it("a leader killed with a provisional grant out: the client gives it up, and the next leader grants nothing on that lock for twice grace, then only above its token", async () => {
+    const s = schema("provkill");
+    const GRACE = 1_000;
+    const args = ["--port", "0", "--store", PG_URL, "--pg-schema", s, "--grace", String(GRACE)];
+    const first = await spawnServer(args);
+    const second = await spawnServer(args);
+    const leader = (await fetch(`${first.url}/v1/replica`)).status === 200 ? first : second;
+    const standby = leader === first ? second : first;
+    // What A's SDK hears over its WebSocket.
+    const heard: Message[] = [];
+    const node = nodeWebSocket();
+    const rq = createRateQueue({
+      apiKey: "test-token",
+      baseUrl: [leader.url, standby.url],
+      webSocket: {
+        open: (url) => {
+          const ws = node.open(url);
+          (ws as unknown as WebSocket).on("message", (data) => {
+            const m = JSON.parse(String(data));
+            for (const one of Array.isArray(m) ? m : [m]) heard.push(one);
+          });
+          return ws;
+        },
+        idle: (ws, idle) => node.idle?.(ws, idle),
+      },
+    });
+    let locker: Awaited<ReturnType<typeof connectPg>> | undefined;
+    try {
+      const api = client(leader);
+      const held = await api.acquire("b", { resource: "res" });
+      expect(held.body.state).toBe("active");
+      const waiting = rq.acquire("res");
+      await eventually(() => heard.some((m) => m.t === "state" && m.state === "queued"), 10_000);
+      const leaderPid = await lockHolder(s);
+      expect(leaderPid).toBeTypeOf("number");
+
+      locker = await blockCommits(s);
+      const release = api.release("b").catch(() => "cut" as const);
+      const lease = await waiting;
+      expect(heard.find((m) => m.t === "state" && m.state === "active")).toMatchObject({
+        provisional: true,
+        fencingToken: lease.fencingToken,
+      });
+      expect(lease.fencingToken).toBeGreaterThan(held.body.fencingToken!);
+      expect(heard.some((m) => m.t === "recorded")).toBe(false);
+      expect(await settledWithin(release, 0)).toBe("pending");
+      expect(lease.signal.aborted).toBe(false);
+
+      leader.child.kill("SIGKILL");
+      await eventually(() => lease.signal.aborted, 10_000);
+      expect(lease.signal.reason).toBeInstanceOf(LeaseLostError);
+      expect((lease.signal.reason as Error).message).toMatch(
+        /connection ended before the server had recorded the grant/,
+      );
+      // The dead leader's commit, waiting on the lock, never happens: PostgreSQL ends its session
+      // (which frees the leader lock); the standby's restore then waits on the table lock.
+      await locker.query("SELECT pg_terminate_backend($1)", [leaderPid]);
+      const unblocked = performance.now(); // the new leader restores after this
+      await locker.query("ROLLBACK");
+      await eventually(
+        async () =>
+          (await fetch(`${standby.url}/v1/replica`).then(
+            (r) => r.status,
+            () => 0,
+          )) === 200,
+        10_000,
+      );
+      expect(standby.stderr()).toMatch(/leading on http/);
+      // The hand-over was never committed: b holds again on the new leader. A third client waits
+      // behind it, and b lets go at once: the lock is granted, but not within twice grace of the
+      // takeover (a grant the old leader told may still be out), and above A's token.
+      const api2 = client(standby);
+      expect((await api2.acquire("c", { resource: "res" }, 0)).body.state).toBe("queued");
+      expect((await api2.release("b")).status).toBe(200);
+      const c = await api2.poll("c", "queued", 10_000);
+      const granted = performance.now();
+      expect(c.body.state).toBe("active");
+      expect(granted - unblocked).toBeGreaterThanOrEqual(2 * GRACE - 50);
+      expect(c.body.fencingToken).toBeGreaterThan(lease.fencingToken);
+      // A lock nothing waited on is not held up: a try-lock on it is granted at once.
+      const other = await api2.acquire("o", { resource: "other", timeout: 0 });
+      expect(other.body.state).toBe("active");
+      expect(other.body.fencingToken).toBeGreaterThan(lease.fencingToken);
+      expect((await api2.release("c")).status).toBe(200);
+      const again = await rq.acquire("res");
+      expect(again.fencingToken).toBeGreaterThan(lease.fencingToken);
+      await again.release();
+      expect(await release).toBe("cut");
+    } finally {
+      first.child.kill("SIGKILL");
+      second.child.kill("SIGKILL");
+      await rq.close().catch(() => {});
+      await locker?.end().catch(() => {});
+    }
+  });
+
+  it("the stored token ceiling stays at least 500,000 above the latest grant, and a leader that takes over grants above it", async () => {
+    const s = schema("ceiling");
+    const a = await replica(s);
+    const b = await replica(s);
+    const api = client(a);
+    let latest = 0;
+    for (let i = 0; i < 5; i++) {
+      const r = await api.acquire(`g${i}`, { resource: i % 2 === 0 ? "r" : "q" });
+      expect(r.body.state).toBe("active");
+      expect(r.body.fencingToken).toBeGreaterThan(latest);
+      latest = r.body.fencingToken!;
+      expect((await api.release(`g${i}`)).status).toBe(200);
+    }
+    const pg = await connectPg();
+    try {
+      const ceiling = async () => {
+        const { rows } = await pg.query<{ token: string }>(`SELECT token FROM "${s}".tokens`);
+        expect(rows).toHaveLength(1); // one namespace: the key test-token's
+        return Number(rows[0]!.token);
+      };
+      expect(await ceiling()).toBeGreaterThanOrEqual(latest + 500_000);
+
+      await a.close();
+      await eventually(() => b.role() === "leader");
+      const stored = await ceiling();
+      const next = await client(b).acquire("n", { resource: "r" });
+      expect(next.body.state).toBe("active");
+      expect(next.body.fencingToken).toBeGreaterThan(stored);
     } finally {
       await pg.end();
     }

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { startServer } from "../src/index.js";
-import { client, eventually, startTestServer, stateDir } from "./helpers.js";
+import { client, eventually, pastTakeover, startTestServer, stateDir } from "./helpers.js";
 
 const CLI = fileURLToPath(new URL("../src/cli.ts", import.meta.url));
 const tempDir = () => mkdtempSync(join(tmpdir(), "ratequeue-test-"));
@@ -44,6 +44,7 @@ describe("a server with a data directory", () => {
     await first.close();
 
     await using second = await startTestServer({ dataDir });
+    await pastTakeover();
     const again = client(second);
     const resumed = await again.poll("holder", "queued", 0);
     expect(resumed.body).toMatchObject({ state: "active", fencingToken: holder.fencingToken });
@@ -200,6 +201,7 @@ describe("a server with a data directory", () => {
       await second.close();
       // Its units went back: the store no longer keeps it.
       await using third = await startTestServer({ dataDir, recoveryWindow: 60_000 });
+      await pastTakeover();
       expect((await client(third).acquire("after", { resource: "r" }, 0)).body.state).toBe(
         "active",
       );
