@@ -223,7 +223,10 @@ function serveWebSocket(
       e.state !== "active" ||
       !placed.has(e.id) ||
       ws.readyState !== ws.OPEN ||
-      !backend.provisional?.(ns, e.fencingToken!)
+      !backend.provisional?.(ns, e.fencingToken!) ||
+      // Events leave in their order: a client takes an event numbered below one it has as
+      // replayed, and acknowledges it (a revoke waiting for its commit would be lost).
+      out.some((m) => m.t === "state" && m.seq !== undefined)
     )
       return false;
     placed.delete(e.id);

@@ -580,6 +580,50 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
     }
   });
 
+  // Review: a provisional grant left at once while an earlier event of the same session (a
+  // revoke) still waited for its commit; the client took the later number first, acknowledged
+  // it, and dropped the revoke as a replay — a holder never told it lost its lease.
+  it("a grant does not overtake an earlier event of the same session: it waits, in order", async () => {
+    const s = schema("inorder");
+    const a = await replica(s, 3_000);
+    const h = await rawSession(a.url);
+    const c = await rawSession(a.url, { provisional: true });
+    let locker: Awaited<ReturnType<typeof connectPg>> | undefined;
+    try {
+      // C holds ra and waits on rb, which H holds.
+      h.send({ t: "acquire", id: "hb", resource: "rb" });
+      await h.next(isState("hb", "active"));
+      c.send({ t: "acquire", id: "ca", resource: "ra" });
+      await c.next(isState("ca", "active"));
+      c.send({ t: "acquire", id: "cb", resource: "rb" });
+      await c.next(isState("cb", "queued"));
+      const admin = await fetch(`${a.url}/v1/admin/namespaces`).then((r) => r.json());
+      const ns = (admin as { namespaces: Array<{ id: string }> }).namespaces[0]!.id;
+      locker = await blockCommits(s);
+      // An operator revokes C's lease (its event waits for the commit), then H lets rb go.
+      const revoked = fetch(`${a.url}/v1/admin/namespaces/${ns}/requests/ca/revoke`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ reason: "test" }),
+      });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      h.send({ t: "release", id: "hb" });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(c.at(isState("cb", "active"))).toBe(-1); // not ahead of the revoke
+      c.mark("unblocked");
+      await locker.query("COMMIT");
+      expect((await revoked).status).toBe(200);
+      const grant = await c.next(isState("cb", "active"));
+      const revoke = await c.next(isState("ca", "revoked"));
+      expect(c.at(isState("ca", "revoked"))).toBeLessThan(c.at(isState("cb", "active")));
+      expect(revoke.seq as number).toBeLessThan(grant.seq as number);
+      expect(grant).not.toHaveProperty("provisional");
+    } finally {
+      for (const x of [h, c]) x.close();
+      await locker?.end();
+    }
+  });
+
   it("a leader killed with a provisional grant out: the client gives it up, and the next leader grants nothing on that lock for twice grace, then only above its token", async () => {
     const s = schema("provkill");
     const GRACE = 1_000;
