@@ -148,6 +148,27 @@ describe("Engine: quiet after a takeover (quietUntil)", () => {
       "late",
     ]);
   });
+
+  // Review: the quiet time went with the resource when its restored waiters left the line (a
+  // timeout) and the resource was forgotten; a new request made it again, and was granted at once.
+  it("stays quiet when its restored waiters leave and the resource is forgotten and made again", () => {
+    const before = setup();
+    before.acquire("holder");
+    before.acquire("w", { timeout: 100 });
+    const held = before.engine.get("k", "holder")!;
+    const saved = [savedOf(held), savedOf(before.engine.get("k", "w")!)];
+    const { engine, acquire, tick } = setup();
+    engine.quietUntil(1_000 + 300);
+    engine.restore(saved, 14_000, new Map(), 0, new Map());
+    engine.release("k", "holder");
+    tick(150); // w's timeout: the line is empty, the resource forgotten
+    expect(engine.get("k", "w")?.state).toBe("timed_out");
+    expect(engine.resource("k", "lock")?.capacity ?? null).toBe(null);
+    const late = acquire("late");
+    expect(late.state).toBe("queued");
+    tick(150);
+    expect(late.state).toBe("active");
+  });
 });
 
 describe("Engine: refusals", () => {

@@ -294,6 +294,11 @@ export class Engine {
   private tokenFloor = 0;
   /** What `restore` sets as the quiet time of resources with waiters (`quietUntil`). */
   private quietTill = Number.NEGATIVE_INFINITY;
+  /**
+   * The quiet times `restore` set, by `ns\0name`: a resource forgotten while quiet (its waiters
+   * timed out) and made again is quiet as long.
+   */
+  private readonly quiet = new Map<string, number>();
   private seq = 0;
   private retainedCount = 0;
   private liveCount = 0;
@@ -589,6 +594,7 @@ export class Engine {
         resource.line.push(req);
         session.queued++;
         resource.quietUntil = this.quietTill;
+        if (this.quietTill > now) this.quiet.set(`${r.ns}\0${r.name}`, this.quietTill);
       }
       this.record(space, req);
       this.schedule(req);
@@ -913,6 +919,12 @@ export class Engine {
     resource.concurrency = space.concurrency.get(name) ?? Number.POSITIVE_INFINITY;
     const lanes = space.lanes.get(name);
     if (lanes !== undefined) resource.line = new Lanes<Request>(lanes);
+    if (this.quiet.size > 0) {
+      const key = `${space.key}\0${name}`;
+      const until = this.quiet.get(key);
+      if (until !== undefined && until > this.clock.now()) resource.quietUntil = until;
+      else this.quiet.delete(key);
+    }
     space.resources.set(name, resource);
     this.resourceCount++;
     return resource;
