@@ -993,13 +993,13 @@ export class ClientSession {
   }
 
   /**
-   * An answer read after the budget ran out still counts if its message was sent before then:
-   * the server heard from the session at that send time, with the leases still ours (no hand-on
-   * before `grace` after that), so they are safe `grace` − margin after it. This happens when this
-   * process stalled (a burst of its own work, a loaded machine) with the answer already in the
-   * socket: timers run before I/O in a turn of the event loop. An answer to a message sent after
-   * the budget ran out proves nothing of the time between, and counts only after `expireIfSpent`
-   * (it may still confirm the leases granted since).
+   * An answer read after the budget ran out, before the budget's timer did, still counts if its
+   * message was sent before then: the server heard from the session at that send time, with the
+   * leases still ours (no hand-on before `grace` after that), so they are safe `grace` − margin
+   * after it. This happens when this process stalled in its I/O (a burst of its own work, a frame
+   * of hundreds of answers, a loaded machine) with the answer already in the socket. An answer to
+   * a message sent after the budget ran out proves nothing of the time between, and counts only
+   * after `expireIfSpent` (it may still confirm the leases granted since).
    */
   private confirmLate(m: ServerMessage, ref?: number): void {
     if (this.held === 0 || !this.budget.spent(performance.now())) return;
@@ -1213,17 +1213,8 @@ export class ClientSession {
       this.armBudget();
       return;
     }
-    // Timers run before I/O: after a stall of this process, an answer that extends the budget
-    // may be waiting in the socket (see `confirmLate`). Judged again once that I/O is read.
-    atNextTurn(this.budgetSpent);
-  };
-
-  private readonly budgetSpent = (): void => {
-    if (this.held === 0) return;
-    if (!this.budget.spent(performance.now())) {
-      this.armBudget();
-      return;
-    }
+    // At once, not after this turn's I/O (where an answer may wait that would extend the
+    // budget): the application's own I/O callbacks run there too, and must find the lease lost.
     this.expireIfSpent();
     // A connection that answers nothing is no connection: start again.
     if (this.connected && this.link) {
