@@ -399,7 +399,7 @@ export class LocalBackend implements Backend, SessionBackend {
   }
 
   /**
-   * Whether the grant of `req` (fencing token `token`, namespace `ns`) may be told before it is
+   * Whether a grant (fencing token `token`, namespace `ns`) may be told before it is
    * durable: only with a store that says so (see `Store.provisional`).
    */
   provisional(ns: string, token: number): boolean {

@@ -67,7 +67,8 @@ export interface Store {
   /**
    * An asynchronous store whose grants may be told before their commit: whether the grant of
    * fencing token `token` in namespace `ns` may be (a leader taking over after a crash hands out
-   * only higher tokens). Its restore grants nothing for `grace`.
+   * only higher tokens). Its restore, after another leader's, grants nothing for twice `grace`
+   * on a resource with waiters.
    */
   provisional?(ns: string, token: number): boolean;
   /** Another leader served this state before (its provisional grants may be out there). */
