@@ -52,7 +52,7 @@ export function rateQueuePeer(url: string | string[], connections = 256, replica
   return {
     name: replicas ? REPLICAS : "RateQueue",
     settings: replicas
-      ? "3 server processes on one PostgreSQL schema (`--store`, made fresh, dropped after): the leader serves, the others answer 503 not_leader; every operation is committed to PostgreSQL (synchronous_commit on) before anything it says leaves. SDK defaults, given the three URLs (`baseUrl: [a, b, c]`, in start order: the leader is any of them)"
+      ? '3 server processes on one PostgreSQL schema (`--store`, made fresh, dropped after): the leader serves, the others answer 503 not_leader; every operation is committed to PostgreSQL (synchronous_commit on) before anything it says leaves, but for a grant to a waiter, which leaves at once marked provisional (docs/operations.md, "Grants before their commit"). SDK defaults, given the three URLs (`baseUrl: [a, b, c]`, in start order: the leader is any of them)'
       : "embedded server (in memory), SDK defaults (one WebSocket session per client)",
     worker: async () => ({
       lock: async (key) => {

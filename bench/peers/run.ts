@@ -916,7 +916,7 @@ const entrants: Array<() => Promise<Entrant>> = [
         const leader = await replicas.leaderNow();
         const terms = (await replicas.epoch()) - term;
         await replicas.stop();
-        return `${REPLICAS}: a durable commit on this PostgreSQL (${commits} single-row upserts, each its own transaction) took ${p50p99(before)} before its scenarios and ${p50p99(after)} after; a hand-over of scenario 2 costs one (the release, the grant and the next request go in one commit), an uncontended acquire + release two. ${
+        return `${REPLICAS}: a durable commit on this PostgreSQL (${commits} single-row upserts, each its own transaction) took ${p50p99(before)} before its scenarios and ${p50p99(after)} after; a hand-over of scenario 2 makes one (the release, the grant and the next request go in one commit), but the grant leaves before it; an uncontended acquire + release waits for two. ${
           terms === 0
             ? "The same replica led throughout."
             : `The lead changed hands ${terms} time${terms === 1 ? "" : "s"} during the run (${replicas.leader} led at the start, ${leader} at the end): a leader steps down when it has not proven its lock within --grace; the SDK, given every URL, followed.`
