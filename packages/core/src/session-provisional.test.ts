@@ -195,6 +195,20 @@ describe("WebSocket session: provisional grants", () => {
   const releasesOf = (server: Awaited<ReturnType<typeof fakeServer>>, id: string) =>
     server.received.filter(({ m }) => m.t === "release" && m.id === id);
 
+  /** After `reconnect`: the lease was kept, and its release goes on the new connection. */
+  const expectKeptThroughResume = async (
+    server: Awaited<ReturnType<typeof fakeServer>>,
+    rq: ProtocolClient,
+    lease: Awaited<ReturnType<typeof granted>>,
+  ) => {
+    expect(server.welcomes).toEqual([false, true]);
+    expect(lease.lost.aborted).toBe(false);
+    expect(lease.lostError).toBeUndefined();
+    expect(releasesOf(server, lease.id)).toHaveLength(0);
+    expect(await rq.releaseLease(lease)).toEqual({ state: "released" });
+    expect(releasesOf(server, lease.id).map(({ connection }) => connection)).toEqual([2]);
+  };
+
   it("the hello says the client takes provisional grants", async () => {
     const { server, rq } = await setup();
     const lease = await rq.acquire({ name: "free" });
@@ -234,23 +248,13 @@ describe("WebSocket session: provisional grants", () => {
     // A round trip after `recorded`: the client has read it before the connection ends.
     await rq.acquire({ name: "probe-after-recorded" });
     await reconnect(server, rq);
-    expect(server.welcomes).toEqual([false, true]);
-    expect(lease.lost.aborted).toBe(false);
-    expect(lease.lostError).toBeUndefined();
-    expect(releasesOf(server, lease.id)).toHaveLength(0);
-    expect(await rq.releaseLease(lease)).toEqual({ state: "released" });
-    expect(releasesOf(server, lease.id).map(({ connection }) => connection)).toEqual([2]);
+    await expectKeptThroughResume(server, rq, lease);
   });
 
   it("an ordinary grant (not provisional) is kept when the connection ends and the session resumes", async () => {
     const { server, rq } = await setup();
     const lease = await granted(server, rq, false);
     await reconnect(server, rq);
-    expect(server.welcomes).toEqual([false, true]);
-    expect(lease.lost.aborted).toBe(false);
-    expect(lease.lostError).toBeUndefined();
-    expect(releasesOf(server, lease.id)).toHaveLength(0);
-    expect(await rq.releaseLease(lease)).toEqual({ state: "released" });
-    expect(releasesOf(server, lease.id).map(({ connection }) => connection)).toEqual([2]);
+    await expectKeptThroughResume(server, rq, lease);
   });
 });

@@ -295,10 +295,10 @@ export class Engine {
   /** What `restore` sets as the quiet time of resources with waiters (`quietUntil`). */
   private quietTill = Number.NEGATIVE_INFINITY;
   /**
-   * The quiet times `restore` set, by `ns\0name`: a resource forgotten while quiet (its waiters
-   * timed out) and made again is quiet as long.
+   * The resources `restore` made quiet, by `ns\0name`, until `quietTill`: one forgotten while
+   * quiet (its waiters timed out) and made again is quiet as long.
    */
-  private readonly quiet = new Map<string, number>();
+  private readonly quiet = new Set<string>();
   private seq = 0;
   private retainedCount = 0;
   private liveCount = 0;
@@ -594,7 +594,7 @@ export class Engine {
         resource.line.push(req);
         session.queued++;
         resource.quietUntil = this.quietTill;
-        if (this.quietTill > now) this.quiet.set(`${r.ns}\0${r.name}`, this.quietTill);
+        if (this.quietTill > now) this.quiet.add(`${r.ns}\0${r.name}`);
       }
       this.record(space, req);
       this.schedule(req);
@@ -920,10 +920,8 @@ export class Engine {
     const lanes = space.lanes.get(name);
     if (lanes !== undefined) resource.line = new Lanes<Request>(lanes);
     if (this.quiet.size > 0) {
-      const key = `${space.key}\0${name}`;
-      const until = this.quiet.get(key);
-      if (until !== undefined && until > this.clock.now()) resource.quietUntil = until;
-      else this.quiet.delete(key);
+      if (this.clock.now() >= this.quietTill) this.quiet.clear();
+      else if (this.quiet.has(`${space.key}\0${name}`)) resource.quietUntil = this.quietTill;
     }
     space.resources.set(name, resource);
     this.resourceCount++;

@@ -99,6 +99,13 @@ async function rawSession(url: string, hello: Message = {}) {
   };
 }
 
+/** Whether the replica at `url` serves (`GET /v1/replica` answers 200); false if unreachable. */
+const serving = async (url: string) =>
+  (await fetch(`${url}/v1/replica`).then(
+    (r) => r.status,
+    () => 0,
+  )) === 200;
+
 const isState = (id: string, state: string) => (m: Message) =>
   m.t === "state" && m.id === id && m.state === state;
 
@@ -298,15 +305,8 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
       expect(held.body.state).toBe("active");
 
       leader.child.kill("SIGKILL");
-      await eventually(
-        // A check sent while the standby hands its port over to the server may be cut: retried.
-        async () =>
-          (await fetch(`${standby.url}/v1/replica`).then(
-            (r) => r.status,
-            () => 0,
-          )) === 200,
-        10_000,
-      );
+      // A check sent while the standby hands its port over to the server may be cut: retried.
+      await eventually(() => serving(standby.url), 10_000);
       const res = await client(standby).resource("res");
       expect(res.body).toMatchObject({ active: 1 });
       expect((res.body.holders as Array<{ fencingToken: number }>)[0]!.fencingToken).toBe(
@@ -683,14 +683,7 @@ describe.skipIf(!available)("replicas on PostgreSQL (--store)", () => {
       await locker.query("SELECT pg_terminate_backend($1)", [leaderPid]);
       const unblocked = performance.now(); // the new leader restores after this
       await locker.query("ROLLBACK");
-      await eventually(
-        async () =>
-          (await fetch(`${standby.url}/v1/replica`).then(
-            (r) => r.status,
-            () => 0,
-          )) === 200,
-        10_000,
-      );
+      await eventually(() => serving(standby.url), 10_000);
       expect(standby.stderr()).toMatch(/leading on http/);
       // The hand-over was never committed: b holds again on the new leader. A third client waits
       // behind it, and b lets go at once: the lock is granted, but not within twice grace of the
