@@ -977,8 +977,12 @@ function runTurns(ops: LaneOp[], weights: Record<string, number>, capacity: numb
   const created: Request[] = [];
   /** Per lane: grants to each other lane since it last had none waiting, or was last served. */
   const since = new Map<string, Map<string, number>>();
+  /** Grants the engine reported during the acquire under way (its creator's is not reported). */
+  let during: Request[] | undefined;
   const engine = new Engine(CONFIG, clock, (req) => {
-    if (req.state === "active") onGrant(req);
+    if (req.state !== "active") return;
+    if (during !== undefined) during.push(req);
+    else onGrant(req);
   });
   function onGrant(req: Request): void {
     for (const [lane, counts] of since) {
@@ -1013,6 +1017,7 @@ function runTurns(ops: LaneOp[], weights: Record<string, number>, capacity: numb
   for (const o of ops) {
     if (o.kind === "acquire") {
       waiting(); // a lane with no waiters before this one starts counting now
+      during = [];
       const result = engine.acquire(
         "ns",
         `q${n++}`,
@@ -1024,12 +1029,18 @@ function runTurns(ops: LaneOp[], weights: Record<string, number>, capacity: numb
         },
         "s",
       );
+      // The creator's grant (its answer) and those the same call made, in the order they were
+      // made (their tokens): counted in the creator's place, it was once taken for another lane
+      // served twice ahead of it, while it had been served between.
+      const granted = during;
+      during = undefined;
       // Refused only when the line is full (the server's maxQueue).
       if (!result.ok) expect(result.code).toBe("queue_full");
       else {
         created.push(result.request);
-        if (result.request.state === "active") onGrant(result.request); // its creator's answer
+        if (result.request.state === "active") granted.push(result.request);
       }
+      for (const req of granted.sort((x, y) => x.fencingToken - y.fencingToken)) onGrant(req);
     } else if (o.kind === "release") {
       const live = created.filter((r) => r.state === "active" || r.state === "queued");
       if (live.length > 0) engine.release("ns", live[o.pick % live.length]!.id);
